@@ -1,0 +1,1 @@
+"""Small DCLS ConvNeXt for 28x28 inputs (filled in by the quickstart work)."""

@@ -1,0 +1,1 @@
+"""Registered DCLS variants of timm models (filled in by the model-zoo work)."""

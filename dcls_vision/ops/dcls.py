@@ -1,0 +1,413 @@
+"""DCLS layers: convolutions whose kernel elements sit at learnable, real-valued positions.
+
+A layer keeps ``kernel_count`` weights per (out, in/groups) pair, their positions (and, for
+triangle/gauss, widths σ) along the learned axes; the dense kernel is built by interpolation
+(:mod:`dcls_vision.ops.interpolation`) and fed to an ordinary convolution.
+
+Conventions (one for every variant): ``positions[m]`` is an offset from the kernel centre
+``floor(s/2)`` along the m-th learned spatial axis of the *input* (axis 0 = H for 2-D).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .interpolation import SIGMA_INIT, check_interpolation, construct_kernel, construct_rounded_kernel
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_MODULE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, bool) or not isinstance(value, (int, Sequence)):
+        raise TypeError(f"{name}={value!r} must be an int or a tuple of {n} ints")
+    out = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(out) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+        raise ValueError(f"{name}={value!r} must be an int or a tuple of {n} ints")
+    return out
+
+
+def _positive(values: tuple[int, ...], name: str, raw: object) -> tuple[int, ...]:
+    if any(v < 1 for v in values):
+        raise ValueError(f"{name}={raw!r} is invalid; allowed: integers >= 1")
+    return values
+
+
+class _Pad(nn.Module):
+    """F.pad as a module, for exported convolutions with asymmetric (even-kernel) padding."""
+
+    def __init__(self, pad: tuple[int, ...], mode: str) -> None:
+        super().__init__()
+        self.pad, self.mode = pad, mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.pad, mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}, mode={self.mode!r}"
+
+
+class _DclsNd(nn.Module):
+    """Shared implementation of every DCLS variant (``n_dims`` spatial dims, ``n_learned`` learned)."""
+
+    n_dims: int
+    n_learned: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_count: int,
+        dilated_kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str | None = None,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        interpolation: str = "gauss",
+        *,
+        dense_kernel_size: int | Sequence[int] = (),
+        learned_axes: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        n, m = self.n_dims, self.n_learned
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_count", kernel_count), ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; allowed: integers >= 1")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode={padding_mode!r} is not supported; allowed: {', '.join(PADDING_MODES)}")
+        self.interpolation = check_interpolation(interpolation)
+        self.dilated_kernel_size = _positive(
+            _tuple(dilated_kernel_size, m, "dilated_kernel_size"), "dilated_kernel_size", dilated_kernel_size
+        )
+        dense = () if n == m else _tuple(dense_kernel_size, n - m, "dense_kernel_size")
+        self.dense_kernel_size = _positive(dense, "dense_kernel_size", dense_kernel_size)
+        axes = tuple(range(m)) if learned_axes is None else tuple(learned_axes)
+        if len(axes) != m or len(set(axes)) != m or list(axes) != sorted(axes) or not all(0 <= a < n for a in axes):
+            raise ValueError(
+                f"learned_axes={learned_axes!r} is invalid; allowed: {m} distinct increasing axes in [0, {n - 1}]"
+            )
+        self.learned_axes = axes
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_count, self.groups, self.padding_mode = kernel_count, groups, padding_mode
+        self.stride = _positive(_tuple(stride, n, "stride"), "stride", stride)
+        self.kernel_size = self._kernel_size()
+        self.padding = self._resolve_padding(padding)
+
+        factory = {"device": device, "dtype": dtype}
+        shape = (out_channels, in_channels // groups, *self.dense_kernel_size, kernel_count)
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
+        self.positions = nn.Parameter(torch.empty((m, *shape), **factory))
+        if interpolation == "bilinear":
+            self.register_parameter("sigma", None)
+        else:
+            self.sigma = nn.Parameter(torch.empty((m, *shape), **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self._kernel_cache: tuple[tuple, Tensor] | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+    def _kernel_size(self) -> tuple[int, ...]:
+        learned, dense = iter(self.dilated_kernel_size), iter(self.dense_kernel_size)
+        return tuple(next(learned) if a in self.learned_axes else next(dense) for a in range(self.n_dims))
+
+    def _resolve_padding(self, padding: int | Sequence[int] | str | None) -> tuple[tuple[int, int], ...]:
+        """Per-axis (before, after) padding; the default centres the output on the kernel centre."""
+        if padding is None or padding == "same":
+            return tuple((s // 2, s - 1 - s // 2) for s in self.kernel_size)
+        if padding == "valid":
+            return ((0, 0),) * self.n_dims
+        if isinstance(padding, str):
+            raise ValueError(f"padding={padding!r} is not supported; allowed: None, 'same', 'valid', int or tuple")
+        values = _tuple(padding, self.n_dims, "padding")
+        if any(v < 0 for v in values):
+            raise ValueError(f"padding={padding!r} is invalid; allowed: integers >= 0")
+        return tuple((v, v) for v in values)
+
+    def reset_parameters(self) -> None:
+        """Reference initialisation: kaiming-uniform weights, positions ~ N(0, 0.5) clamped, σ constant."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            self.positions.normal_(0.0, 0.5)
+            self.clamp_()
+            if self.sigma is not None:
+                self.sigma.fill_(SIGMA_INIT[self.interpolation])
+
+    # -------------------------------------------------------- trainer interface
+    def position_limits(self) -> list[tuple[int, int]]:
+        """Per learned axis, the offsets that keep an element inside the dilated kernel."""
+        return [(-(s // 2), s - 1 - s // 2) for s in self.dilated_kernel_size]
+
+    @torch.no_grad()
+    def clamp_(self) -> _DclsNd:
+        """Clamp positions into the dilated kernel (call after every optimizer step)."""
+        for m, (lo, hi) in enumerate(self.position_limits()):
+            self.positions[m].clamp_(lo, hi)
+        return self
+
+    def dcls_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters a trainer treats specially (higher LR, no weight decay)."""
+        return {"positions": [self.positions], "sigma": [] if self.sigma is None else [self.sigma]}
+
+    # -------------------------------------------------------------- the kernel
+    def _params(self) -> tuple[Tensor, ...]:
+        return tuple(p for p in (self.weight, self.positions, self.sigma) if p is not None)
+
+    def build_kernel(self) -> Tensor:
+        """Construct the dense kernel (O, I/g, *kernel_size) with autograd."""
+        weight, positions, sigma = self.weight, self.positions, self.sigma
+        if weight.dtype in (torch.float16, torch.bfloat16):  # interpolate in fp32; tails underflow in half
+            weight, positions = weight.float(), positions.float()
+            sigma = None if sigma is None else sigma.float()
+        kernel = construct_kernel(
+            weight, positions, sigma, self.dilated_kernel_size, self.interpolation, self.learned_axes
+        )
+        return kernel.to(self.weight.dtype)
+
+    def dense_kernel(self) -> Tensor:
+        """The kernel for this forward pass: rebuilt while training, cached otherwise.
+
+        The cache is keyed on the parameters' version counters, storage and dtype, so an optimizer
+        step, ``load_state_dict``, ``clamp_``, ``.to()`` or a change to a shared positions tensor
+        invalidates it. When gradients w.r.t. the DCLS parameters are needed, it is never used.
+        """
+        params = self._params()
+        if (
+            self.training
+            or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        ):
+            return self.build_kernel()
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        key += (torch.is_inference_mode_enabled(),)
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            with torch.no_grad():
+                self._kernel_cache = (key, self.build_kernel())
+        return self._kernel_cache[1]
+
+    def train(self, mode: bool = True) -> _DclsNd:
+        self._kernel_cache = None
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() not in (self.n_dims + 1, self.n_dims + 2):
+            raise ValueError(
+                f"{type(self).__name__} expects input of rank {self.n_dims + 2} (N, C, ...) "
+                f"or {self.n_dims + 1} (C, ...), got shape {tuple(x.shape)}"
+            )
+        channels = x.shape[-self.n_dims - 1]
+        if channels != self.in_channels:
+            raise ValueError(
+                f"input has {channels} channels (shape {tuple(x.shape)}), {type(self).__name__} expects "
+                f"in_channels={self.in_channels}"
+            )
+        if not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(f"input dtype={x.dtype} is not supported; allowed: floating-point tensors")
+
+    def _symmetric_padding(self) -> tuple[int, ...] | None:
+        if self.padding_mode == "zeros" and all(lo == hi for lo, hi in self.padding):
+            return tuple(lo for lo, _ in self.padding)
+        return None
+
+    def _pad_arg(self) -> tuple[int, ...]:
+        """Padding in F.pad order (last axis first)."""
+        return tuple(v for lo, hi in reversed(self.padding) for v in (lo, hi))
+
+    def _conv(self, x: Tensor, kernel: Tensor) -> Tensor:
+        padding = self._symmetric_padding()
+        if padding is None:
+            x = F.pad(x, self._pad_arg(), mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
+            padding = (0,) * self.n_dims
+        return _CONV[self.n_dims](x, kernel, self.bias, self.stride, padding, 1, self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return self._conv(x, self.dense_kernel())
+
+    # ------------------------------------------------------------------- export
+    @torch.no_grad()
+    def rounded_kernel(self) -> Tensor:
+        """Sparse kernel: each weight at its rounded position, no spread (SNN-delay inference)."""
+        return construct_rounded_kernel(self.weight, self.positions, self.dilated_kernel_size, self.learned_axes)
+
+    @torch.no_grad()
+    def to_conv(self, rounded: bool = False) -> nn.Module:
+        """An equivalent plain ``nn.ConvNd`` (``nn.Sequential(pad, conv)`` for even kernels).
+
+        ``rounded=True`` snaps positions to integers (the sparse kernel of the SNN-delay setting).
+        """
+        kernel = self.rounded_kernel() if rounded else self.build_kernel()
+        padding = self._symmetric_padding()
+        conv_padding_mode = "zeros"
+        if padding is None and all(lo == hi for lo, hi in self.padding):
+            padding, conv_padding_mode = tuple(lo for lo, _ in self.padding), self.padding_mode
+        conv = _CONV_MODULE[self.n_dims](
+            self.in_channels, self.out_channels, self.kernel_size, self.stride,
+            padding if padding is not None else 0, 1, self.groups, self.bias is not None,
+            conv_padding_mode, device=kernel.device, dtype=kernel.dtype,
+        )
+        conv.weight.copy_(kernel)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        if padding is not None:
+            return conv
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return nn.Sequential(_Pad(self._pad_arg(), mode), conv)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}, "
+             f"dilated_kernel_size={self.dilated_kernel_size}")
+        if self.dense_kernel_size:
+            s += f", dense_kernel_size={self.dense_kernel_size}, learned_axes={self.learned_axes}"
+        s += f", stride={self.stride}, padding={self.padding}, interpolation={self.interpolation!r}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class Dcls1d(_DclsNd):
+    """1-D DCLS: positions learned along the single spatial axis (e.g. SNN synaptic delays)."""
+
+    n_dims, n_learned = 1, 1
+
+
+class Dcls2d(_DclsNd):
+    """2-D DCLS, the drop-in for ``nn.Conv2d`` (positions[0] moves along H, positions[1] along W)."""
+
+    n_dims, n_learned = 2, 2
+
+
+class Dcls3d(_DclsNd):
+    """3-D DCLS: positions learned along D, H and W."""
+
+    n_dims, n_learned = 3, 3
+
+
+class _DclsNMd(_DclsNd):
+    """N-d kernel learned along M axes (``learned_axes``, default the first M), dense along the rest."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_count: int,
+        dilated_kernel_size: int | Sequence[int],
+        dense_kernel_size: int | Sequence[int] = 1,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str | None = None,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        interpolation: str = "gauss",
+        *,
+        learned_axes: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_count, dilated_kernel_size, stride, padding, groups, bias,
+            padding_mode, interpolation, dense_kernel_size=dense_kernel_size, learned_axes=learned_axes,
+            device=device, dtype=dtype,
+        )
+
+
+class Dcls2_1d(_DclsNMd):
+    """2-D kernel, positions learned along one axis (default H), dense along the other."""
+
+    n_dims, n_learned = 2, 1
+
+
+class Dcls3_1d(_DclsNMd):
+    """3-D kernel, positions learned along one axis (default D, e.g. time), dense along the others."""
+
+    n_dims, n_learned = 3, 1
+
+
+class Dcls3_2d(_DclsNMd):
+    """3-D kernel, positions learned along two axes (default D, H), dense along the third."""
+
+    n_dims, n_learned = 3, 2
+
+
+DclsLayer = _DclsNd
+
+
+# ---------------------------------------------------------------- model-level helpers
+def dcls_layers(model: nn.Module) -> Iterable[_DclsNd]:
+    return (m for m in model.modules() if isinstance(m, _DclsNd))
+
+
+def dcls_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Distinct positions and σ tensors of a model (shared tensors appear once), by identity not name."""
+    out: dict[str, list[nn.Parameter]] = {"positions": [], "sigma": []}
+    seen: set[int] = set()
+    for layer in dcls_layers(model):
+        for kind, params in layer.dcls_parameters().items():
+            for p in params:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out[kind].append(p)
+    return out
+
+
+@torch.no_grad()
+def clamp_positions_(model: nn.Module) -> None:
+    """Clamp every DCLS layer's positions into its dilated kernel."""
+    for layer in dcls_layers(model):
+        layer.clamp_()
+
+
+def share_positions(layers: Sequence[_DclsNd], sigma: bool = True) -> None:
+    """Make ``layers`` use the first layer's positions (and σ) tensor; weights stay per layer.
+
+    Sharing is by object identity, so ``model.parameters()``, optimizers and state_dict round-trips
+    (``load_state_dict`` copies into the one tensor) all keep it.
+    """
+    if not layers:
+        return
+    first = layers[0]
+    for layer in layers[1:]:
+        if (layer.positions.shape != first.positions.shape or layer.interpolation != first.interpolation
+                or layer.dilated_kernel_size != first.dilated_kernel_size):
+            raise ValueError(
+                f"cannot share positions between layers with positions {tuple(first.positions.shape)}, "
+                f"{first.interpolation!r}, size {first.dilated_kernel_size} and {tuple(layer.positions.shape)}, "
+                f"{layer.interpolation!r}, size {layer.dilated_kernel_size}; shared layers must match"
+            )
+        layer.positions = first.positions
+        if sigma and first.sigma is not None:
+            layer.sigma = first.sigma
+
+
+def convert_to_conv(model: nn.Module, rounded: bool = False) -> nn.Module:
+    """Replace every DCLS layer of ``model`` (in place) by its plain-convolution export."""
+    if isinstance(model, _DclsNd):
+        return model.to_conv(rounded=rounded)
+    for name, child in list(model.named_children()):
+        if isinstance(child, _DclsNd):
+            setattr(model, name, child.to_conv(rounded=rounded))
+        else:
+            convert_to_conv(child, rounded)
+    return model
