@@ -1,13 +1,18 @@
-"""Interpolation profiles and separable construction of the dense DCLS kernel.
+"""Interpolation profiles and the construction of the dense DCLS kernel.
 
 Every DCLS interpolation is a product of 1-D profiles, one per learned axis, so the dense kernel
-is a sum over elements of rank-1 outer products. We build one profile per axis, shape
-(..., K, s_a), and contract them with einsum: memory O(C·K·Σs) instead of the O(C·K·Πs)
-broadcast of the reference implementation.
+is a sum over elements of rank-1 outer products:
+
+* triangle / gauss: one profile per axis, shape (..., K, s_a), from a custom autograd function that
+  keeps only the profile for backward, contracted with einsum (one batched matmul in 2-D): memory
+  O(C·K·Σs) instead of the O(C·K·Πs) broadcast of the reference implementation;
+* bilinear: each element touches only its 2^M neighbours, so its weights are scattered straight
+  into the kernel: time and memory O(C·K·2^M).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -35,23 +40,47 @@ def _gauss_cutoff(dtype: torch.dtype, n_axes: int) -> float:
     return 0.9 * -math.log(torch.finfo(dtype).tiny) / n_axes
 
 
-def profile(
-    interpolation: str, coord: Tensor, size: int, sigma: Tensor | None, n_axes: int = 1
-) -> Tensor:
-    """1-D profile I(coord - i) on the grid i = 0..size-1, appended as a last dim.
+class _Profile(torch.autograd.Function):
+    """Triangle or Gaussian profile I(coord - i), i = 0..size-1, appended as a last dim.
 
-    ``coord`` is the element's grid coordinate (position + floor(size/2)).
+    Hand-written backward that saves only the profile (autograd would keep 4-5 same-sized
+    intermediates). d|σ|/dσ is taken as +1 at σ = 0: the triangle's σ starts at exactly 0 and
+    would otherwise never receive a gradient.
     """
-    grid = torch.arange(size, device=coord.device, dtype=coord.dtype)
-    x = coord.unsqueeze(-1) - grid
-    if interpolation == "bilinear":
-        return torch.relu(1 - x.abs())
-    width = SIGMA0[interpolation] + sigma.abs().unsqueeze(-1)
-    if interpolation == "triangle":
-        return torch.relu(width - x.abs())
-    z = (x / width).square() * 0.5
-    cutoff = _gauss_cutoff(z.dtype, n_axes)
-    return torch.where(z < cutoff, torch.exp(-z.clamp(max=cutoff)), torch.zeros_like(z))
+
+    @staticmethod
+    def forward(ctx, coord: Tensor, sigma: Tensor, size: int, interpolation: str, cutoff: float) -> Tensor:
+        x = coord.unsqueeze(-1) - torch.arange(size, device=coord.device, dtype=coord.dtype)
+        width = (SIGMA0[interpolation] + sigma.abs()).unsqueeze(-1)
+        if interpolation == "triangle":
+            phi = torch.relu(width - x.abs())
+        else:
+            z = (x / width).square_().mul_(0.5)
+            phi = torch.exp(-z.clamp(max=cutoff)).masked_fill_(z >= cutoff, 0.0)
+        ctx.save_for_backward(coord, sigma, phi)
+        ctx.interpolation = interpolation
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        coord, sigma, phi = ctx.saved_tensors
+        x = coord.unsqueeze(-1) - torch.arange(phi.shape[-1], device=coord.device, dtype=coord.dtype)
+        width = (SIGMA0[ctx.interpolation] + sigma.abs()).unsqueeze(-1)
+        if ctx.interpolation == "triangle":
+            g = grad * (phi > 0)
+            grad_coord = -(g * x.sign()).sum(-1)
+            grad_width = g.sum(-1)
+        else:
+            g = grad * phi * x / width.square()
+            grad_coord = -g.sum(-1)
+            grad_width = (g * x).sum(-1) / width.squeeze(-1)
+        grad_sigma = torch.where(sigma >= 0, grad_width, -grad_width)
+        return grad_coord, grad_sigma, None, None, None
+
+
+def profile(interpolation: str, coord: Tensor, size: int, sigma: Tensor, n_axes: int = 1) -> Tensor:
+    """Triangle/gauss profile of elements at grid coordinate ``coord`` (position + floor(size/2))."""
+    return _Profile.apply(coord, sigma, size, interpolation, _gauss_cutoff(coord.dtype, n_axes))
 
 
 def construct_kernel(
@@ -67,29 +96,69 @@ def construct_kernel(
     Returns (O, I, *kernel) where the learned axes of the kernel have the sizes in ``sizes`` and
     the dense axes keep the sizes of ``weight``. positions[m] moves along kernel axis learned_axes[m].
     """
-    n_learned = len(sizes)
-    profiles = []
-    for m, size in enumerate(sizes):
-        sig = None if sigma is None else sigma[m]
-        profiles.append(profile(interpolation, positions[m] + size // 2, size, sig, n_learned))
-    scale = weight
-    if interpolation != "bilinear":
-        mass = profiles[0].sum(-1)
-        for p in profiles[1:]:
-            mass = mass * p.sum(-1)
-        scale = weight / (mass + EPS)
-    return _combine(scale, profiles, learned_axes)
+    if interpolation == "bilinear":
+        return _scatter_bilinear(weight, positions, sizes, learned_axes)
+    profiles = [
+        profile(interpolation, positions[m] + size // 2, size, sigma[m], len(sizes)) for m, size in enumerate(sizes)
+    ]
+    mass = profiles[0].sum(-1)
+    for p in profiles[1:]:
+        mass = mass * p.sum(-1)
+    return _combine(weight / (mass + EPS), profiles, learned_axes)
 
 
 def construct_rounded_kernel(
     weight: Tensor, positions: Tensor, sizes: tuple[int, ...], learned_axes: tuple[int, ...]
 ) -> Tensor:
     """Kernel with each element's whole weight at its rounded position (SNN-delay inference)."""
-    onehots = []
-    for m, size in enumerate(sizes):
-        index = (positions[m] + size // 2).round().long().clamp(0, size - 1)
-        onehots.append(torch.nn.functional.one_hot(index, size).to(weight.dtype))
-    return _combine(weight, onehots, learned_axes)
+    index = [(positions[m] + size // 2).round().long() for m, size in enumerate(sizes)]
+    return _scatter(weight, [(weight, index)], sizes, learned_axes)
+
+
+def _scatter_bilinear(weight: Tensor, positions: Tensor, sizes: tuple[int, ...], learned_axes: tuple[int, ...]):
+    """Bilinear: each element spreads max(0, 1 - |x|) per axis onto its 2^M neighbouring grid points."""
+    coord = [positions[m] + size // 2 for m, size in enumerate(sizes)]
+    low = [c.detach().floor() for c in coord]
+    frac = [c - lo for c, lo in zip(coord, low)]
+    low = [lo.long() for lo in low]
+    corners = []
+    for bits in itertools.product((0, 1), repeat=len(sizes)):
+        value = weight
+        for m, bit in enumerate(bits):
+            value = value * (frac[m] if bit else 1 - frac[m])
+        corners.append((value, [lo + bit for lo, bit in zip(low, bits)]))
+    return _scatter(weight, corners, sizes, learned_axes)
+
+
+def _scatter(
+    weight: Tensor, entries: list[tuple[Tensor, list[Tensor]]], sizes: tuple[int, ...], learned_axes: tuple[int, ...]
+) -> Tensor:
+    """Sum ``value`` at learned-axis indices ``index`` into the (O, I, *kernel) kernel; off-grid entries drop."""
+    n_dense = weight.dim() - 3
+    dense_axes = [a for a in range(n_dense + len(sizes)) if a not in learned_axes]
+    kernel_size = [0] * (n_dense + len(sizes))
+    for a, size in zip(learned_axes, sizes):
+        kernel_size[a] = size
+    for a, size in zip(dense_axes, weight.shape[2:-1]):
+        kernel_size[a] = size
+    shape = (*weight.shape[:2], *kernel_size)
+    strides = torch.empty(shape, device="meta").stride()
+    base = torch.zeros((), dtype=torch.long, device=weight.device)
+    for dim, stride in zip(range(weight.dim() - 1), strides[:2] + tuple(strides[2 + a] for a in dense_axes)):
+        view = [1] * weight.dim()
+        view[dim] = -1
+        base = base + torch.arange(weight.shape[dim], device=weight.device).view(view) * stride
+    indices, values = [], []
+    for value, index in entries:
+        flat, inside = base, None
+        for m, (i, size) in enumerate(zip(index, sizes)):
+            ok = (i >= 0) & (i < size)
+            inside = ok if inside is None else inside & ok
+            flat = flat + i.clamp(0, size - 1) * strides[2 + learned_axes[m]]
+        indices.append(flat.expand_as(value).reshape(-1))
+        values.append(torch.where(inside, value, 0.0).reshape(-1))
+    out = torch.zeros(math.prod(shape), device=weight.device, dtype=weight.dtype)
+    return out.scatter_add(0, torch.cat(indices), torch.cat(values)).view(shape)
 
 
 def _combine(scale: Tensor, profiles: list[Tensor], learned_axes: tuple[int, ...]) -> Tensor:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything dcls-vision needs on a fresh Debian machine (idempotent: re-running is cheap).
+#   bash tools/install.sh          runtime: Python packages + the embedded Fashion-MNIST data
+#   bash tools/install.sh --dev    also the test/lint tools and the reference `dcls` package
+set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore
+cd "$(dirname "$0")/.."
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "install.sh: unknown option '$arg'; allowed: --dev" >&2; exit 2 ;;
+  esac
+done
+
+apt_packages=(dataset-fashion-mnist)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+reqs=(-r requirements.txt)
+((dev)) && reqs+=(-r requirements-dev.txt)
+python -m pip install -q --disable-pip-version-check "${reqs[@]}"
+python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
