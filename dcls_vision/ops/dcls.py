@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .depthwise import depthwise_conv2d
 from .interpolation import SIGMA_INIT, check_interpolation, construct_kernel, construct_rounded_kernel
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -236,6 +237,9 @@ class _DclsNd(nn.Module):
         if padding is None:
             x = F.pad(x, self._pad_arg(), mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
             padding = (0,) * self.n_dims
+        if self.n_dims == 2 and self.groups == self.in_channels == self.out_channels:
+            # PyTorch's CPU depthwise backward collapses for large kernels; this routes around it
+            return depthwise_conv2d(x, kernel, self.bias, self.stride, padding)
         return _CONV[self.n_dims](x, kernel, self.bias, self.stride, padding, 1, self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
