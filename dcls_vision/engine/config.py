@@ -1,0 +1,180 @@
+"""Fail-fast validation of a composed training config: one line naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .optim import SCHEDULERS
+
+AMP_DTYPES = {"none": None, "false": None, "fp32": None, "float32": None,
+              "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+LOSSES = ("ce", "bce")
+CLIP_MODES = ("norm", "value", "agc")
+WANDB_MODES = ("online", "offline", "disabled", "shared")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message is one line: ``key=value problem; allowed: ...``."""
+
+
+def amp_dtype(value: Any) -> str | None:
+    """Normalise ``trainer.amp`` (None/False/'none' → None, 'bf16' → 'bfloat16', 'fp16' → 'float16')."""
+    key = "none" if value in (None, False) else str(value).lower()
+    return AMP_DTYPES[key]
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if OmegaConf.is_dict(parent) and leaf in parent.keys() and OmegaConf.is_missing(parent, leaf):
+        raise ConfigError(f"{key}=??? is required (set it on the command line: {key}=...)")
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def _num(cfg: DictConfig, key: str, ok: Callable[[float], bool], rule: str, *, integer: bool = False,
+         optional: bool = False, default: Any = None) -> Any:
+    value = _get(cfg, key, default)
+    if value is None and optional:
+        return None
+    wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if wrong_type or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}={value!r} must be {kind} {rule}" + (" or null" if optional else ""))
+    if not ok(value):
+        raise ConfigError(f"{key}={value!r} must be {rule}")
+    return value
+
+
+def _choice(cfg: DictConfig, key: str, allowed: Iterable[str], default: Any = None) -> Any:
+    value = _get(cfg, key, default)
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
+    return value
+
+
+def _check_model(cfg: DictConfig) -> None:
+    import timm
+
+    import dcls_vision.models  # noqa: F401  (registers the DCLS models with timm)
+
+    name = _get(cfg, "model.name")
+    if not isinstance(name, str) or name not in timm.list_models():
+        dcls = [m for m in timm.list_models() if "dcls" in m or "quickstart" in m]
+        raise ConfigError(f"model.name={name!r} is not a registered timm model; allowed: any timm model, "
+                          f"e.g. {', '.join(dcls[:12]) or 'resnet50, convnext_tiny'}")
+    _num(cfg, "model.drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1)", optional=True)
+
+
+def _check_data(cfg: DictConfig) -> None:
+    _get(cfg, "data.name")
+    root = _get(cfg, "data.root")
+    if root is None:
+        raise ConfigError("data.root=None is required; allowed: a directory path")
+    if _get(cfg, "data.name") in ("imagefolder", "imagenet"):
+        for sub in ("train_dir", "val_dir"):
+            split = _get(cfg, f"data.{sub}")
+            path = Path(root) / split if split is not None else Path(root)
+            if not path.is_dir():
+                raise ConfigError(f"data.root={root!r} (data.{sub}={split!r}): {path} is not a directory; "
+                                  "allowed: an existing ImageFolder root")
+    source = OmegaConf.select(cfg, "data.source", default=None)
+    if source and not Path(os.path.expanduser(str(source))).exists():
+        raise ConfigError(f"data.source={source!r} does not exist; allowed: an existing path")
+    for key in ("data.train_subset", "data.val_subset"):
+        _num(cfg, key, lambda v: v >= 1, ">= 1", integer=True, optional=True)
+
+
+def _check_optim(cfg: DictConfig) -> None:
+    from timm.optim import list_optimizers
+
+    name = _get(cfg, "optim.name")
+    opts = list_optimizers()
+    base = str(name).lower().split("_")[-1] if isinstance(name, str) else name
+    if base not in opts:
+        raise ConfigError(f"optim.name={name!r} is not a timm optimizer; allowed: adamw, lamb, sgd, momentum, "
+                          f"... (timm.optim.list_optimizers())")
+    _num(cfg, "optim.lr", lambda v: v > 0, "> 0")
+    _num(cfg, "optim.weight_decay", lambda v: v >= 0, ">= 0", default=0.0)
+    _num(cfg, "optim.pos_lr_scale", lambda v: v > 0, "> 0", default=5.0)
+    _num(cfg, "optim.layer_decay", lambda v: 0 < v <= 1, "in (0, 1]", optional=True)
+    _num(cfg, "optim.lr_base_batch", lambda v: v >= 1, ">= 1", integer=True, optional=True)
+
+
+def _check_sched(cfg: DictConfig) -> None:
+    _choice(cfg, "sched.name", SCHEDULERS)
+    epochs = _get(cfg, "trainer.epochs")
+    _num(cfg, "sched.warmup_epochs", lambda v: 0 <= v <= epochs, f"in [0, trainer.epochs={epochs}]", default=0)
+    _num(cfg, "sched.min_lr", lambda v: v >= 0, ">= 0", default=0.0)
+    _num(cfg, "sched.warmup_lr", lambda v: v >= 0, ">= 0", default=0.0)
+
+
+def _check_aug(cfg: DictConfig) -> None:
+    for key in ("aug.mixup", "aug.cutmix"):
+        _num(cfg, key, lambda v: v >= 0, ">= 0 (0 disables)", default=0.0)
+    for key in ("aug.mixup_prob", "aug.switch_prob", "aug.reprob", "aug.hflip"):
+        _num(cfg, key, lambda v: 0 <= v <= 1, "in [0, 1]", optional=True)
+    _num(cfg, "aug.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)", default=0.0)
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    import torch
+
+    _num(cfg, "trainer.epochs", lambda v: v >= 1, ">= 1", integer=True)
+    _num(cfg, "trainer.batch_size", lambda v: v >= 1, ">= 1", integer=True)
+    _num(cfg, "trainer.accum", lambda v: v >= 1, ">= 1", integer=True, default=1)
+    _num(cfg, "trainer.keep_last", lambda v: v >= 0, ">= 0", integer=True, default=0)
+    _num(cfg, "trainer.ckpt_interval_steps", lambda v: v >= 0, ">= 0 (0 = off)", integer=True, default=0)
+    _num(cfg, "trainer.max_epochs_per_run", lambda v: v >= 1, ">= 1", integer=True, optional=True)
+    _num(cfg, "trainer.clip_grad", lambda v: v > 0, "> 0", optional=True)
+    _num(cfg, "trainer.seed", lambda v: v >= 0, ">= 0", integer=True, default=0)
+    _num(cfg, "trainer.repulsive.weight", lambda v: v >= 0, ">= 0 (0 disables)", default=0.0)
+    _num(cfg, "trainer.repulsive.start_epoch", lambda v: v >= 0, ">= 0", integer=True, default=0)
+    _choice(cfg, "trainer.clip_mode", CLIP_MODES, default="norm")
+    _choice(cfg, "trainer.loss", LOSSES, default="ce")
+    amp = _get(cfg, "trainer.amp")
+    key = "none" if amp in (None, False) else str(amp).lower()
+    if key not in AMP_DTYPES:
+        raise ConfigError(f"trainer.amp={amp!r} is not supported; allowed: none, bf16, fp16")
+    if _get(cfg, "trainer.ema.enabled", False):
+        _num(cfg, "trainer.ema.decay", lambda v: 0 < v < 1, "in (0, 1)")
+    device = str(_get(cfg, "trainer.device", "auto"))
+    try:
+        dev = torch.device("cpu" if device == "auto" else device)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={device!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device!r} but CUDA is not available; allowed: auto, cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"trainer.device={device!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    resume = _get(cfg, "trainer.resume")
+    if resume and not Path(str(resume)).is_file():
+        raise ConfigError(f"trainer.resume={resume!r} is not a file; allowed: a checkpoint path or null")
+    if _get(cfg, "trainer.output_dir") in (None, ""):
+        raise ConfigError("trainer.output_dir=None is required; allowed: a directory path")
+
+
+def _check_logger(cfg: DictConfig) -> None:
+    mode = _get(cfg, "logger.wandb_mode")
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb_mode={mode!r} is not supported; allowed: {', '.join(WANDB_MODES)}, null")
+    _num(cfg, "logger.log_interval", lambda v: v >= 1, ">= 1", integer=True, default=50)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first value that cannot work, before anything expensive runs."""
+    for section in ("model", "data", "optim", "sched", "aug", "trainer", "logger"):
+        if OmegaConf.select(cfg, section) is None:
+            raise ConfigError(f"{section}=None: the config has no '{section}' section; allowed: a {section}/ group")
+    _check_trainer(cfg)
+    _check_optim(cfg)
+    _check_sched(cfg)
+    _check_aug(cfg)
+    _check_logger(cfg)
+    _check_data(cfg)
+    _check_model(cfg)

@@ -1,0 +1,90 @@
+"""Every experiment composes, validates, and carries its thesis recipe (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dcls_vision.engine import validate_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
+CONVNEXT_RECIPE = ["convnext_tiny", "convnext_small", "convnext_base", "convnext_tiny_dcls", "convnext_small_dcls",
+                   "convnext_base_dcls", "convnext_tiny_dcls_gauss", "convformer_s18", "convformer_s18_dcls",
+                   "convformer_s18_dcls_gauss"]
+A3_RECIPE = ["resnet50", "resnet50_dcls", "resnet50_dcls_k6"]
+
+
+@functools.cache
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@functools.cache
+def _imagenet_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="imagenet_"))
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    return root
+
+
+def _experiment(name: str):
+    return _compose(f"experiment={name}", f"data.root={_imagenet_root()}")
+
+
+def test_every_thesis_row_has_an_experiment():
+    assert set(CONVNEXT_RECIPE + A3_RECIPE + ["fastvit_sa24", "fastvit_sa24_dcls", "quickstart",
+                                             "quickstart_baseline"]) <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_validates(name):
+    cfg = _experiment(name)
+    assert cfg.experiment_name == name
+    validate_config(cfg)  # the model is registered, every value is in range
+
+
+@pytest.mark.parametrize("name", CONVNEXT_RECIPE)
+def test_convnext_recipe(name):
+    cfg = _experiment(name)
+    assert cfg.model.name == name
+    assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 4096  # documented: 8 GPUs
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
+    assert (cfg.trainer.epochs, cfg.sched.warmup_epochs, cfg.sched.min_lr) == (300, 20, 1e-6)
+    assert cfg.trainer.ema.enabled and cfg.trainer.ema.decay == 0.9999
+    assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
+    assert cfg.aug.auto_augment == "rand-m9-mstd0.5-inc1"
+    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (1.0, 20)
+    assert cfg.optim.pos_lr_scale == 5.0
+    expected_dp = {"small": 0.4, "base": 0.5}.get(name.split("_")[1], 0.2 if "convformer" in name else 0.1)
+    assert cfg.model.drop_path_rate == expected_dp
+
+
+@pytest.mark.parametrize("name", A3_RECIPE)
+def test_a3_recipe(name):
+    cfg = _experiment(name)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("lamb", 8e-3, 0.02)
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size * cfg.trainer.accum * 8) == (100, 2048)
+    assert (cfg.trainer.loss, cfg.trainer.bce_target_thresh, cfg.data.img_size) == ("bce", 0.2, 160)
+    assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.sched.warmup_epochs) == (0.1, 1.0, 5)
+
+
+def test_quickstart_baseline_shares_the_quickstart_recipe():
+    a, b = _experiment("quickstart"), _experiment("quickstart_baseline")
+    assert (a.model.name, b.model.name) == ("dcls_quickstart", "dcls_quickstart_baseline")
+    for section in ("optim", "sched", "aug", "data"):
+        assert a[section] == b[section], section
+    assert {k: v for k, v in a.trainer.items() if k != "output_dir"} == \
+        {k: v for k, v in b.trainer.items() if k != "output_dir"}
+    assert (a.trainer.epochs, a.trainer.batch_size, a.optim.lr, a.aug.pad_crop, a.aug.mixup) == (4, 128, 2e-3, 2, 0.0)
+
+
+def test_any_value_is_overridable():
+    cfg = _compose("experiment=convnext_tiny_dcls", "optim.lr=1e-3", "trainer.accum=1", "+model.kwargs.foo=1",
+                   "trainer.output_dir=/tmp/x")
+    assert (cfg.optim.lr, cfg.trainer.accum, cfg.model.kwargs.foo, cfg.trainer.output_dir) == (1e-3, 1, 1, "/tmp/x")

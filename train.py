@@ -1,0 +1,49 @@
+"""Train an image classifier from a Hydra config: ``python train.py experiment=quickstart [key=value ...]``.
+
+Multi-GPU / multi-process: ``torchrun --nproc_per_node N train.py experiment=... trainer.output_dir=DIR``.
+A run dir holding ``last.pth`` resumes automatically; exit codes: 0 done, 1 NaN/inf loss, 2 bad config.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Drop the run dir Hydra made for a config that failed validation (only Hydra's own files in it)."""
+    entries = list(run_dir.iterdir()) if run_dir.is_dir() else []
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in entries):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from dcls_vision.engine import ConfigError, NonFiniteLossError, train
+
+    with open_dict(cfg):  # pin the run dir Hydra created (a later ${now:} would differ)
+        cfg.trainer.output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        result = train(cfg)
+    except ConfigError as e:
+        _remove_if_empty(Path(cfg.trainer.output_dir))
+        print(f"ConfigError: {e}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as e:
+        print(f"NonFiniteLossError: {e}", file=sys.stderr)
+        sys.exit(1)
+    if result.get("rank", 0) == 0:
+        line = f"final: top1={result['top1']:.2f} top5={result['top5']:.2f}"
+        if result.get("ema_top1") is not None:
+            line += f" ema_top1={result['ema_top1']:.2f} ema_top5={result['ema_top5']:.2f}"
+        line += f" best_top1={result['best_top1']:.2f} run_dir={result['run_dir']}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
