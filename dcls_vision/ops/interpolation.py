@@ -158,7 +158,7 @@ def _scatter(
         indices.append(flat.expand_as(value).reshape(-1))
         values.append(torch.where(inside, value, 0.0).reshape(-1))
     out = torch.zeros(math.prod(shape), device=weight.device, dtype=weight.dtype)
-    return out.scatter_add(0, torch.cat(indices), torch.cat(values)).view(shape)
+    return out.scatter_add_(0, torch.cat(indices), torch.cat(values)).view(shape)  # in place: no 2nd copy
 
 
 def _combine(scale: Tensor, profiles: list[Tensor], learned_axes: tuple[int, ...]) -> Tensor:
