@@ -105,10 +105,10 @@ def bench_algorithms(channels: int, size: int, kernel: int, args: argparse.Names
     cands: dict[str, Callable[[], object]] = {
         "forward/aten": lambda: dw._forward_aten(x, w, b, s, p),
         "forward/fft": lambda: dw._forward_fft(x, w, b, p),
-        "grad_input/aten": lambda: dw._grad_input_aten(go, x, w, s, p),
+        "grad_input/aten": lambda: dw._grads_aten(go, x, w, s, p, True, False)[0],
         "grad_input/flip": lambda: dw._grad_input_flip(go, x.shape, w, s, p),
         "grad_input/fft": lambda: dw._grad_fft(go, x, w, p, True, False),
-        "grad_weight/aten": lambda: dw._grad_weight_aten(go, x, w, s, p),
+        "grad_weight/aten": lambda: dw._grads_aten(go, x, w, s, p, False, True)[1],
         "grad_weight/batch_groups": lambda: dw._grad_weight_batch_groups(go, x, k, s, p),
         "grad_weight/channel_groups": lambda: dw._grad_weight_channel_groups(go, x, k, s, p),
         "grad_weight/fft": lambda: dw._grad_fft(go, x, w, p, False, True),

@@ -184,14 +184,19 @@ def _forward_fft(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[
     return torch.fft.irfft2(xf, s=size)[..., :ho, :wo]
 
 
-def _grad_input_aten(
-    go: Tensor, x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int]
-) -> Tensor:
-    """aten's input gradient, run channels_last (NCHW is ~10x slower for large kernels)."""
-    return torch.ops.aten.convolution_backward(
+def _grads_aten(
+    go: Tensor, x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
+    need_input: bool, need_weight: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """aten's input and/or weight gradient in one call, run channels_last (NCHW is ~10x slower).
+
+    The weight gradient is fine up to 7x7 but takes 0.06-1.1 s per ConvNeXt-T layer from 17x17 on CPU.
+    """
+    grads = torch.ops.aten.convolution_backward(
         _channels_last(go), _channels_last(x), weight, None, list(stride), list(padding), [1, 1], False,
-        [0, 0], x.shape[1], [True, False, False],
-    )[0]
+        [0, 0], x.shape[1], [need_input, need_weight, False],
+    )
+    return grads[0], grads[1]
 
 
 def _grad_input_flip(
@@ -213,16 +218,6 @@ def _grad_input_flip(
     bottom, right = h + kh - 1 - top - gh, w + kw - 1 - left - gw
     go = F.pad(_channels_last(go), (left, right, top, bottom))
     return F.conv2d(_channels_last(go), weight.flip(-1, -2), None, 1, 0, 1, c)
-
-
-def _grad_weight_aten(
-    go: Tensor, x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int]
-) -> Tensor:
-    """aten's weight gradient: fine up to 7x7, 0.06-1.1 s per ConvNeXt-T layer from 17x17 on CPU."""
-    return torch.ops.aten.convolution_backward(
-        _channels_last(go), _channels_last(x), weight, None, list(stride), list(padding), [1, 1], False,
-        [0, 0], x.shape[1], [False, True, False],
-    )[1]
 
 
 def _padded_input(x: Tensor, kernel: tuple[int, int], out_hw: tuple[int, int], stride: tuple[int, int],
@@ -359,18 +354,19 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
             fft_x, fft_w = need_x and gi_algo == "fft", need_w and gw_algo == "fft"
             if fft_x or fft_w:
                 gi, gw = _grad_fft(go, xc, wc, padding, fft_x, fft_w)
+            aten_x = need_x and gi is None and gi_algo != "flip"
+            aten_w = need_w and gw is None and gw_algo not in ("batch_groups", "channel_groups")
+            if aten_x or aten_w:  # one aten call when both gradients come from it
+                gi_aten, gw_aten = _grads_aten(go, xc, wc, stride, padding, aten_x, aten_w)
+                gi = gi_aten if aten_x else gi
+                gw = gw_aten if aten_w else gw
             if need_x and gi is None:
-                if gi_algo == "flip":
-                    gi = _grad_input_flip(go, x.shape, wc, stride, padding)
-                else:
-                    gi = _grad_input_aten(go, xc, wc, stride, padding)
+                gi = _grad_input_flip(go, x.shape, wc, stride, padding)
             if need_w and gw is None:
                 if gw_algo == "batch_groups":
                     gw = _grad_weight_batch_groups(go, xc, kernel, stride, padding)
-                elif gw_algo == "channel_groups":
-                    gw = _grad_weight_channel_groups(go, xc, kernel, stride, padding)
                 else:
-                    gw = _grad_weight_aten(go, xc, wc, stride, padding)
+                    gw = _grad_weight_channel_groups(go, xc, kernel, stride, padding)
             if need_b and ctx.bias_dtype is not None:
                 gb = go.sum((0, 2, 3)).to(ctx.bias_dtype)
         if gi is not None:
