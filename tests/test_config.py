@@ -72,6 +72,7 @@ def test_a3_recipe(name):
     assert (cfg.trainer.epochs, cfg.trainer.batch_size * cfg.trainer.accum * 8) == (100, 2048)
     assert (cfg.trainer.loss, cfg.trainer.bce_target_thresh, cfg.data.img_size) == ("bce", 0.2, 160)
     assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.sched.warmup_epochs) == (0.1, 1.0, 5)
+    assert (cfg.data.test_img_size, cfg.data.crop_pct) == (224, 0.95)  # train 160, evaluate 224
 
 
 def test_quickstart_baseline_shares_the_quickstart_recipe():

@@ -135,6 +135,16 @@ def test_imagefolder_val_uses_train_labels_and_subsets(tmp_path: Path) -> None:
     assert val[0][0].shape == (1, 32, 32)
 
 
+def test_imagefolder_test_img_size_sets_the_val_crop_only(tmp_path: Path) -> None:
+    """A3: train at 160, evaluate at 224 (here 24 / 40 on tiny images)."""
+    make_folder(tmp_path)
+    train, val, _ = build_datasets(folder_cfg(tmp_path, img_size=24, test_img_size=40, crop_pct=1.0), {})
+    assert train[0][0].shape == (3, 24, 24)
+    assert val[0][0].shape == (3, 40, 40)
+    _, val_default, _ = build_datasets(folder_cfg(tmp_path, img_size=24), {})
+    assert val_default[0][0].shape == (3, 24, 24)
+
+
 def test_imagefolder_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"data.root=.*nowhere: folder not found"):
         build_datasets(folder_cfg(tmp_path / "nowhere"), {})

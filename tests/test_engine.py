@@ -225,6 +225,7 @@ def test_valid_config_passes():
     ("sched.warmup_epochs", 5, "sched.warmup_epochs=5 must be in [0, trainer.epochs=2]"),
     ("data.root", "???", "data.root=??? is required"),
     ("data.source", "/no/such/dir", "data.source='/no/such/dir' does not exist"),
+    ("data.test_img_size", 0, "data.test_img_size=0 must be >= 1"),
     ("logger.wandb_mode", "sometimes", "logger.wandb_mode='sometimes' is not supported"),
 ])
 def test_config_errors_name_key_value_and_rule(key, value, fragment):

@@ -112,11 +112,15 @@ def small_image_transforms(
 def imagenet_transforms(
     data_cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] | None
 ) -> tuple[Transform, Transform]:
-    """(train, val) from ``timm.data.create_transform``: RandAugment/RRC/erasing; val resize + centre crop."""
+    """(train, val) from ``timm.data.create_transform``: RandAugment/RRC/erasing; val resize + centre crop.
+
+    ``test_img_size`` (default ``img_size``) sets the validation crop: timm's A3 recipe trains at 160
+    and evaluates at 224 (the "FixRes" train/test resolution discrepancy).
+    """
     channels = int(_get(data_cfg, "in_chans", 3))
     size = int(_get(data_cfg, "img_size", 224))
+    test_size = int(_get(data_cfg, "test_img_size", None) or size)
     common = {
-        "input_size": (channels, size, size),
         "interpolation": str(_get(data_cfg, "interpolation", "bicubic")),
         "mean": _floats(_get(data_cfg, "mean", (0.485, 0.456, 0.406)), channels),
         "std": _floats(_get(data_cfg, "std", (0.229, 0.224, 0.225)), channels),
@@ -130,7 +134,9 @@ def imagenet_transforms(
         auto_augment=_get(aug_cfg, "auto_augment"),
         re_prob=float(_get(aug_cfg, "reprob", 0.0)),
         re_mode=str(_get(aug_cfg, "remode", "pixel")),
+        input_size=(channels, size, size),
         **common,
     )
-    val = create_transform(is_training=False, crop_pct=float(_get(data_cfg, "crop_pct", 0.875)), **common)
+    val = create_transform(is_training=False, crop_pct=float(_get(data_cfg, "crop_pct", 0.875)),
+                           input_size=(channels, test_size, test_size), **common)
     return train, val

@@ -88,6 +88,8 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data.source={source!r} does not exist; allowed: an existing path")
     for key in ("data.train_subset", "data.val_subset"):
         _num(cfg, key, lambda v: v >= 1, ">= 1", integer=True, optional=True)
+    for key in ("data.img_size", "data.test_img_size"):
+        _num(cfg, key, lambda v: v >= 1, ">= 1", integer=True, optional=True)
 
 
 def _check_optim(cfg: DictConfig) -> None:
