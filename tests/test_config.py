@@ -82,7 +82,7 @@ def test_quickstart_baseline_shares_the_quickstart_recipe():
         assert a[section] == b[section], section
     assert {k: v for k, v in a.trainer.items() if k != "output_dir"} == \
         {k: v for k, v in b.trainer.items() if k != "output_dir"}
-    assert (a.trainer.epochs, a.trainer.batch_size, a.optim.lr, a.aug.pad_crop, a.aug.mixup) == (3, 64, 5e-3, 2, 0.0)
+    assert (a.trainer.epochs, a.trainer.batch_size, a.optim.lr, a.aug.pad_crop, a.aug.mixup) == (3, 64, 5e-3, 0, 0.0)
 
 
 def test_any_value_is_overridable():
