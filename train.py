@@ -1,7 +1,9 @@
 """Train an image classifier from a Hydra config: ``python train.py experiment=quickstart [key=value ...]``.
 
 Multi-GPU / multi-process: ``torchrun --nproc_per_node N train.py experiment=... trainer.output_dir=DIR``.
-A run dir holding ``last.pth`` resumes automatically; exit codes: 0 done, 1 NaN/inf loss, 2 bad config.
+SLURM: ``python -m dcls_vision.launch ...``, ``python train.py -m hydra/launcher=slurm ...`` or ``slurm/train.sbatch``.
+A run dir holding ``last.pth`` resumes automatically; exit codes: 0 done, 1 NaN/inf loss, 2 bad config,
+3 stopped by a preemption/time-limit signal after saving ``last.pth`` (rerun to resume).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 
@@ -25,18 +28,27 @@ def _remove_if_empty(run_dir: Path) -> None:
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from dcls_vision.engine import ConfigError, NonFiniteLossError, train
+    from dcls_vision.launch.preemption import EXIT_PREEMPTED, Preempted
 
     with open_dict(cfg):  # pin the run dir Hydra created (a later ${now:} would differ)
         cfg.trainer.output_dir = HydraConfig.get().runtime.output_dir
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN  # -m: the launcher reports each job's error
     try:
         result = train(cfg)
     except ConfigError as e:
         _remove_if_empty(Path(cfg.trainer.output_dir))
+        if multirun:
+            raise
         print(f"ConfigError: {e}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as e:
+        if multirun:
+            raise
         print(f"NonFiniteLossError: {e}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as e:
+        print(f"Preempted: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     if result.get("rank", 0) == 0:
         line = f"final: top1={result['top1']:.2f} top5={result['top5']:.2f}"
         if result.get("ema_top1") is not None:

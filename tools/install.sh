@@ -27,4 +27,8 @@ fi
 reqs=(-r requirements.txt)
 ((dev)) && reqs+=(-r requirements-dev.txt)
 python -m pip install -q --disable-pip-version-check "${reqs[@]}"
+# ImageNet-C corruptions; --no-deps keeps the headless OpenCV of requirements.txt (it asks for opencv-python).
+python -m pip install -q --disable-pip-version-check --no-deps imagecorruptions-imaug==1.1.5
+# The loopback SLURM cluster the launch tests submit to (Debian packages; fast no-op when installed).
+((dev)) && bash slurm/install.sh
 python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

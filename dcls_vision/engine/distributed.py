@@ -1,12 +1,14 @@
 """Process-group setup and small collective helpers.
 
-``init_distributed`` reads torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); a SLURM
-launcher can export the same vars, or extend :func:`_env_world` to read SLURM_PROCID/SLURM_NTASKS/….
+``init_distributed`` reads torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) or, without
+them, those of a SLURM job step (``srun``: SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID, the node list),
+so ``srun --ntasks-per-node=G python train.py`` and submitit tasks need no wrapper.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from datetime import timedelta
 from typing import Any
 
@@ -15,11 +17,57 @@ import torch.distributed as dist
 
 
 def _env_world() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) from torchrun's environment, or None for a single process."""
+    """(rank, world_size, local_rank) from torchrun's or a SLURM step's environment, or None for one process.
+
+    SLURM counts only inside a job step (SLURM_STEP_ID is set): a batch script also has SLURM_PROCID=0 and
+    SLURM_NTASKS=N, and must not wait there for N-1 peers that never come.
+    """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+    env = os.environ
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        world = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+        rank = int(env["SLURM_PROCID"])
+        return rank, world, int(env.get("SLURM_LOCALID", 0))
     return None
+
+
+def slurm_master_addr() -> str:
+    """First host of the step's node list (``scontrol show hostnames`` expands ``node[01-04]``)."""
+    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST") or ""
+    if not nodelist:
+        return "127.0.0.1"
+    if "[" not in nodelist:
+        return nodelist.split(",")[0]
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+        return out.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    try:  # no usable scontrol here: submitit's parser of the same syntax
+        from submitit.slurm.slurm import _parse_node_list
+
+        return _parse_node_list(nodelist)[0]
+    except Exception as e:
+        raise RuntimeError(f"cannot expand SLURM node list {nodelist!r} (scontrol show hostnames failed): {e}; "
+                           "set MASTER_ADDR instead") from e
+
+
+def slurm_master_port(job_id: str | None = None) -> int:
+    """A port in [20000, 40000) derived from the job id: the same in every task and after a requeue."""
+    job_id = job_id or os.environ.get("SLURM_JOB_ID", "0")
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
+def _export_rendezvous() -> None:
+    """MASTER_ADDR/PORT for ``env://`` when a SLURM step (not torchrun) started the processes."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.setdefault("MASTER_ADDR", slurm_master_addr())
+    os.environ.setdefault("MASTER_PORT", str(slurm_master_port()))
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
@@ -28,14 +76,15 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
+        # a task bound to one GPU (srun --gpus-per-task=1 / --gpu-bind) sees it as cuda:0 whatever its local rank
+        dev = torch.device("cuda", local_rank if torch.cuda.device_count() != 1 else 0)
     return dev
 
 
 def init_distributed(
     device: str = "auto", backend: str | None = None, timeout_s: int = 1800
 ) -> tuple[int, int, int, torch.device]:
-    """Join the process group when launched by torchrun; returns ``(rank, world_size, local_rank, device)``.
+    """Join the process group when launched by torchrun or srun; returns ``(rank, world_size, local_rank, device)``.
 
     Backend: nccl for CUDA devices, gloo otherwise. A single process (no env vars) gets (0, 1, 0, device).
     """
@@ -47,6 +96,7 @@ def init_distributed(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
+        _export_rendezvous()
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout_s))

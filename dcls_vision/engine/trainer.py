@@ -3,6 +3,8 @@
 Per optimizer step: ``accum`` micro-batches (DDP syncs on the last) → NaN check → unscale (fp16) → clip →
 step → clamp positions → EMA update → scheduler ``step_update``. Validation of model and EMA each epoch.
 Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
+A preemption/time-limit signal (``dcls_vision/launch/preemption.py``) saves ``last.pth`` at the next step
+boundary on every rank, then raises :class:`Preempted`; the requeued job resumes there.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from dcls_vision.launch.preemption import STOP, Preempted, PreemptionGuard
 from dcls_vision.ops import clamp_positions_, dcls_parameters
 
 from . import checkpoint as ckpt
@@ -153,10 +156,13 @@ def evaluate(model: nn.Module, loader: EpochLoader, device: torch.device, amp: s
 class Trainer:
     """Holds everything a run needs; :meth:`fit` runs the remaining epochs."""
 
-    def __init__(self, cfg: DictConfig, rank: int, world_size: int, local_rank: int, device: torch.device) -> None:
+    def __init__(self, cfg: DictConfig, rank: int, world_size: int, local_rank: int, device: torch.device,
+                 guard: PreemptionGuard | None = None) -> None:
         from dcls_vision.data import build_datasets
 
         self.cfg, self.rank, self.world, self.device = cfg, rank, world_size, device
+        self.guard = guard
+        self.signal_level = 0  # the all-reduced PreemptionGuard level of the last optimizer step
         tcfg = cfg.trainer
         self.seed = int(tcfg.seed)
         self.amp = amp_dtype(tcfg.amp)
@@ -407,6 +413,10 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}")
             if interval and gs % interval == 0 and b < total:
                 self.save_last()
+            elif self.signal_level and b < total:  # preemption/time limit (the epoch end saves by itself)
+                self.save_last()
+            if self.signal_level and b < total:
+                self._after_signal_save(epoch, b)
         if bar is not None:
             bar.close()
         all_reduce_sum(loss_sum)
@@ -421,10 +431,30 @@ class Trainer:
         g = self.optimizer.param_groups[0]
         return float(g["lr"]) / float(g.get("lr_scale", 1.0))
 
+    def _after_signal_save(self, epoch: int, batch: int) -> None:
+        """``last.pth`` was just saved for a signal: stop (raise :class:`Preempted`) or, for a save-only one, go on."""
+        if self.signal_level >= STOP:
+            st = self.state
+            what = self.guard.describe() if self.guard is not None else "a signal"
+            where = f"epoch {epoch + 1}, batch {batch}" if batch else f"end of epoch {epoch + 1}"
+            msg = (f"stopped by {what} at {where} (global step {st.global_step}); {self.run_dir / ckpt.LAST} saved, "
+                   f"rerun with trainer.output_dir={self.run_dir} to resume")
+            self.log.info(msg)
+            self.log.close()
+            raise Preempted(msg)
+        if self.guard is not None:
+            self.guard.saved()
+        self.signal_level = 0
+
     def _optimizer_step(self, step_loss: Tensor, epoch: int, step_in_epoch: int) -> None:
-        bad = (~torch.isfinite(step_loss)).float().reshape(1)
-        all_reduce_max(bad)
-        if bad.item() > 0:
+        # one all-reduce carries the NaN check and the preemption flag, so all ranks stop at the same step
+        pending = float(self.guard.pending()) if self.guard is not None else 0.0
+        flags = torch.stack([(~torch.isfinite(step_loss)).float().reshape(()),
+                             torch.tensor(pending, device=step_loss.device)])
+        all_reduce_max(flags)
+        bad, level = flags.tolist()
+        self.signal_level = int(level)
+        if bad > 0:
             last = self.run_dir / ckpt.LAST
             kept = f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was written"
             raise NonFiniteLossError(
@@ -489,6 +519,8 @@ class Trainer:
             self.log.epoch(record)
             self.save_last(epoch_file=epoch)
             self.log.info(self._summary_line(epoch, record))
+            if self.signal_level and epoch + 1 < stop_at:
+                self._after_signal_save(epoch, 0)
         if val is None:  # nothing left to train (resumed a finished run): report the current weights
             val, ema = self._evaluate_all()
         barrier()
@@ -537,16 +569,22 @@ class Trainer:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg``, train (resuming if the run dir has ``last.pth``) and return the final metrics.
 
-    Raises :class:`~dcls_vision.engine.config.ConfigError` before any work for a bad config, and
-    :class:`NonFiniteLossError` on a NaN/inf loss.
+    Raises :class:`~dcls_vision.engine.config.ConfigError` before any work for a bad config,
+    :class:`NonFiniteLossError` on a NaN/inf loss, and :class:`Preempted` after a preemption/time-limit
+    signal made it save ``last.pth`` and stop.
     """
     validate_config(cfg)
     rank, world, local_rank, device = init_distributed(str(cfg.trainer.get("device", "auto")))
     try:
-        trainer = Trainer(cfg, rank, world, local_rank, device)
-        return trainer.fit()
+        with PreemptionGuard() as guard:
+            trainer = Trainer(cfg, rank, world, local_rank, device, guard=guard)
+            try:
+                return trainer.fit()
+            except Preempted:
+                guard.hand_over()  # e.g. submitit's handler: requeue the job and exit (rank 0)
+                raise
     finally:
         cleanup()
 
 
-__all__ = ["NonFiniteLossError", "Trainer", "evaluate", "train"]
+__all__ = ["NonFiniteLossError", "Preempted", "Trainer", "evaluate", "train"]

@@ -1,0 +1,5 @@
+"""The one exception the analysis tools turn into a one-line CLI error (kept import-light for ``--help``)."""
+
+
+class AnalysisError(ValueError):
+    """Bad user input for an analysis tool; the message is one line naming the value and what is allowed."""

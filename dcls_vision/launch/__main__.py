@@ -1,0 +1,7 @@
+"""``python -m dcls_vision.launch experiment=... nodes=... gpus_per_node=... partition=... [overrides]``."""
+
+import sys
+
+from dcls_vision.launch.submit import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""Evaluate a checkpoint on any subset of ImageNet val, -C, -C-bar, -A, -R and -Sketch (thesis Table 2.5).
+
+Each split goes through the trainer's own :func:`~dcls_vision.engine.trainer.evaluate` (exact counts summed over
+torchrun ranks, unreadable images skipped and counted, progress bars on rank 0). A benchmark whose folder is not
+set, missing or empty gets a one-line message and the others still run; a partial ImageNet-C(-bar) folder is
+evaluated on what is there and flagged as partial.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+from dcls_vision.data import SkipBadImageFolder, build_datasets
+from dcls_vision.data.paths import resolve_path
+from dcls_vision.engine.config import amp_dtype
+from dcls_vision.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
+from dcls_vision.engine.loader import EpochLoader
+from dcls_vision.engine.runlog import RunLogger
+from dcls_vision.engine.trainer import evaluate
+
+from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, severity_folder_names
+from .classes import ClassListError, checkpoint_classes, class_folders, subset_logit_indices
+from .config import as_list, checkpoint_path, validate_eval_config
+from .metrics import corruption_summary
+from .model import LoadedModel, SubsetLogits, load_model
+from .report import render_markdown, table_values, write_reports
+from .transforms import eval_transform, pil_mode
+
+
+class BenchmarkUnavailable(RuntimeError):
+    """A benchmark that cannot run here (folder not set, missing, empty or with foreign classes)."""
+
+
+class Evaluator:
+    """Runs the requested benchmarks for one checkpoint; every rank runs it, rank 0 writes the reports."""
+
+    def __init__(self, cfg: DictConfig, benchmarks: list[str], rank: int, world: int, device: torch.device) -> None:
+        self.cfg, self.benchmarks, self.rank, self.world, self.device = cfg, benchmarks, rank, world, device
+        self.out_dir = self._setup_out_dir(Path(str(cfg.output_dir)))
+        self.log = RunLogger(self.out_dir, rank, progress=cfg.get("progress"))
+        self.ckpt = checkpoint_path(cfg)
+        self.loaded: LoadedModel = load_model(self.ckpt, bool(cfg.get("use_ema", False)), device)
+        train_cfg = self.loaded.config
+        tcfg, self.data_cfg = train_cfg.trainer, OmegaConf.to_container(train_cfg.data, resolve=True)
+        self.batch_size = int(cfg.get("batch_size") or tcfg.get("val_batch_size") or tcfg.batch_size)
+        workers = cfg.get("num_workers")
+        self.num_workers = int(self.data_cfg.get("num_workers") or 0) if workers is None else int(workers)
+        self.amp = amp_dtype(cfg.get("amp") if cfg.get("amp") is not None else tcfg.get("amp"))
+        cl = cfg.get("channels_last")
+        self.channels_last = bool(tcfg.get("channels_last", False) if cl is None else cl)
+        if self.channels_last:
+            self.loaded.model.to(memory_format=torch.channels_last)
+        self.mode = pil_mode(self.data_cfg)
+        self._classes: list[str] | None = None
+        self.name = cfg.get("name") or (str(train_cfg.get("experiment_name") or train_cfg.model.name)
+                                        + (" (EMA)" if self.loaded.weights == "ema" else ""))
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def _setup_out_dir(self, requested: Path) -> Path:
+        """Rank 0's output dir for all ranks (a ``${now:}`` default may differ by a second between ranks)."""
+        requested = resolve_path(str(requested), "output_dir")
+        out = Path(broadcast_object(str(requested.resolve()) if self.rank == 0 else None))
+        if self.rank != 0 and requested.resolve() != out and requested.is_dir():
+            if all(p.name == ".hydra" or p.suffix == ".log" for p in requested.iterdir()):  # Hydra's, for this rank
+                shutil.rmtree(requested, ignore_errors=True)
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        barrier()
+        return out
+
+    @property
+    def classes(self) -> list[str]:
+        if self._classes is None:
+            try:
+                self._classes = checkpoint_classes(self.data_cfg, self.cfg.get("classes"))
+            except ClassListError as err:
+                raise BenchmarkUnavailable(str(err)) from err
+        return self._classes
+
+    # ------------------------------------------------------------------------------------------ datasets
+    def _root(self, bench: Benchmark) -> Path:
+        root = self.cfg.get(bench.key, {}).get("root")
+        if root in (None, ""):
+            raise BenchmarkUnavailable(f"{bench.key}.root is not set; pass {bench.key}.root=<folder> "
+                                       f"laid out as {bench.layout}")
+        path = resolve_path(str(root), f"{bench.key}.root")
+        if not path.is_dir():
+            raise BenchmarkUnavailable(f"{bench.key}.root={root}: folder not found; expected {bench.layout}")
+        return path
+
+    def _folder(self, bench: Benchmark, path: Path, class_to_idx: dict[str, int]) -> Dataset:
+        """An ImageNet-style split labelled by ``class_to_idx``; refuses class folders the model does not know."""
+        found = class_folders(path)
+        if not found:
+            raise BenchmarkUnavailable(f"{path}: no class folders; expected {bench.layout}")
+        unknown = [c for c in found if c not in class_to_idx]
+        if unknown:
+            example = ", ".join(list(class_to_idx)[:3])
+            raise BenchmarkUnavailable(f"{path}: class folders {unknown[:3]} are not among the model's "
+                                       f"{len(class_to_idx)} classes (e.g. {example}); name class folders after the "
+                                       f"checkpoint's classes or pass classes=<file>")
+        crop_pct = self.cfg.get(bench.key, {}).get("crop_pct")
+        ds = SkipBadImageFolder(path, transform=eval_transform(self.data_cfg, crop_pct), class_to_idx=class_to_idx,
+                                mode=self.mode)
+        if len(ds) == 0:
+            raise BenchmarkUnavailable(f"{path}: no image files in its class folders; expected {bench.layout}")
+        return ds
+
+    def _class_map(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+    # -------------------------------------------------------------------------------------- evaluation
+    def _evaluate(self, ds: Dataset, model: nn.Module, desc: str) -> dict[str, Any]:
+        loader = EpochLoader(ds, self.batch_size, train=False, num_replicas=self.world, rank=self.rank, seed=0,
+                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        stats = evaluate(model, loader, self.device, self.amp, self.channels_last, self.log, desc)
+        if stats["samples"] == 0:
+            raise BenchmarkUnavailable(f"{desc}: none of its {len(ds)} images could be read")
+        if stats["skipped"]:
+            self.log.info(f"{desc}: skipped {stats['skipped']} unreadable image(s)")
+        return {"top1": stats["top1"], "top5": stats["top5"], "error": 100.0 - stats["top1"], "loss": stats["loss"],
+                "samples": stats["samples"], "skipped": stats["skipped"]}
+
+    def _single(self, bench: Benchmark) -> dict[str, Any]:
+        """val, A, R or Sketch: one split; A and R score only their 200 output columns."""
+        if bench.key == "val" and self.cfg.get("val", {}).get("root") in (None, ""):
+            stats = self._evaluate(self._checkpoint_val(), self.loaded.model, bench.title)
+            return {**stats, "path": f"the checkpoint's data config ({self.data_cfg.get('name')})"}
+        path = self._root(bench)
+        if bench.subset is None:
+            stats = self._evaluate(self._folder(bench, path, self._class_map()), self.loaded.model, bench.title)
+            return {**stats, "path": str(path)}
+        wnids, indices = self._subset(bench)
+        ds = self._folder(bench, path, {w: i for i, w in enumerate(wnids)})  # labels: positions in the subset
+        stats = self._evaluate(ds, SubsetLogits(self.loaded.model, indices), bench.title)
+        return {**stats, "path": str(path), "classes": len(wnids)}
+
+    def _subset(self, bench: Benchmark) -> tuple[list[str], list[int]]:
+        try:
+            return subset_logit_indices(self.classes, str(bench.subset))
+        except ClassListError as err:
+            raise BenchmarkUnavailable(str(err)) from err
+
+    def _checkpoint_val(self) -> Dataset:
+        """The val split the trainer validated on (same dataset, subset and transform)."""
+        data = dict(self.data_cfg)
+        if data.get("name") != "fashion_mnist":
+            root, val_dir = data.get("root"), data.get("val_dir") or "val"
+            if root in (None, "", "???"):
+                raise BenchmarkUnavailable("val.root is not set and the checkpoint's data.root is unset; pass "
+                                           "val.root=<folder> laid out as <root>/<wnid>/*")
+            path = resolve_path(str(root), "data.root") / str(val_dir)
+            if not path.is_dir():
+                raise BenchmarkUnavailable(f"val.root is not set and the checkpoint's val split {path} is not found; "
+                                           f"pass val.root=<folder> laid out as <root>/<wnid>/*")
+            ds = self._folder(BENCHMARKS["val"], path, self._class_map())
+            subset = data.get("val_subset")
+            if subset is not None:  # the trainer's deterministic subset of the same folder
+                from dcls_vision.data import stratified_indices
+
+                keep = stratified_indices(ds.targets, int(subset), name="data.val_subset")
+                ds.samples = [ds.samples[i] for i in keep]
+                ds.targets = [s[1] for s in ds.samples]
+                ds.imgs = ds.samples
+            return ds
+        try:
+            return build_datasets(data, None)[1]
+        except (OSError, ValueError) as err:
+            raise BenchmarkUnavailable(f"val.root is not set and the checkpoint's data cannot be loaded ({err})") \
+                from err
+
+    def _corrupted(self, bench: Benchmark) -> dict[str, Any]:
+        root = self._root(bench)
+        section = self.cfg.get(bench.key, {})
+        corruptions = as_list(section.get("corruptions"), f"{bench.key}.corruptions")
+        severities = [int(s) for s in as_list(section.get("severities"), f"{bench.key}.severities")]
+        class_to_idx = self._class_map()
+        splits, missing = [], []
+        for name in corruptions:
+            if not (root / name).is_dir():
+                missing.append(name)
+                continue
+            for sev in severities:
+                folder = next((root / name / d for d in severity_folder_names(bench.key, name, sev)
+                               if (root / name / d).is_dir()), None)
+                if folder is None:
+                    missing.append(f"{name}/{sev}")
+                    continue
+                splits.append((name, sev, folder))
+        if not splits:
+            raise BenchmarkUnavailable(f"{bench.key}.root={root}: none of the requested corruption/severity folders "
+                                       f"exist; expected {bench.layout}")
+        if missing:
+            shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            self.log.info(f"{bench.title}: missing {shown} under {root}; evaluating the {len(splits)} split(s) "
+                          f"present (result flagged partial)")
+        results, errors = [], {}
+        for name, sev, folder in splits:
+            stats = self._evaluate(self._folder(bench, folder, class_to_idx), self.loaded.model,
+                                   f"{bench.title} {name}/{sev}")
+            results.append({"corruption": name, "severity": sev, **stats, "path": str(folder)})
+            errors.setdefault(name, {})[sev] = stats["error"]
+        reference = IMAGENET_C if bench.key == "c" else IMAGENET_C_BAR
+        summary = corruption_summary(errors, reference, normalise=bench.key == "c")
+        return {"path": str(root), "splits": results, "summary": summary, "missing": missing,
+                "samples": sum(r["samples"] for r in results), "skipped": sum(r["skipped"] for r in results)}
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        lm = self.loaded
+        n_params = sum(p.numel() for p in lm.model.parameters())
+        self.log.info(f"checkpoint {self.ckpt} ({lm.weights} weights, epoch {lm.epoch}) | model {lm.config.model.name} "
+                      f"{n_params / 1e6:.2f}M params | {self.world} process(es) on {self.device} | batch "
+                      f"{self.batch_size} | amp {self.amp or 'off'} | benchmarks {', '.join(self.benchmarks)}")
+        entries: dict[str, Any] = {}
+        for key in self.benchmarks:
+            bench = BENCHMARKS[key]
+            try:
+                entry = self._corrupted(bench) if bench.corrupted else self._single(bench)
+                entry["status"] = "partial" if entry.get("missing") else "ok"
+            except BenchmarkUnavailable as err:
+                entry = {"status": "unavailable", "message": str(err)}
+                self.log.info(f"{bench.title}: {err}; skipped, the other benchmarks still run")
+            entry["corrupted"] = bench.corrupted
+            entries[key] = entry
+        result = {
+            "name": self.name, "checkpoint": str(self.ckpt), "weights": lm.weights, "epoch": lm.epoch,
+            "model": str(lm.config.model.name), "trainer_metrics": lm.stored_metrics, "world_size": self.world,
+            "settings": {"batch_size": self.batch_size, "amp": self.amp, "channels_last": self.channels_last,
+                         "crop_pct": {k: self.cfg.get(k, {}).get("crop_pct") for k in self.benchmarks}},
+            "benchmarks": entries,
+            "skipped_images": sum(int(e.get("skipped") or 0) for e in entries.values()),
+        }
+        result["table"] = {k: v for k, v in table_values(result).items() if k in entries}
+        barrier()
+        if self.rank == 0:
+            paths = write_reports(result, self.out_dir)
+            result["reports"] = {k: str(v) for k, v in paths.items()}
+            self.log.info(render_markdown(result).rstrip())
+            self.log.info(f"reports: {paths['markdown']} {paths['json']} {paths['csv']}")
+        result["rank"] = self.rank
+        result["evaluated"] = [k for k, e in entries.items() if e["status"] != "unavailable"]
+        return result
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Validate ``cfg`` (configs/eval.yaml), evaluate, write reports on rank 0 and return the result dict.
+
+    Raises :class:`~dcls_vision.robustness.config.EvalConfigError` before any work for a bad config.
+    """
+    benchmarks = validate_eval_config(cfg)
+    rank, world, _, device = init_distributed(str(cfg.get("device") or "auto"))
+    try:
+        return Evaluator(cfg, benchmarks, rank, world, device).run()
+    finally:
+        cleanup()

@@ -1,0 +1,45 @@
+"""Robustness evaluation of a checkpoint (thesis Table 2.5): ``python eval.py checkpoint=<run>/best.pth ...``.
+
+Benchmarks: ``benchmarks=[val,c,cbar,a,r,sketch]`` with ``<key>.root=<folder>`` (see configs/eval.yaml);
+multi-process: ``torchrun --nproc_per_node N eval.py ...``. Exit codes: 0 done (benchmarks that could not run
+are listed in the report), 2 bad config or checkpoint, 3 none of the requested benchmarks could run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+
+def _remove_if_empty(out_dir: Path) -> None:
+    """Drop the dir Hydra made for a config that failed validation (only Hydra's own files in it)."""
+    entries = list(out_dir.iterdir()) if out_dir.is_dir() else []
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in entries):
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@hydra.main(config_path="configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from dcls_vision.robustness import EvalConfigError, run_eval
+
+    with open_dict(cfg):  # pin the dir Hydra created (a later ${now:} would differ)
+        cfg.output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        result = run_eval(cfg)
+    except EvalConfigError as e:
+        _remove_if_empty(Path(cfg.output_dir))
+        print(f"EvalConfigError: {e}", file=sys.stderr)
+        sys.exit(2)
+    if not result["evaluated"]:
+        if result["rank"] == 0:
+            print("eval: none of the requested benchmarks could run (see the messages above)", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
