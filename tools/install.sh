@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything dcls-vision needs on a fresh Debian machine (idempotent: re-running is cheap).
 #   bash tools/install.sh          runtime: Python packages + the embedded Fashion-MNIST data
-#   bash tools/install.sh --dev    also the test/lint tools and the reference `dcls` package
+#   bash tools/install.sh --dev    also the test/lint tools, the reference `dcls` package, the loopback SLURM
+#                                  cluster and the OpenMMLab extra (tools/install_mm.sh: mmcv is compiled once
+#                                  per machine, ~35 min on 2 cores, then cached)
 set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
@@ -32,3 +34,5 @@ python -m pip install -q --disable-pip-version-check --no-deps imagecorruptions-
 # The loopback SLURM cluster the launch tests submit to (Debian packages; fast no-op when installed).
 ((dev)) && bash slurm/install.sh
 python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# The OpenMMLab extra the downstream tests need (after the editable install: it checks the registrations).
+if ((dev)); then bash tools/install_mm.sh; fi

@@ -1,0 +1,63 @@
+"""Fine-tune a detector / segmentor with a DCLS backbone: ``python -m dcls_vision.downstream.train CONFIG``.
+
+    python -m dcls_vision.downstream.train CONFIG [--work-dir DIR] [--data-root DIR]
+        [--backbone-checkpoint last.pth [--checkpoint-key ema]] [--resume [CKPT]] [--cfg-options K=V ...]
+    torchrun --nproc_per_node 8 -m dcls_vision.downstream.train CONFIG ...      # multi-GPU
+    srun --ntasks-per-node 8 --gpus-per-task 1 python -m dcls_vision.downstream.train CONFIG ...   # SLURM
+
+Exit codes: 0 done, 2 bad argument (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .cli import CliError, add_common_args, ensure_hooks, load_config, run, setup_distributed
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dcls_vision.downstream.train", description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--backbone-checkpoint", help="our trainer's last.pth / best.pth / best_ema.pth")
+    parser.add_argument("--checkpoint-key", choices=("model", "ema"), default=None,
+                        help="weights of --backbone-checkpoint to load (default: the config's, 'model')")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None,
+                        help="resume from the work dir's latest checkpoint, or from the given one")
+    return parser.parse_args(argv)
+
+
+def build_runner(argv: Sequence[str] | None = None) -> Any:
+    """The configured mmengine Runner (process group joined), without training it."""
+    args = parse_args(argv)
+    if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
+        raise CliError(f"--backbone-checkpoint {args.backbone_checkpoint!r} does not exist; allowed: a "
+                       "last.pth / best.pth / best_ema.pth written by `python train.py`")
+    launcher, _, _ = setup_distributed(args.launcher)
+    cfg = load_config(args, launcher)
+    if args.backbone_checkpoint:
+        cfg.model.backbone.checkpoint = args.backbone_checkpoint
+    if args.checkpoint_key:
+        cfg.model.backbone.checkpoint_key = args.checkpoint_key
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        if not Path(args.resume).is_file():
+            raise CliError(f"--resume {args.resume!r} does not exist; allowed: a checkpoint of this work dir")
+        cfg.resume, cfg.load_from = True, args.resume
+    ensure_hooks(cfg)
+    from mmengine.runner import Runner
+
+    return Runner.from_cfg(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    runner = build_runner(argv)
+    runner.train()
+    return runner
+
+
+if __name__ == "__main__":
+    run(main, None)

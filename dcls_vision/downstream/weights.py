@@ -1,0 +1,135 @@
+"""Backbone weights from a checkpoint written by our trainer (or a plain timm/mmengine state dict).
+
+Why a loader of its own: mmengine's ``Pretrained`` init knows neither the trainer's layout (``model`` /
+``ema`` keys of ``last.pth``; ``best_ema.pth`` holds the EMA weights under ``model``) nor timm's key forms,
+and it would load classifier heads and stems with the wrong channel count silently or not at all.
+Loading is ``weights_only=True`` (no code execution). No mm package is needed here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dcls_vision.engine.checkpoint import load_checkpoint
+
+CHECKPOINT_KEYS = ("model", "ema")
+_PREFIXES = ("module.", "_orig_mod.")
+_HEAD_PREFIXES = ("head.", "head_", "fc.", "classifier.", "norm_pre.", "pre_logits.")
+_FEATURE_NET_RE = re.compile(r"^(stem|stages)_(\d+)\.")  # timm FeatureListNet names -> model names
+
+
+def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict stored under ``key`` and the run's resolved config (``{}`` if none).
+
+    Accepts the trainer's ``last.pth`` (``model`` or ``ema``), ``best.pth`` / ``best_ema.pth`` (``model``),
+    an mmengine/timm file with ``state_dict``, or a bare state dict.
+    """
+    if key not in CHECKPOINT_KEYS:
+        raise ValueError(f"checkpoint_key={key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist; allowed: a last.pth, best.pth, "
+                                "best_ema.pth written by the trainer, or a state-dict file")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint={str(path)!r} holds a {type(ckpt).__name__}; allowed: a dict")
+    config = dict(ckpt.get("config") or {}) if isinstance(ckpt.get("config", None), Mapping) else {}
+    if any(k in ckpt for k in CHECKPOINT_KEYS):
+        state = ckpt.get(key)
+        if state is None:
+            have = [k for k in CHECKPOINT_KEYS if ckpt.get(k) is not None]
+            raise ValueError(f"checkpoint_key={key!r} has no weights in {path.name} (best*.pth hold one set under "
+                             f"'model'; a run without EMA saves ema=None); allowed for this file: {', '.join(have)}")
+        return dict(state), config
+    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
+        if key != "model":
+            raise ValueError(f"checkpoint_key={key!r} is not in {path.name} (a plain state dict); allowed: model")
+        return dict(ckpt["state_dict"]), config
+    if ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
+        if key != "model":
+            raise ValueError(f"checkpoint_key={key!r} is not in {path.name} (a plain state dict); allowed: model")
+        return dict(ckpt), config
+    raise ValueError(f"checkpoint={str(path)!r} has none of the keys {', '.join(CHECKPOINT_KEYS)}, state_dict; "
+                     "allowed: a trainer checkpoint or a state dict")
+
+
+def _strip(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
+def map_state_dict(state: Mapping[str, Tensor], target: nn.Module, first_conv: str | None = None,
+                   source: str = "checkpoint") -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+    """Rename, filter and adapt ``state`` to ``target``'s keys.
+
+    - ``module.`` / ``_orig_mod.`` prefixes (DDP, torch.compile) are stripped; ``stages_N.`` / ``stem_N.``
+      (timm ``features_only`` names) become ``stages.N.`` / ``stem.N.``.
+    - Classifier keys absent from ``target`` (``head.*``, ``fc.*``, ``norm_pre.*``...) are dropped.
+    - The stem conv (``first_conv``) is adapted when only its input channels differ (timm's
+      ``adapt_input_conv``: a 1-channel pre-training feeds an RGB backbone).
+    Anything else that does not fit (unknown keys, missing keys, other shape mismatches) raises, naming keys.
+    """
+    from timm.models import adapt_input_conv
+
+    wanted = target.state_dict()
+    mapped: dict[str, Tensor] = {}
+    report: dict[str, list[str]] = {"dropped": [], "adapted": [], "unexpected": [], "mismatched": []}
+    mapped_names: set[str] = set()
+    for raw, value in state.items():
+        name = _strip(raw)
+        if name not in wanted:
+            name = _FEATURE_NET_RE.sub(r"\1.\2.", name)
+        if name not in wanted:
+            (report["dropped"] if name.startswith(_HEAD_PREFIXES) else report["unexpected"]).append(raw)
+            continue
+        expected = wanted[name].shape
+        if value.shape != expected:
+            is_stem = first_conv is not None and name == f"{first_conv}.weight"
+            if is_stem and value.ndim == 4 and value.shape[0] == expected[0] and value.shape[2:] == expected[2:]:
+                value = adapt_input_conv(int(expected[1]), value)
+                report["adapted"].append(f"{name}: in_chans {state[raw].shape[1]} -> {expected[1]}")
+            else:
+                report["mismatched"].append(f"{name}: {source} {tuple(value.shape)} vs model {tuple(expected)}")
+                mapped_names.add(name)
+                continue
+        mapped[name] = value
+    missing = [k for k in wanted if k not in mapped and k not in mapped_names]
+    problems = []
+    if report["mismatched"]:
+        problems.append(f"shape mismatch: {'; '.join(report['mismatched'][:5])}")
+    if report["unexpected"]:
+        problems.append(f"{len(report['unexpected'])} unexpected key(s): {', '.join(report['unexpected'][:5])}")
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}")
+    if problems:
+        raise ValueError(f"{source} does not fit {type(target).__name__} (different architecture or model_kwargs?): "
+                         + " | ".join(problems))
+    return mapped, report
+
+
+def load_backbone_state(path: str | os.PathLike, target: nn.Module, key: str = "model",
+                        first_conv: str | None = None) -> dict[str, Any]:
+    """Load ``key`` weights of checkpoint ``path`` into ``target`` (strictly, after :func:`map_state_dict`).
+
+    Returns a report: ``dropped`` (classifier keys), ``adapted`` (stem), ``trained_as`` (the trainer's
+    ``model.name`` when the checkpoint carries its config), ``loaded`` (tensor count).
+    """
+    state, config = read_checkpoint(path, key)
+    mapped, report = map_state_dict(state, target, first_conv=first_conv, source=f"{Path(path).name}[{key}]")
+    with torch.no_grad():
+        target.load_state_dict(mapped, strict=True)
+    model_cfg = config.get("model") if isinstance(config.get("model"), Mapping) else {}
+    return {"dropped": report["dropped"], "adapted": report["adapted"], "loaded": len(mapped),
+            "trained_as": model_cfg.get("name")}
