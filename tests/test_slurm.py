@@ -25,7 +25,6 @@ from dcls_vision.engine.checkpoint import load_checkpoint
 from dcls_vision.launch.submit import LaunchError, parse_args, submit, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "slurm" / "local_cluster.sh"
 TINY = ["experiment=quickstart", "data.train_subset=512", "data.val_subset=256", "trainer.batch_size=16",
         "trainer.epochs=3", "+model.kwargs.dim=16", "+model.kwargs.depth=2", "logger.wandb=false",
         "logger.progress=false"]
@@ -114,28 +113,6 @@ def _assert_same_run(run_dir: Path, ref_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def cluster():
-    """The local cluster: started here unless already up; stopped at the end only if started here."""
-    up = _run(["bash", str(CLUSTER), "status"])
-    started = up.returncode != 0
-    if started:
-        proc = _run(["bash", str(CLUSTER), "start"], timeout=180)
-        assert proc.returncode == 0, f"local SLURM cluster did not start:\n{proc.stdout}\n{proc.stderr}"
-    conf = _run(["bash", str(CLUSTER), "env"]).stdout.strip().split("=", 1)[1]
-    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "OMP_NUM_THREADS")}
-    os.environ["SLURM_CONF"] = conf
-    os.environ["OMP_NUM_THREADS"] = "1"  # deterministic and comparable across launchers; 2 cores, 2 processes
-    yield conf
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    if started:
-        _run(["bash", str(CLUSTER), "stop"], timeout=60)
-
-
 @pytest.fixture(scope="module")
 def jobs(cluster, tmp_path_factory):
     """Submit the uninterrupted training jobs and the failing ones at once; the tests wait for their own."""

@@ -32,6 +32,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 USAGE = """\
 usage: python -m dcls_vision.launch experiment=NAME [SLURM options] [training overrides ...]
+       python -m dcls_vision.launch downstream CONFIG [SLURM options] [downstream train arguments ...]
+         (mmdet/mmseg fine-tuning: the arguments of python -m dcls_vision.downstream.train)
 
 SLURM options (key=value; everything else is a training override, as for train.py):
   nodes=N              nodes (default 1)
@@ -268,7 +270,16 @@ def submit(opts: LaunchOptions, overrides: list[str], argv: list[str] | None = N
     require_sbatch()
     cfg = compose_config(overrides, config_dir)
     preflight(opts)
-    run_dir = Path(cfg.trainer.output_dir)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    argv = list(argv) if argv is not None else [*_opts_argv(opts), *overrides]
+    return queue(TrainJob(container), opts, Path(cfg.trainer.output_dir), f"dcls-{cfg.experiment_name}", argv,
+                 overrides, resubmit_hint=f"add trainer.output_dir={cfg.trainer.output_dir} to continue this one")
+
+
+def queue(job_fn: Any, opts: LaunchOptions, run_dir: Path, default_name: str, argv: list[str],
+          overrides: list[str], resubmit_hint: str) -> Launch:
+    """Queue ``job_fn`` (a submitit Checkpointable) with ``opts``; logs under ``run_dir/slurm/<job id>/``, and
+    ``launch.json`` / ``command.sh`` (``python -m dcls_vision.launch ARGV``) in ``run_dir``."""
     created = not run_dir.exists()
     folder = run_dir / "slurm"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=opts.max_requeues)
@@ -278,20 +289,18 @@ def submit(opts: LaunchOptions, overrides: list[str], argv: list[str] | None = N
         "slurm_additional_parameters": {"requeue": True, **opts.extra},
     }
     executor.update_parameters(
-        name=opts.job_name or f"dcls-{cfg.experiment_name}", nodes=opts.nodes, tasks_per_node=opts.ntasks_per_node,
+        name=opts.job_name or default_name, nodes=opts.nodes, tasks_per_node=opts.ntasks_per_node,
         gpus_per_node=opts.gpus_per_node or None, cpus_per_task=opts.cpus_per_task, mem_gb=opts.mem_gb,
         timeout_min=opts.time_min, **{k: v for k, v in slurm_params.items() if v is not None})
-    container = OmegaConf.to_container(cfg, resolve=True)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):  # submitit echoes sbatch's stderr; we report it in one line
-            job = executor.submit(TrainJob(container))
+            job = executor.submit(job_fn)
     except submitit.core.utils.FailedJobError as e:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise LaunchError(_explain_rejection(str(e) or captured.getvalue(), opts)) from None
     root = Path.cwd()
-    argv = list(argv) if argv is not None else [*_opts_argv(opts), *overrides]
     files = {"run_dir": str(run_dir), "stdout": str(job.paths.stdout).replace("%t", "0"),
              "stderr": str(job.paths.stderr).replace("%t", "0"), "sbatch_script": str(job.paths.submission_file),
              "launch_json": str(run_dir / "launch.json"), "command": str(run_dir / "command.sh")}
@@ -303,9 +312,8 @@ def submit(opts: LaunchOptions, overrides: list[str], argv: list[str] | None = N
     cmd = shlex.join([sys.executable, "-m", "dcls_vision.launch", *argv])
     (run_dir / "command.sh").write_text(
         "#!/usr/bin/env bash\n"
-        f"# Job {job.job_id}, submitted {record['submitted_at']}. Rerunning this submits the same training again\n"
-        f"# (a new run dir unless trainer.output_dir is given);\n"
-        f"# add trainer.output_dir={run_dir} to continue this one.\n"
+        f"# Job {job.job_id}, submitted {record['submitted_at']}. Rerunning this submits the same job again;\n"
+        f"# {resubmit_hint}.\n"
         f"cd {shlex.quote(str(root))}\n{cmd}\n")
     (run_dir / "command.sh").chmod(0o755)
     return Launch(job=job, run_dir=run_dir, files=files)
@@ -341,15 +349,25 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    downstream = argv[0] == "downstream"
     try:
-        opts, overrides = parse_args(argv)
-        launch = submit(opts, overrides, argv)
+        opts, overrides = parse_args(argv[1:] if downstream else argv)
+        if downstream:
+            from dcls_vision.launch.downstream import submit_downstream
+
+            launch = submit_downstream(opts, overrides, argv)
+        else:
+            launch = submit(opts, overrides, argv)
         job = launch.job
         where = f", partition {opts.partition}" if opts.partition else ""
         print(f"submitted job {job.job_id}: {opts.nodes} node(s) x {opts.ntasks_per_node} task(s){where} | "
               f"run dir {launch.run_dir}", flush=True)
         print(f"  logs: {launch.files['stdout']} (+ .err) | reproduce: bash {launch.files['command']}", flush=True)
-        if opts.wait:
+        if opts.wait and downstream:
+            r = wait_for(launch)
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()))
+            print(f"final: {metrics} iter={r['iter']} work_dir={r['work_dir']}", flush=True)
+        elif opts.wait:
             r = wait_for(launch)
             line = f"final: top1={r['top1']:.2f} top5={r['top5']:.2f}"
             if r.get("ema_top1") is not None:
