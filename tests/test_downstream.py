@@ -559,3 +559,30 @@ def test_slurm_launch_rejects_bad_downstream_arguments(capsys):
     assert "LaunchError: --backbone-checkpoint 'nope.pth' does not exist" in capsys.readouterr().err
     assert main(["downstream", "missing.py"]) == 2
     assert "LaunchError: config 'missing.py' does not exist" in capsys.readouterr().err
+
+
+def test_resume_continues_from_the_latest_checkpoint(ade_root, tmp_path):
+    """``--resume``: the second run loads the work dir's latest checkpoint (weights_only=True, through
+    DclsSafeCheckpointHook: optimizer, schedulers, message hub) and continues at its iteration."""
+    from dcls_vision.downstream.train import build_runner
+
+    work = tmp_path / "seg"
+    common = [str(TINY_SEG), "--work-dir", str(work), "--data-root", str(ade_root), "--cfg-options",
+              "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100"]
+    first = build_runner([*common, "train_cfg.max_iters=2"])
+    first.train()
+    saved = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=True)  # safe loading works
+    assert saved["meta"]["iter"] == 2
+    second = build_runner([*common, "train_cfg.max_iters=3", "--resume"])
+    starts: list[tuple[int, bool, set[float]]] = []
+
+    class StartIter(Hook):
+        def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+            state = runner.model.state_dict()
+            steps = {float(v["step"]) for v in runner.optim_wrapper.optimizer.state.values()}
+            starts.append((runner.iter, all(torch.equal(state[k], v) for k, v in saved["state_dict"].items()), steps))
+
+    second.register_hook(StartIter())
+    second.train()
+    assert starts == [(2, True, {2.0})]  # continues at iteration 2 with its weights and AdamW state (2 steps)
+    assert second.iter == 3 and (work / "iter_3.pth").is_file()
