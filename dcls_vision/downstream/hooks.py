@@ -74,7 +74,6 @@ class DclsRepulsiveLossHook(Hook):
         return {**output, "loss_repulsive": self.weight * rep.pow(2)}
 
 
-
 _BUFFER_TAG = "__dcls_history_buffer__"
 
 

@@ -344,6 +344,17 @@ def wait_for(launch: Launch) -> dict[str, Any]:
     return next((r for r in results if isinstance(r, dict) and r.get("rank", 0) == 0), results[0])
 
 
+def _final_line(r: dict[str, Any], downstream: bool) -> str:
+    """The ``final: ...`` line of a finished job: its validation metrics and where it wrote."""
+    if downstream:
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()))
+        return f"final: {metrics} iter={r['iter']} work_dir={r['work_dir']}"
+    line = f"final: top1={r['top1']:.2f} top5={r['top5']:.2f}"
+    if r.get("ema_top1") is not None:
+        line += f" ema_top1={r['ema_top1']:.2f} ema_top5={r['ema_top5']:.2f}"
+    return line + f" best_top1={r['best_top1']:.2f} global_step={r['global_step']} run_dir={r['run_dir']}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -363,17 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"submitted job {job.job_id}: {opts.nodes} node(s) x {opts.ntasks_per_node} task(s){where} | "
               f"run dir {launch.run_dir}", flush=True)
         print(f"  logs: {launch.files['stdout']} (+ .err) | reproduce: bash {launch.files['command']}", flush=True)
-        if opts.wait and downstream:
-            r = wait_for(launch)
-            metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()))
-            print(f"final: {metrics} iter={r['iter']} work_dir={r['work_dir']}", flush=True)
-        elif opts.wait:
-            r = wait_for(launch)
-            line = f"final: top1={r['top1']:.2f} top5={r['top5']:.2f}"
-            if r.get("ema_top1") is not None:
-                line += f" ema_top1={r['ema_top1']:.2f} ema_top5={r['ema_top5']:.2f}"
-            print(line + f" best_top1={r['best_top1']:.2f} global_step={r['global_step']} run_dir={r['run_dir']}",
-                  flush=True)
+        if opts.wait:
+            print(_final_line(wait_for(launch), downstream), flush=True)
     except JobFailed as e:
         print(f"JobFailed: {e}", file=sys.stderr)
         return 1
