@@ -16,6 +16,7 @@ AMP_DTYPES = {"none": None, "false": None, "fp32": None, "float32": None,
 LOSSES = ("ce", "bce")
 CLIP_MODES = ("norm", "value", "agc")
 WANDB_MODES = ("online", "offline", "disabled", "shared")
+DIST_BN = ("reduce", "broadcast", "")
 
 
 class ConfigError(ValueError):
@@ -139,6 +140,12 @@ def _check_trainer(cfg: DictConfig) -> None:
     _num(cfg, "trainer.repulsive.start_epoch", lambda v: v >= 0, ">= 0", integer=True, default=0)
     _choice(cfg, "trainer.clip_mode", CLIP_MODES, default="norm")
     _choice(cfg, "trainer.loss", LOSSES, default="ce")
+    sync_bn = _get(cfg, "trainer.sync_bn", False)
+    if not isinstance(sync_bn, bool):
+        raise ConfigError(f"trainer.sync_bn={sync_bn!r} is not supported; allowed: true, false")
+    dist_bn = _get(cfg, "trainer.dist_bn", "reduce")
+    if dist_bn not in DIST_BN:
+        raise ConfigError(f"trainer.dist_bn={dist_bn!r} is not supported; allowed: reduce, broadcast, '' (off)")
     amp = _get(cfg, "trainer.amp")
     key = "none" if amp in (None, False) else str(amp).lower()
     if key not in AMP_DTYPES:

@@ -1,7 +1,9 @@
 """The training loop: timm for everything timm does, plus the DCLS rules (DESIGN.md §2).
 
-Per optimizer step: ``accum`` micro-batches (DDP syncs on the last) → NaN check → unscale (fp16) → clip →
-step → clamp positions → EMA update → scheduler ``step_update``. Validation of model and EMA each epoch.
+Per optimizer step: ``accum`` micro-batches (DDP syncs on the last; an epoch's leftover micro-batches form a
+shorter last group, its loss divided by its own size) → NaN check → unscale (fp16) → clip → step → clamp positions
+→ EMA update → scheduler ``step_update``. Validation of model and EMA each epoch; under DDP the BatchNorm running
+stats are first made equal on every rank (``trainer.dist_bn``) so what is evaluated is what is saved.
 Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
 A preemption/time-limit signal (``dcls_vision/launch/preemption.py``) saves ``last.pth`` at the next step
 boundary on every rank, then raises :class:`Preempted`; the requeued job resumes there.
@@ -28,7 +30,7 @@ from dcls_vision.launch.preemption import STOP, Preempted, PreemptionGuard
 from dcls_vision.ops import clamp_positions_, dcls_parameters
 
 from . import checkpoint as ckpt
-from .config import amp_dtype, validate_config
+from .config import ConfigError, amp_dtype, validate_config
 from .distributed import all_reduce_max, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
 from .ema import ModelEma
 from .loader import EpochLoader
@@ -153,6 +155,32 @@ def evaluate(model: nn.Module, loader: EpochLoader, device: torch.device, amp: s
             "samples": int(stats[2].item()), "skipped": int(max(0.0, expected - stats[2].item()))}
 
 
+def choose_resume_source(run_dir_last: Path | None, seeds: list[tuple[str, Any]]) -> tuple[Path | None, str | None]:
+    """The checkpoint a run starts from, and one line saying why.
+
+    The run dir's own ``last.pth`` wins once it exists: a requeued or re-run job must continue its own
+    progress, not restart from ``trainer.resume`` every time. ``seeds`` (``(config key, path)`` in priority
+    order, e.g. ``trainer.resume`` then an init checkpoint) only seed a run dir that has no checkpoint yet.
+    """
+    given = [(key, Path(str(value))) for key, value in seeds if value]
+    if run_dir_last is not None and run_dir_last.is_file():
+        ignored = ", ".join(f"{key}={path}" for key, path in given if path.resolve() != run_dir_last.resolve())
+        why = f" ({ignored} ignored: the run dir already has a checkpoint)" if ignored else ""
+        return run_dir_last, f"resuming from run dir {run_dir_last}{why}"
+    if given:
+        key, path = given[0]
+        return path, f"resuming from {key}={path} (the run dir has no {ckpt.LAST} yet)"
+    return None, None
+
+
+def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm as ``torch.nn.SyncBatchNorm`` (timm's ``--sync-bn``); its forward has no CPU path."""
+    if device.type == "cpu":
+        raise ConfigError("trainer.sync_bn=True needs CUDA devices (torch.nn.SyncBatchNorm has no CPU forward); "
+                          "allowed: trainer.sync_bn=false on CPU (trainer.dist_bn=reduce still averages BN stats)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 class Trainer:
     """Holds everything a run needs; :meth:`fit` runs the remaining epochs."""
 
@@ -169,6 +197,10 @@ class Trainer:
         self.channels_last = bool(tcfg.channels_last)
         self.accum = int(tcfg.get("accum", 1))
         self.epochs = int(tcfg.epochs)
+        self.sync_bn = bool(tcfg.get("sync_bn", False)) and world_size > 1
+        if self.sync_bn and device.type == "cpu":
+            convert_sync_bn(nn.Identity(), device)  # fail before loading any data
+        self.dist_bn = "" if self.sync_bn else str(tcfg.get("dist_bn", "reduce") or "")  # SyncBN: stats equal
 
         self.run_dir = self._setup_run_dir(Path(str(tcfg.output_dir)))
 
@@ -181,16 +213,18 @@ class Trainer:
         val_bs = int(tcfg.get("val_batch_size") or tcfg.batch_size)
         self.val_loader = EpochLoader(val_ds, val_bs, train=False, num_replicas=world_size, rank=rank, seed=self.seed,
                                       num_workers=workers, pin_memory=pin)
-        self.updates_per_epoch = self.train_loader.batches_per_epoch() // self.accum
+        # a last group of fewer than ``accum`` micro-batches is still an update (timm's train.py does the same)
+        self.batches_per_epoch = self.train_loader.batches_per_epoch()
+        self.updates_per_epoch = -(-self.batches_per_epoch // self.accum)
         if self.updates_per_epoch < 1:
-            from .config import ConfigError
-
             raise ConfigError(
                 f"trainer.batch_size={tcfg.batch_size} (x accum={self.accum} x world={world_size}) is larger than the "
                 f"training set ({len(train_ds)} samples); allowed: a smaller batch, accum or more data")
 
         seed_everything(self.seed)  # same init on every rank
         model = build_model(cfg, self.num_classes, int(cfg.data.get("in_chans", 3)))
+        if self.sync_bn:
+            model = convert_sync_bn(model, device)
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -231,6 +265,7 @@ class Trainer:
 
         self.state = TrainState()
         self.resumed_from: Path | None = None
+        self.resume_note: str | None = None
         wandb_id = self._maybe_resume()
 
         self.ddp = world_size > 1
@@ -269,9 +304,8 @@ class Trainer:
 
     def _maybe_resume(self) -> str | None:
         tcfg = self.cfg.trainer
-        path = Path(str(tcfg.resume)) if tcfg.get("resume") else None
-        if path is None and tcfg.get("auto_resume", True) and (self.run_dir / ckpt.LAST).is_file():
-            path = self.run_dir / ckpt.LAST
+        own = self.run_dir / ckpt.LAST if tcfg.get("auto_resume", True) else None
+        path, self.resume_note = choose_resume_source(own, [("trainer.resume", tcfg.get("resume"))])
         if path is None:
             return None
         state = ckpt.load_checkpoint(path, map_location="cpu")
@@ -323,6 +357,8 @@ class Trainer:
 
     def save_last(self, epoch_file: int | None = None) -> None:
         """``last.pth`` (+ ``epoch_XXXX.pth`` hard link, pruned to ``keep_last``); collective (RNG gather)."""
+        if epoch_file is None:  # mid-epoch; at an epoch end the BN stats were distributed before evaluation
+            self._distribute_bn()
         state = self._state_dict()
         if self.rank != 0:
             return
@@ -352,7 +388,7 @@ class Trainer:
         model, net, opt = self.model, self.net, self.optimizer
         net.train()
         start = self.state.next_batch
-        total = self.updates_per_epoch * self.accum
+        total = self.batches_per_epoch
         loader = self.train_loader.epoch(epoch, start_batch=start)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         rep_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -367,7 +403,8 @@ class Trainer:
         for batch in loader:
             if b >= total:
                 break
-            last_micro = (b + 1) % self.accum == 0
+            last_micro = (b + 1) % self.accum == 0 or b + 1 == total
+            group = min(self.accum, total - b // self.accum * self.accum)  # micro-batches in this update
             x, y = (batch[0], batch[1]) if batch is not None else (None, None)
             n = 0 if y is None else len(y)
             counts[2] += bs - n
@@ -391,8 +428,8 @@ class Trainer:
                     rep = repulsive_loss(model).to(self.device)
                     total_loss = loss + self.rep_weight * rep.pow(2)
                     rep_sum += rep.detach().double()
-                self.scaler.scale(total_loss / self.accum).backward()
-            step_loss += total_loss.detach().float() / self.accum
+                self.scaler.scale(total_loss / group).backward()
+            step_loss += total_loss.detach().float() / group
             loss_sum += loss.detach().double() * n
             counts[0] += n
             counts[1] += 1
@@ -401,7 +438,7 @@ class Trainer:
                 bar.update(1)
             if not last_micro:
                 continue
-            self._optimizer_step(step_loss, epoch, b // self.accum)
+            self._optimizer_step(step_loss, epoch, -(-b // self.accum))
             step_loss.zero_()
             self.state.next_batch = b
             gs = self.state.global_step
@@ -421,7 +458,7 @@ class Trainer:
             bar.close()
         all_reduce_sum(loss_sum)
         all_reduce_sum(counts)
-        steps_done = max((total - start) // self.accum, 1)
+        steps_done = max(-(-(total - start) // self.accum), 1)
         return {"train_loss": loss_sum.item() / max(counts[0].item(), 1.0),
                 "repulsive": rep_sum.item() / max(counts[1].item() / self.world, 1.0) if rep_on else None,
                 "skipped_train": int(counts[2].item()), "steps": steps_done}
@@ -475,6 +512,21 @@ class Trainer:
         self.state.global_step += 1
         self.scheduler.step_update(num_updates=self.state.global_step)
 
+    def _distribute_bn(self) -> None:
+        """Make BN running stats equal on every rank (timm's ``distribute_bn``): each rank tracked its own.
+
+        Without it each rank evaluates (and EMA-tracks) different stats and the checkpoint holds rank 0's only.
+        The EMA is included unless it lives on another device type (e.g. a CPU EMA under NCCL, as timm skips it).
+        """
+        if self.world < 2 or not self.dist_bn:
+            return
+        from timm.utils import distribute_bn
+
+        reduce = self.dist_bn == "reduce"
+        distribute_bn(self.model, self.world, reduce)
+        if self.ema is not None and next(self.ema.module.parameters()).device.type == self.device.type:
+            distribute_bn(self.ema.module, self.world, reduce)
+
     # --------------------------------------------------------------------------------------- fit
     def _evaluate_all(self) -> tuple[dict[str, float], dict[str, float] | None]:
         val = evaluate(self.model, self.val_loader, self.device, self.amp, self.channels_last, self.log, "val")
@@ -488,13 +540,17 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
         st = self.state
+        if self.resume_note is not None:
+            self.log.info(self.resume_note)
         if self.resumed_from is not None:
             where = f"epoch {st.next_epoch + 1}" + (f", batch {st.next_batch}" if st.next_batch else "")
             self.log.info(f"resumed from {self.resumed_from} at {where} (global step {st.global_step})")
         n_params = sum(p.numel() for p in self.model.parameters())
+        bn = "sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}"
         self.log.info(f"run dir: {self.run_dir} | model {self.cfg.model.name} {n_params / 1e6:.2f}M params | "
                       f"{self.world} process(es) on {self.device} | global batch {self.global_batch} | "
-                      f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}")
+                      f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
+                      + (f" | BN stats {bn}" if self.world > 1 else ""))
         for g in group_summary(self.optimizer):
             self.log.info(f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
                           f"lr_scale {g['lr_scale']:.4g}, weight_decay {g['weight_decay']}")
@@ -513,6 +569,7 @@ class Trainer:
             stats = self.train_one_epoch(epoch)
             self.scheduler.step(epoch + 1)  # only acts when sched.step_on_epochs is true
             st.next_epoch, st.next_batch = epoch + 1, 0
+            self._distribute_bn()
             val, ema = self._evaluate_all()
             pos_delta = self.positions.deltas()
             record = self._record(epoch, stats, val, ema, time.time() - t0, pos_delta)
