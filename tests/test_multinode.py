@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -150,8 +150,8 @@ def test_launch_two_nodes_matches_one_node(jobs2, reference2):
     _assert_same_run(run_dir, reference2)
     job_id = re.search(r"submitted job (\d+)", out).group(1)
     logs = run_dir / "slurm" / job_id  # every rank's log, reachable from the run dir
-    assert "hostname=node1" in (logs / f"{job_id}_0_log.err").read_text()
-    assert "hostname=node2" in (logs / f"{job_id}_1_log.err").read_text()
+    assert "hostname=node1" in (logs / f"{job_id}_0_log.out").read_text()
+    assert "hostname=node2" in (logs / f"{job_id}_1_log.out").read_text()
 
 
 @pytest.mark.slow
@@ -186,7 +186,7 @@ def test_hydra_sweep_two_nodes_matches_one_node(jobs2, reference2):
     run_dir = jobs2["sweep_dir"] / "0_quickstart"
     _assert_same_run(run_dir, reference2)
     assert "2 process(es) on cpu" in (run_dir / "log.txt").read_text()
-    hosts = {m for f in (jobs2["sweep_dir"] / ".submitit").rglob("*_log.err")
+    hosts = {m for f in (jobs2["sweep_dir"] / ".submitit").rglob("*_log.out")
              for m in re.findall(r"hostname=(node\d)", f.read_text())}
     assert hosts == {"node1", "node2"}
 
@@ -194,7 +194,10 @@ def test_hydra_sweep_two_nodes_matches_one_node(jobs2, reference2):
 def _failed_within(jobs2: dict, key: str, limit_s: float) -> str:
     proc, log = jobs2[key], jobs2["tmp"] / f"{key}.log"
     out = _finish(proc, log)
-    ended = time.time()
+    job_id = re.search(r"submitted job (\d+)", out).group(1)
+    _wait_slurm(job_id)
+    end = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "End"]).stdout.strip().splitlines()[-1]
+    ended = datetime.fromisoformat(end).timestamp()  # when SLURM ended the job (local time, as time.time())
     assert key in jobs2["acted"], f"rank 1 was never signalled:\n{out[-3000:]}"
     assert proc.returncode == 1, out[-3000:]
     assert ended - jobs2["acted"][key] < limit_s, f"{ended - jobs2['acted'][key]:.0f}s\n{out[-2000:]}"
