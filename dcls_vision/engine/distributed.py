@@ -63,11 +63,17 @@ def slurm_master_port(job_id: str | None = None) -> int:
 
 
 def _export_rendezvous() -> None:
-    """MASTER_ADDR/PORT for ``env://`` when a SLURM step (not torchrun) started the processes."""
+    """MASTER_ADDR/PORT for ``env://`` when a SLURM step (not torchrun) started the processes.
+
+    Always the job's own first node and job-id port: sbatch copies the submitting shell's environment into the
+    job, and an exported MASTER_PORT (left from a torchrun session, a .bashrc) would send every job to the same
+    port on a shared first node, an exported MASTER_ADDR=localhost would leave the other nodes waiting until
+    the timeout. ``DCLS_MASTER_ADDR`` / ``DCLS_MASTER_PORT`` choose them on purpose.
+    """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return
-    os.environ.setdefault("MASTER_ADDR", slurm_master_addr())
-    os.environ.setdefault("MASTER_PORT", str(slurm_master_port()))
+    os.environ["MASTER_ADDR"] = os.environ.get("DCLS_MASTER_ADDR") or slurm_master_addr()
+    os.environ["MASTER_PORT"] = os.environ.get("DCLS_MASTER_PORT") or str(slurm_master_port())
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
@@ -87,6 +93,8 @@ def init_distributed(
     """Join the process group when launched by torchrun or srun; returns ``(rank, world_size, local_rank, device)``.
 
     Backend: nccl for CUDA devices, gloo otherwise. A single process (no env vars) gets (0, 1, 0, device).
+    ``timeout_s`` (``trainer.dist_timeout_s``) bounds every collective: a rank whose peer hangs (a node gone, a
+    frozen process) fails with an error after it instead of waiting for the job's time limit.
     """
     env = _env_world()
     if env is None or env[1] <= 1:

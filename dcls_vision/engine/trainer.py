@@ -631,7 +631,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     signal made it save ``last.pth`` and stop.
     """
     validate_config(cfg)
-    rank, world, local_rank, device = init_distributed(str(cfg.trainer.get("device", "auto")))
+    rank, world, local_rank, device = init_distributed(str(cfg.trainer.get("device", "auto")),
+                                                       timeout_s=int(cfg.trainer.get("dist_timeout_s", 1800)))
     try:
         with PreemptionGuard() as guard:
             trainer = Trainer(cfg, rank, world, local_rank, device, guard=guard)

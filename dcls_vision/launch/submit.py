@@ -81,6 +81,9 @@ class LaunchOptions:
     max_requeues: int = 10
     wait: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # more #SBATCH flags (Python API only)
+    # once one task has ended, srun kills the others after this long: a rank left hanging on a dead peer (or
+    # frozen itself) must not hold the nodes until the time limit; set from trainer.dist_timeout_s by submit()
+    task_exit_wait_s: int = 300
 
     @property
     def ntasks_per_node(self) -> int:
@@ -264,12 +267,18 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def exit_wait_s(dist_timeout_s: int) -> int:
+    """srun --wait: as long as a collective may wait for a peer, between 30 s and 5 min."""
+    return min(300, max(30, dist_timeout_s))
+
+
 def submit(opts: LaunchOptions, overrides: list[str], argv: list[str] | None = None,
            config_dir: Path = CONFIG_DIR) -> Launch:
     """Compose + validate the config, queue the job, write ``launch.json`` and ``command.sh`` into the run dir."""
     require_sbatch()
     cfg = compose_config(overrides, config_dir)
     preflight(opts)
+    opts.task_exit_wait_s = exit_wait_s(int(cfg.trainer.get("dist_timeout_s", 1800)))
     container = OmegaConf.to_container(cfg, resolve=True)
     argv = list(argv) if argv is not None else [*_opts_argv(opts), *overrides]
     return queue(TrainJob(container), opts, Path(cfg.trainer.output_dir), f"dcls-{cfg.experiment_name}", argv,
@@ -287,6 +296,7 @@ def queue(job_fn: Any, opts: LaunchOptions, run_dir: Path, default_name: str, ar
         "slurm_partition": opts.partition, "slurm_account": opts.account, "slurm_qos": opts.qos,
         "slurm_constraint": opts.constraint, "slurm_signal_delay_s": opts.signal_delay_s,
         "slurm_additional_parameters": {"requeue": True, **opts.extra},
+        "slurm_srun_args": [f"--wait={opts.task_exit_wait_s}"],
     }
     executor.update_parameters(
         name=opts.job_name or default_name, nodes=opts.nodes, tasks_per_node=opts.ntasks_per_node,
@@ -340,8 +350,22 @@ def wait_for(launch: Launch) -> dict[str, Any]:
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         last = next((ln.strip() for ln in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln.strip())),
                     lines[-1].strip() if lines else "no output")
-        raise JobFailed(f"job {job.job_id} failed: {last} (log: {launch.files['stderr']})") from None
+        lost = _lost_tasks(Path(launch.files["stderr"]))
+        raise JobFailed(f"job {job.job_id} failed: {lost}{last} (log: {launch.files['stderr']}; every rank's: "
+                        f"{Path(launch.files['stderr']).parent}/{job.job_id}_<rank>_log.err)") from None
     return next((r for r in results if isinstance(r, dict) and r.get("rank", 0) == 0), results[0])
+
+
+def _lost_tasks(stderr: Path) -> str:
+    """What srun said about tasks that did not end normally (``srun: error: node2: task 1: Killed``), as
+    ``rank 1 on node2: Killed; ``: the rank that died first is the cause, the others' errors follow from it."""
+    try:
+        text = stderr.read_text(errors="replace")
+    except OSError:
+        return ""
+    found = re.findall(r"srun: error: (\S+): tasks? ([\d,-]+): (.+)", text)
+    killed = [f"rank {t} on {node}: {why.strip()}" for node, t, why in found if "exit code 1" not in why]
+    return "; ".join(killed) + "; " if killed else ""
 
 
 def _final_line(r: dict[str, Any], downstream: bool) -> str:
