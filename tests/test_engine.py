@@ -217,6 +217,7 @@ def test_valid_config_passes():
     ("sched.name", "cosinus", "sched.name='cosinus' is not supported; allowed: cosine"),
     ("trainer.amp", "fp8", "trainer.amp='fp8' is not supported; allowed: none, bf16, fp16"),
     ("trainer.batch_size", 0, "trainer.batch_size=0 must be >= 1"),
+    ("trainer.dist_timeout_s", 0, "trainer.dist_timeout_s=0 must be >= 1 (seconds)"),
     ("trainer.device", "tpu", "trainer.device='tpu'"),
     ("trainer.ema.decay", 1.5, "trainer.ema.decay=1.5 must be in (0, 1)"),
     ("trainer.resume", "/no/such/file.pth", "trainer.resume='/no/such/file.pth' is not a file"),

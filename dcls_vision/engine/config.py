@@ -136,6 +136,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     _num(cfg, "trainer.max_epochs_per_run", lambda v: v >= 1, ">= 1", integer=True, optional=True)
     _num(cfg, "trainer.clip_grad", lambda v: v > 0, "> 0", optional=True)
     _num(cfg, "trainer.seed", lambda v: v >= 0, ">= 0", integer=True, default=0)
+    _num(cfg, "trainer.dist_timeout_s", lambda v: v >= 1, ">= 1 (seconds)", integer=True, default=1800)
     _num(cfg, "trainer.repulsive.weight", lambda v: v >= 0, ">= 0 (0 disables)", default=0.0)
     _num(cfg, "trainer.repulsive.start_epoch", lambda v: v >= 0, ">= 0", integer=True, default=0)
     _choice(cfg, "trainer.clip_mode", CLIP_MODES, default="norm")
