@@ -160,3 +160,40 @@ def test_interpreter_suite():
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     assert f"{N_INTERP_TESTS} passed" in proc.stdout and "skipped" not in proc.stdout, tail
+
+
+def _bench_gpu():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or INTERPRETING, reason="checks the no-CUDA message")
+def test_bench_gpu_needs_cuda(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        _bench_gpu().main(["--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "a CUDA device is required" in err
+    assert not (tmp_path / "bench_gpu.json").exists()
+
+
+@pytest.mark.skipif(INTERPRETING, reason="not inside the interpreter run")
+def test_bench_gpu_tiny_cpu(tmp_path):
+    """The benchmark's code paths on CPU: every candidate per layer, construction bytes, two models side by side."""
+    from dcls_vision.ops import depthwise as dw
+
+    result = _bench_gpu().main(["--device", "cpu", "--tiny", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert saved["layers"] == json.loads(json.dumps(result["layers"]))
+    assert len(saved["layers"]) == 4 and (tmp_path / "bench_gpu.png").stat().st_size > 10_000
+    for row in saved["layers"]:
+        names = set(dw.candidates(torch.device("cpu"), (1, 1)))
+        assert set(row["fwd_ms"]) == set(row["fwd_bwd_ms"]) == names and not row["errors"]
+        assert row["pick_fwd_bwd"] == min(row["fwd_bwd_ms"], key=row["fwd_bwd_ms"].get)
+    assert all(r["build_alloc_x_kernel"] >= 1.0 for r in saved["construction"]) and len(saved["construction"]) == 4
+    base, dcls = saved["models"]["rows"]
+    assert dcls["train_images_per_s_vs_dcls_quickstart_baseline"] == pytest.approx(
+        dcls["train_images_per_s"] / base["train_images_per_s"]
+    )
+    assert base["infer_peak_mem_mb"] > 0 and dcls["train_peak_mem_mb"] > 0
