@@ -177,6 +177,7 @@ def test_bf16_autocast(kernel):
         ref = F.conv2d(x, wt, b, 1, p, 1, 8)
         out = depthwise_conv2d(x, wt, b, 1, p)
     assert out.dtype == ref.dtype == torch.bfloat16
+    assert type(out.grad_fn).__name__ == "_DepthwiseConv2dFunctionBackward"  # the custom function, not aten's
     assert out.is_contiguous(memory_format=torch.channels_last)
     # reference in float32 from the same bf16-rounded operands: we compute in float32 and round once
     xr, wr, br = (t.detach().bfloat16().float().requires_grad_() for t in (x, wt, b))
