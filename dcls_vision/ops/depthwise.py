@@ -1,4 +1,9 @@
-"""Depthwise 2-D convolution with CPU backward algorithms chosen by measurement.
+"""Depthwise 2-D convolution: CPU backward algorithms chosen by measurement, GPU algorithms timed per shape.
+
+On CUDA (float32, bfloat16, float16) :func:`depthwise_conv2d` runs the fastest of :func:`candidates` --
+cuDNN on an NCHW or channels_last copy, the Triton kernels of :mod:`.triton_depthwise`, the custom paths
+below (FFT at stride 1) -- timed on the first call per (shape, dtype, layout, gradients) and cached in
+memory and on disk per GPU model (:mod:`.algo_select`); ``DCLS_DEPTHWISE_ALGO`` forces one algorithm.
 
 PyTorch's CPU depthwise convolution is fast forward (in channels_last) but its weight gradient
 (``aten.convolution_backward``) collapses for large kernels: 0.06-1.1 s for one ConvNeXt-T layer with a
@@ -24,19 +29,28 @@ shape by :func:`choose_algorithms`:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
+import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import algo_select
+
 __all__ = [
     "FORWARD_ALGORITHMS",
     "GRAD_INPUT_ALGORITHMS",
     "GRAD_WEIGHT_ALGORITHMS",
+    "candidates",
     "choose_algorithms",
     "depthwise_conv2d",
+    "run_algorithm",
+    "selection_key",
+    "timed_step",
 ]
 
 Impl = Literal["auto", "custom", "aten"]
@@ -185,16 +199,30 @@ def _forward_fft(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[
 
 
 def _grads_aten(
-    go: Tensor, x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
-    need_input: bool, need_weight: bool,
+    go: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    need_input: bool,
+    need_weight: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
     """aten's input and/or weight gradient in one call, run channels_last (NCHW is ~10x slower).
 
     The weight gradient is fine up to 7x7 but takes 0.06-1.1 s per ConvNeXt-T layer from 17x17 on CPU.
     """
     grads = torch.ops.aten.convolution_backward(
-        _channels_last(go), _channels_last(x), weight, None, list(stride), list(padding), [1, 1], False,
-        [0, 0], x.shape[1], [need_input, need_weight, False],
+        _channels_last(go),
+        _channels_last(x),
+        weight,
+        None,
+        list(stride),
+        list(padding),
+        [1, 1],
+        False,
+        [0, 0],
+        x.shape[1],
+        [need_input, need_weight, False],
     )
     return grads[0], grads[1]
 
@@ -220,8 +248,9 @@ def _grad_input_flip(
     return F.conv2d(_channels_last(go), weight.flip(-1, -2), None, 1, 0, 1, c)
 
 
-def _padded_input(x: Tensor, kernel: tuple[int, int], out_hw: tuple[int, int], stride: tuple[int, int],
-                  padding: tuple[int, int]) -> Tensor:
+def _padded_input(
+    x: Tensor, kernel: tuple[int, int], out_hw: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
     """NCHW zero buffer of exactly the padded extent the windows touch, input copied in (one pass)."""
     n, c, h, w = x.shape
     need_h = (out_hw[0] - 1) * stride[0] + kernel[0]
@@ -300,8 +329,9 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
-             algorithm: str) -> Tensor:
+def _forward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int], algorithm: str
+) -> Tensor:
     """Forward in the computation dtype, returned in x's dtype and F.conv2d's memory format."""
     cd = _compute_dtype(x.dtype)
     xc, wc = x.to(cd), weight.to(cd)
@@ -386,6 +416,138 @@ def _autocast_cast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | 
     )
 
 
+# ----------------------------------------------------------------------------------------------------
+# Measured dispatch (CUDA, or any device when DCLS_DEPTHWISE_ALGO forces an algorithm).
+# ----------------------------------------------------------------------------------------------------
+
+
+def _needs_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[bool, bool, bool]:
+    if not torch.is_grad_enabled():
+        return (False, False, False)
+    return (x.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+
+
+def _triton_usable(device: torch.device) -> bool:
+    """Triton runs CUDA tensors, or CPU tensors under its interpreter (TRITON_INTERPRET=1, set before import)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
+def candidates(device: torch.device, stride: tuple[int, int]) -> list[str]:
+    """Algorithms timed for a call: cuDNN/aten in both layouts, Triton where it runs, the custom paths."""
+    names = ["aten_nchw", "aten_cl"]
+    if _triton_usable(device):
+        names.append("triton")
+    names.append("custom")
+    if tuple(stride) == (1, 1):
+        names.append("fft")
+    return names
+
+
+def run_algorithm(
+    name: str, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
+    """One algorithm of :data:`algo_select.ALGORITHMS` on operands of one dtype; F.conv2d's output format."""
+    fmt = _memory_format(x)
+    if name in ("aten_nchw", "aten_cl"):
+        layout = torch.channels_last if name == "aten_cl" else torch.contiguous_format
+        out = F.conv2d(x.contiguous(memory_format=layout), weight, bias, stride, padding, 1, x.shape[1])
+        return out.contiguous(memory_format=fmt)
+    if name == "triton":
+        if not _triton_usable(x.device):
+            raise algo_select.AlgorithmError(
+                f"algorithm 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1), got device {x.device}"
+            )
+        from .triton_depthwise import triton_depthwise_conv2d
+
+        return triton_depthwise_conv2d(x, weight, bias, stride, padding)
+    if name == "fft":
+        return _DepthwiseConv2dFunction.apply(x, weight, bias, stride, padding, ("fft", "fft", "fft"))
+    if name == "custom":
+        kernel = (weight.shape[-2], weight.shape[-1])
+        algorithms = choose_algorithms(x.shape, kernel, stride, padding)
+        return _DepthwiseConv2dFunction.apply(x, weight, bias, stride, padding, algorithms)
+    raise algo_select.AlgorithmError(f"algorithm {name!r} is invalid; allowed: {', '.join(algo_select.ALGORITHMS)}")
+
+
+def selection_key(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    need: tuple[bool, bool, bool],
+) -> str:
+    """Cache key: shape, dtype, layout, stride, padding, bias and which gradients are computed."""
+    layout = "cl" if _memory_format(x) == torch.channels_last else "nchw"
+    grads = "".join(t for t, n in zip("xwb", need) if n) or "none"
+    shape = "x".join(map(str, x.shape))
+    kernel = "x".join(map(str, weight.shape[-2:]))
+    return (
+        f"{str(x.dtype).removeprefix('torch.')}|{layout}|{shape}|k{kernel}|s{stride[0]}x{stride[1]}"
+        f"|p{padding[0]}x{padding[1]}|bias{int(bias is not None)}|grad_{grads}"
+    )
+
+
+def timed_step(
+    name: str,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    need: tuple[bool, bool, bool],
+) -> Callable[[], None]:
+    """What the timer runs for ``name``: the forward, plus the needed gradients when training."""
+    xs, ws = x.detach().requires_grad_(need[0]), weight.detach().requires_grad_(need[1])
+    bs = None if bias is None else bias.detach().requires_grad_(need[2])
+    if not any(need):
+
+        def forward() -> None:
+            with torch.no_grad():
+                run_algorithm(name, xs, ws, bs, stride, padding)
+
+        return forward
+    leaves = [t for t, n in zip((xs, ws, bs), need) if n]
+    ho = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    wo = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    go = torch.randn((x.shape[0], x.shape[1], ho, wo), device=x.device, dtype=x.dtype)
+    go = go.contiguous(memory_format=_memory_format(x))
+
+    def forward_backward() -> None:
+        with torch.enable_grad():
+            torch.autograd.grad(run_algorithm(name, xs, ws, bs, stride, padding), leaves, go)
+
+    return forward_backward
+
+
+def _dispatch(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    forced: str | None,
+    selector: algo_select.AlgoSelector | None = None,
+) -> Tensor:
+    """Run the forced algorithm, else the measured fastest for this key (timed on its first call)."""
+    device = x.device
+    if forced is not None:
+        name = forced
+    elif torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return F.conv2d(x, weight, bias, stride, padding, 1, x.shape[1])  # no timing while tracing/capturing
+    else:
+        selector = selector if selector is not None else algo_select.selector_for(device)
+        need = _needs_grad(x, weight, bias)
+        key = selection_key(x, weight, bias, stride, padding, need)
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            name = selector.choose(
+                key, candidates(device, stride), lambda n: timed_step(n, x, weight, bias, stride, padding, need)
+            )
+    return run_algorithm(name, x, weight, bias, stride, padding)
+
+
 def depthwise_conv2d(
     x: Tensor,
     weight: Tensor,
@@ -396,14 +558,16 @@ def depthwise_conv2d(
     impl: Impl = "auto",
     algorithms: Algorithms | None = None,
 ) -> Tensor:
-    """Same result as ``F.conv2d(x, weight, bias, stride, padding, 1, groups=x.shape[1])``, faster on CPU.
+    """Same result as ``F.conv2d(x, weight, bias, stride, padding, 1, groups=x.shape[1])``, faster.
 
-    ``impl="auto"`` leaves CUDA, float64 and float32 kernels up to 7x7 to ``F.conv2d``; other CPU calls
-    (kernels from 8x8, or bfloat16/float16, e.g. under autocast) go through the custom autograd
-    function when a gradient is needed, else through its forward alone. Reduced precision computes in
-    float32 and returns the reduced dtype, like ``F.conv2d`` under autocast. ``impl="custom"``/``"aten"``
-    force a path; ``algorithms`` forces the custom path's ``(forward, grad_input, grad_weight)``
-    algorithms (see ``*_ALGORITHMS``) instead of :func:`choose_algorithms`.
+    ``impl="auto"``: on CUDA (float32/bf16/fp16) the fastest of :func:`candidates`, measured on the first
+    call per shape and cached (:mod:`.algo_select`); ``DCLS_DEPTHWISE_ALGO`` forces one on any device.
+    On CPU float64 and float32 kernels up to 7x7 go to ``F.conv2d``; other CPU calls (kernels from 8x8, or
+    bfloat16/float16, e.g. under autocast) go through the custom autograd function when a gradient is
+    needed, else through its forward alone. Reduced precision computes in float32 there and returns the
+    reduced dtype, like ``F.conv2d`` under autocast. ``impl="custom"``/``"aten"`` force a path;
+    ``algorithms`` forces the custom path's ``(forward, grad_input, grad_weight)`` algorithms (see
+    ``*_ALGORITHMS``) instead of :func:`choose_algorithms`.
     """
     if impl not in ("auto", "custom", "aten"):
         raise ValueError(f"impl must be 'auto', 'custom' or 'aten', got {impl!r}")
@@ -424,16 +588,18 @@ def depthwise_conv2d(
     kernel = (weight.shape[-2], weight.shape[-1])
     if algorithms is None:
         if impl == "auto":
+            forced = algo_select.forced_algorithm()
+            if x_.dtype != torch.float64 and (forced is not None or device_type == "cuda"):
+                with _autocast_off(device_type):
+                    return _dispatch(x_, weight_, bias_, stride, padding, forced)
             if device_type != "cpu" or x_.dtype == torch.float64:
                 return F.conv2d(x, weight, bias, stride, padding, 1, groups)
             if x_.dtype not in _REDUCED_DTYPES and kernel[0] * kernel[1] <= _MAX_ATEN_TAPS:
                 return F.conv2d(x, weight, bias, stride, padding, 1, groups)
-            needs_grad = torch.is_grad_enabled() and (
-                x_.requires_grad or weight_.requires_grad or (bias_ is not None and bias_.requires_grad)
-            )
-            if not needs_grad:
-                return _forward(x_, weight_, bias_, stride, padding, choose_algorithms(x.shape, kernel, stride,
-                                                                                         padding)[0])
+            if not any(_needs_grad(x_, weight_, bias_)):
+                return _forward(
+                    x_, weight_, bias_, stride, padding, choose_algorithms(x.shape, kernel, stride, padding)[0]
+                )
         algorithms = choose_algorithms(x.shape, kernel, stride, padding)
     else:
         algorithms = tuple(algorithms)
