@@ -247,6 +247,15 @@ def test_frozen_stages_stay_frozen():
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(not m.training for f in frozen for m in f.modules())
     assert all(p.requires_grad for p in bb.body.stages[2].parameters()) and bb.body.stages[2].training
+    for nothing in (-1, 0):  # mmpretrain's ConvNeXt: 0 (its default) freezes nothing, like -1
+        free = DclsBackbone(model_kwargs=TINY_KWARGS, frozen_stages=nothing)
+        free.train()
+        assert all(p.requires_grad for p in free.parameters()) and all(m.training for m in free.modules()), nothing
+    one = DclsBackbone(model_kwargs=TINY_KWARGS, frozen_stages=1)  # the stem (downsample 0) and stage 0
+    one.train()
+    assert [any(p.requires_grad for p in m.parameters()) for m in (one.body.stem, *one.body.stages)] == [
+        False, False, True, True, True]
+    assert all(p.requires_grad for p in one.body.stages[1].downsample.parameters())  # downsample 1 is stage 1's
 
 
 def test_bad_backbone_arguments():
@@ -287,6 +296,25 @@ def test_backbone_loads_trainer_checkpoints(pretrained):
         wide.init_weights()
     with pytest.raises(FileNotFoundError, match="checkpoint='/nonexistent/last.pth' does not exist"):
         DclsBackbone(model_kwargs=TINY_KWARGS, checkpoint="/nonexistent/last.pth").init_weights()
+
+
+def test_checkpoint_loads_into_a_backbone_without_the_last_stages(pretrained, tmp_path):
+    """out_indices without the last stage removes it; its checkpoint tensors (only those) are skipped."""
+    last = load_checkpoint(pretrained / "last.pth")["model"]
+    bb = DclsBackbone(model_kwargs=TINY_KWARGS, out_indices=(0, 1, 2), checkpoint=str(pretrained / "last.pth"))
+    bb.init_weights()
+    state = bb.body.state_dict()
+    assert len(bb.body.stages) == 3 and not any(k.startswith("stages.3.") for k in state)
+    assert all(torch.equal(state[k], last[k]) for k in state)
+    assert [f.shape[1] for f in bb(torch.randn(1, 3, 64, 64))] == [16, 32, 64]
+    extra = {**last, "stages.2.extra.weight": torch.zeros(1), "bogus.weight": torch.zeros(1)}
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match=r"2 unexpected key\(s\): stages.2.extra.weight, bogus.weight$"):
+        DclsBackbone(model_kwargs=TINY_KWARGS, out_indices=(0, 1, 2), checkpoint=str(tmp_path / "extra.pth")
+                     ).init_weights()
+    torch.save({k: v for k, v in last.items() if not k.startswith("stages.3.")}, tmp_path / "three.pth")
+    with pytest.raises(ValueError, match=r"missing key\(s\): stages\.3\."):  # all four stages want stage 3
+        DclsBackbone(model_kwargs=TINY_KWARGS, checkpoint=str(tmp_path / "three.pth")).init_weights()
 
 
 # ------------------------------------------------------------------------------------ LR decay groups
@@ -337,19 +365,33 @@ def test_optimizer_constructor_rejects_bad_paramwise_cfg():
         DclsOptimWrapperConstructor(opt, {"decay_rate": 1.5})
 
 
+def test_docs_say_what_the_public_fork_constructor_keeps():
+    """ConvNeXt-dcls' LearningRateDecayOptimizerConstructor (mmdet and mmseg) puts ``.P`` tensors in
+    ``no_decay_dcls`` groups with weight decay 0, but its ``scale = 5`` is overwritten by the layer's scale: only
+    the 5× is lost. The README and the constructor's docstring must say exactly that."""
+    from dcls_vision.downstream import optim
+
+    claim = "keeps weight decay 0 for the positions and loses only their 5× LR"
+    for where, text in (("optim.py", optim.__doc__), ("README.md", (ROOT / "README.md").read_text())):
+        flat = " ".join(text.split())
+        assert claim in flat and "loses both" not in flat, where
+
+
 # ------------------------------------------------------------------------------------- full recipes
-# (config, DCLS layer settings (interpolation, dilated kernel, kernel count), drop path) — thesis §2 / DESIGN §4
+# (config, DCLS layer settings (interpolation, dilated kernel, kernel count), drop path, LR decay rate) — thesis §2 /
+# DESIGN §4; decay as the official ConvNeXt and ConvNeXt-dcls configs: COCO layer-wise 0.7 for T / S, 0.8 for B;
+# ADE20K stage-wise 0.9.
 FULL_CONFIGS = {
-    "coco/cascade-mask-rcnn_convnext-t-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 34), 0.4),
-    "coco/cascade-mask-rcnn_convnext-t-dcls-gauss_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("gauss", 23, 26), 0.4),
-    "coco/cascade-mask-rcnn_convnext-s-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.6),
-    "coco/cascade-mask-rcnn_convnext-b-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.7),
-    "coco/cascade-mask-rcnn_convformer-s18-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.4),
-    "ade20k/upernet_convnext-t-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 34), 0.4),
-    "ade20k/upernet_convnext-t-dcls-gauss_8xb2-amp-160k_ade20k-512x512.py": (("gauss", 23, 26), 0.4),
-    "ade20k/upernet_convnext-s-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.3),
-    "ade20k/upernet_convnext-b-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4),
-    "ade20k/upernet_convformer-s18-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4),
+    "coco/cascade-mask-rcnn_convnext-t-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 34), 0.4, 0.7),
+    "coco/cascade-mask-rcnn_convnext-t-dcls-gauss_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("gauss", 23, 26), 0.4, 0.7),
+    "coco/cascade-mask-rcnn_convnext-s-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.6, 0.7),
+    "coco/cascade-mask-rcnn_convnext-b-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.7, 0.8),
+    "coco/cascade-mask-rcnn_convformer-s18-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.4, 0.7),
+    "ade20k/upernet_convnext-t-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 34), 0.4, 0.9),
+    "ade20k/upernet_convnext-t-dcls-gauss_8xb2-amp-160k_ade20k-512x512.py": (("gauss", 23, 26), 0.4, 0.9),
+    "ade20k/upernet_convnext-s-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.3, 0.9),
+    "ade20k/upernet_convnext-b-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4, 0.9),
+    "ade20k/upernet_convformer-s18-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4, 0.9),
 }
 
 
@@ -369,7 +411,7 @@ def test_full_config_builds_with_the_thesis_recipe(name):
 
     from dcls_vision.downstream.cli import ensure_hooks
 
-    (interp, dilated, count), drop_path = FULL_CONFIGS[name]
+    (interp, dilated, count), drop_path, decay_rate = FULL_CONFIGS[name]
     cfg = Config.fromfile(str(ROOT / "configs/downstream" / name))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
@@ -390,7 +432,7 @@ def test_full_config_builds_with_the_thesis_recipe(name):
     assert wrapper.type == "AmpOptimWrapper" and wrapper.optimizer.type == "AdamW"
     assert wrapper.optimizer.lr == (2e-4 if coco else 1e-4) and wrapper.optimizer.weight_decay == 0.05
     paramwise = wrapper.paramwise_cfg
-    assert (paramwise.decay_rate, paramwise.decay_type) == ((0.7, "layer_wise") if coco else (0.9, "stage_wise"))
+    assert (paramwise.decay_rate, paramwise.decay_type) == (decay_rate, "layer_wise" if coco else "stage_wise")
     assert paramwise.num_layers == bb.default_num_layers() and paramwise.pos_lr_scale == 5.0
     ensure_hooks(cfg)
     assert [h.type for h in cfg.custom_hooks] == ["DclsClampHook", "DclsSafeCheckpointHook"]

@@ -40,9 +40,11 @@ class DclsBackbone(BaseModule):
     with ``stages`` and ``forward_intermediates``).
 
     Args:
-        out_indices: stages whose outputs are returned (strides 4, 8, 16, 32).
+        out_indices: stages whose outputs are returned (strides 4, 8, 16, 32); the stages after the last one are
+            removed, and their tensors in ``checkpoint`` are skipped (only those).
         drop_path_rate: stochastic depth of the timm model (linearly increasing per block).
-        frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (eval mode, no gradients).
+        frozen_stages: k >= 1 freezes the stem and stages 0..k-1 with their downsample layers (eval mode, no
+            gradients); -1 and 0 freeze nothing (mmpretrain's ConvNeXt semantics).
         out_norm: a LayerNorm per returned scale (ConvNeXt's detection/segmentation backbones).
         checkpoint: a file written by our trainer (``last.pth``, ``best.pth``, ``best_ema.pth``) or a state
             dict, loaded in :meth:`init_weights` (the runner calls it) with ``weights_only=True``.
@@ -85,6 +87,7 @@ class DclsBackbone(BaseModule):
                 or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f"frozen_stages={frozen_stages!r} is invalid; allowed: an int in -1..{num_stages}")
         body.prune_intermediate_layers(list(out), prune_norm=True, prune_head=True)
+        self.pruned_prefixes = tuple(f"stages.{i}." for i in range(out[-1] + 1, num_stages))
         self.body = body
         self.model_name = model_name
         self.out_indices = out
@@ -105,7 +108,7 @@ class DclsBackbone(BaseModule):
 
     # ------------------------------------------------------------------------------------ frozen stages
     def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
+        if self.frozen_stages <= 0:
             return []
         stem = [m for name, m in self.body.named_children() if name.startswith("stem")]
         return stem + list(self.body.stages[: self.frozen_stages])
@@ -127,12 +130,14 @@ class DclsBackbone(BaseModule):
         super().init_weights()
         if self.checkpoint is None:
             return
-        report = load_backbone_state(self.checkpoint, self.body, key=self.checkpoint_key, first_conv=self.first_conv)
+        report = load_backbone_state(self.checkpoint, self.body, key=self.checkpoint_key, first_conv=self.first_conv,
+                                     skip_prefixes=self.pruned_prefixes)
         if report["trained_as"] and report["trained_as"] != self.model_name:
             print_log(f"DclsBackbone: {self.checkpoint} was trained as {report['trained_as']!r}, loaded into "
                       f"{self.model_name!r} (shapes match)", logger="current")
         print_log(f"DclsBackbone: loaded {report['loaded']} tensors from {self.checkpoint} [{self.checkpoint_key}]; "
-                  f"dropped {len(report['dropped'])} classifier tensors; adapted: {report['adapted'] or 'none'}",
+                  f"dropped {len(report['dropped'])} classifier tensors, {len(report['skipped'])} of stages removed by "
+                  f"out_indices={list(self.out_indices)}; adapted: {report['adapted'] or 'none'}",
                   logger="current")
         self._freeze()
 

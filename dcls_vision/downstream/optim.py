@@ -1,11 +1,13 @@
 """Optimizer-wrapper constructor for fine-tuning DCLS backbones: LR decay that keeps the DCLS rules.
 
-The public DCLS detection/segmentation code uses ConvNeXt's ``LearningRateDecayOptimizerConstructor``, which
-puts positions in the ordinary groups: they lose the 5× LR and get weight decay (DESIGN.md §1, §2). Here the
-groups are those of ConvNeXt's recipe (see :mod:`.layer_decay`), split by identity (``dcls_parameters``, shared
-tensors once) into ``decay`` (``weight_decay``), ``no_decay`` (ndim ≤ 1 and biases: 0) and ``positions`` /
-``sigma`` (``pos_lr_scale`` × the layer's LR, weight decay 0), exactly as the trainer's
-:func:`dcls_vision.engine.optim.param_groups` does for classification.
+The public DCLS detection/segmentation code (the ConvNeXt-dcls fork of ConvNeXt's
+``LearningRateDecayOptimizerConstructor``, for mmdet and mmseg) keeps weight decay 0 for the positions and loses
+only their 5× LR: ``.P`` tensors get ``no_decay_dcls`` groups with weight decay 0, but the ``scale = 5`` it sets
+is overwritten by the layer's decay scale (DESIGN.md §1, §2). Here the groups are those of ConvNeXt's recipe
+(see :mod:`.layer_decay`), split by identity (``dcls_parameters``, shared tensors once) into ``decay``
+(``weight_decay``), ``no_decay`` (ndim ≤ 1 and biases: 0) and ``positions`` / ``sigma`` (``pos_lr_scale`` × the
+layer's LR, weight decay 0), exactly as the trainer's :func:`dcls_vision.engine.optim.param_groups` does for
+classification.
 
 ``paramwise_cfg`` keys: ``decay_rate`` (default 1.0 = no decay), ``decay_type`` (``layer_wise`` /
 ``stage_wise``), ``num_layers`` (default from the backbone: 6 for T / S18, 12 for S / B), ``pos_lr_scale`` (5.0).
