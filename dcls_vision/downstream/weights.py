@@ -35,8 +35,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[s
         raise ValueError(f"checkpoint_key={key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist; allowed: a last.pth, best.pth, "
-                                "best_ema.pth written by the trainer, or a state-dict file")
+        raise FileNotFoundError(
+            f"checkpoint={str(path)!r} does not exist; allowed: a last.pth, best.pth, "
+            "best_ema.pth written by the trainer, or a state-dict file"
+        )
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"checkpoint={str(path)!r} holds a {type(ckpt).__name__}; allowed: a dict")
@@ -45,8 +47,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[s
         state = ckpt.get(key)
         if state is None:
             have = [k for k in CHECKPOINT_KEYS if ckpt.get(k) is not None]
-            raise ValueError(f"checkpoint_key={key!r} has no weights in {path.name} (best*.pth hold one set under "
-                             f"'model'; a run without EMA saves ema=None); allowed for this file: {', '.join(have)}")
+            raise ValueError(
+                f"checkpoint_key={key!r} has no weights in {path.name} (best*.pth hold one set under "
+                f"'model'; a run without EMA saves ema=None); allowed for this file: {', '.join(have)}"
+            )
         return dict(state), config
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
         if key != "model":
@@ -56,8 +60,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[s
         if key != "model":
             raise ValueError(f"checkpoint_key={key!r} is not in {path.name} (a plain state dict); allowed: model")
         return dict(ckpt), config
-    raise ValueError(f"checkpoint={str(path)!r} has none of the keys {', '.join(CHECKPOINT_KEYS)}, state_dict; "
-                     "allowed: a trainer checkpoint or a state dict")
+    raise ValueError(
+        f"checkpoint={str(path)!r} has none of the keys {', '.join(CHECKPOINT_KEYS)}, state_dict; "
+        "allowed: a trainer checkpoint or a state dict"
+    )
 
 
 def _strip(name: str) -> str:
@@ -70,9 +76,13 @@ def _strip(name: str) -> str:
     return name
 
 
-def map_state_dict(state: Mapping[str, Tensor], target: nn.Module, first_conv: str | None = None,
-                   source: str = "checkpoint", skip_prefixes: tuple[str, ...] = ()
-                   ) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+def map_state_dict(
+    state: Mapping[str, Tensor],
+    target: nn.Module,
+    first_conv: str | None = None,
+    source: str = "checkpoint",
+    skip_prefixes: tuple[str, ...] = (),
+) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
     """Rename, filter and adapt ``state`` to ``target``'s keys.
 
     - ``module.`` / ``_orig_mod.`` prefixes (DDP, torch.compile) are stripped; ``stages_N.`` / ``stem_N.``
@@ -120,13 +130,20 @@ def map_state_dict(state: Mapping[str, Tensor], target: nn.Module, first_conv: s
     if missing:
         problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}")
     if problems:
-        raise ValueError(f"{source} does not fit {type(target).__name__} (different architecture or model_kwargs?): "
-                         + " | ".join(problems))
+        raise ValueError(
+            f"{source} does not fit {type(target).__name__} (different architecture or model_kwargs?): "
+            + " | ".join(problems)
+        )
     return mapped, report
 
 
-def load_backbone_state(path: str | os.PathLike, target: nn.Module, key: str = "model",
-                        first_conv: str | None = None, skip_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_backbone_state(
+    path: str | os.PathLike,
+    target: nn.Module,
+    key: str = "model",
+    first_conv: str | None = None,
+    skip_prefixes: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Load ``key`` weights of checkpoint ``path`` into ``target`` (strictly, after :func:`map_state_dict`).
 
     Returns a report: ``dropped`` (classifier keys), ``skipped`` (keys under ``skip_prefixes``), ``adapted``
@@ -134,10 +151,16 @@ def load_backbone_state(path: str | os.PathLike, target: nn.Module, key: str = "
     (tensor count).
     """
     state, config = read_checkpoint(path, key)
-    mapped, report = map_state_dict(state, target, first_conv=first_conv, source=f"{Path(path).name}[{key}]",
-                                    skip_prefixes=skip_prefixes)
+    mapped, report = map_state_dict(
+        state, target, first_conv=first_conv, source=f"{Path(path).name}[{key}]", skip_prefixes=skip_prefixes
+    )
     with torch.no_grad():
         target.load_state_dict(mapped, strict=True)
     model_cfg = config.get("model") if isinstance(config.get("model"), Mapping) else {}
-    return {"dropped": report["dropped"], "skipped": report["skipped"], "adapted": report["adapted"], "loaded": len(mapped),
-            "trained_as": model_cfg.get("name")}
+    return {
+        "dropped": report["dropped"],
+        "skipped": report["skipped"],
+        "adapted": report["adapted"],
+        "loaded": len(mapped),
+        "trained_as": model_cfg.get("name"),
+    }
