@@ -27,12 +27,17 @@ SCRIPT = ROOT / "tools" / "build_mmcv.sh"
 MARK = "FAKE_MMCV_FOR_TESTS"
 FAKE_SETUP = f'''
 import json, os, sys, time
+from pkg_resources import parse_version  # as mmcv 2.1.0's setup.py: needs setuptools < 81
 from setuptools import setup
 
 CXX_FLAGS = ["-std=c++17"]  # build_mmcv.sh patches this to c++20, as in mmcv's setup.py
 if "bdist_wheel" in sys.argv:  # one line per wheel build (not per metadata query)
     keys = ("CUDA_VISIBLE_DEVICES", "FORCE_CUDA", "MMCV_WITH_OPS", "TORCH_CUDA_ARCH_LIST")
     seen = {{**{{k: os.environ.get(k) for k in keys}}, "cxx": CXX_FLAGS[0], "pid": os.getpid()}}
+    if os.environ.get("FAKE_MMCV_PROBE_CUDA"):  # what mmcv's setup.py asks (on GPU machines; torch is slow to load)
+        import torch
+
+        seen["cuda_available"] = torch.cuda.is_available()
     with open(os.environ["FAKE_MMCV_RECORD"], "a") as f:
         f.write(json.dumps(seen) + "\\n")
     hold = os.environ.get("FAKE_MMCV_HOLD")  # the build lasts until the test creates this file
@@ -42,6 +47,9 @@ if "bdist_wheel" in sys.argv:  # one line per wheel build (not per metadata quer
         time.sleep(0.1)
 setup(name="mmcv", version="2.1.0", packages=["mmcv", "mmcv.ops"], description="{MARK}")
 '''
+
+
+PYPROJECT = '[build-system]\nrequires = ["setuptools>=40.8.0"]\nbuild-backend = "setuptools.build_meta"\n'
 
 
 def _add(tar: tarfile.TarFile, name: str, text: str) -> None:
@@ -57,6 +65,9 @@ def make_sdist(folder: Path, top: str = "mmcv-2.1.0") -> Path:
     with tarfile.open(path, "w:gz") as tar:
         _add(tar, f"{top}/setup.py", FAKE_SETUP)
         _add(tar, f"{top}/PKG-INFO", "Metadata-Version: 2.1\nName: mmcv\nVersion: 2.1.0\n")
+        # mmcv's sdist has no pyproject.toml, which this pip (23.x) prepares without build isolation; newer pips
+        # prepare it in an isolated env (newest setuptools, no pkg_resources). This file makes pip 23 do the same.
+        _add(tar, f"{top}/pyproject.toml", PYPROJECT)
         _add(tar, f"{top}/mmcv/__init__.py", f"__version__ = '2.1.0'  # {MARK}\n")
         _add(tar, f"{top}/mmcv/ops/__init__.py", "")
     return path
@@ -116,15 +127,17 @@ def assert_site_packages_untouched() -> None:
     assert not (init.is_file() and MARK in init.read_text()), "the test mmcv replaced the real one"
 
 
-def source(*lines: str) -> subprocess.CompletedProcess:
-    """Run bash lines after `source tools/build_mmcv.sh` (functions only, main does not run)."""
+def source(env: dict[str, str], *lines: str) -> subprocess.CompletedProcess:
+    """Run bash lines after `source tools/build_mmcv.sh` (functions only, main does not run; the test env keeps
+    a script that would run anyway offline and away from the real cache)."""
     script = "\n".join([f"source {SCRIPT}", *lines])
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
 
 
 # ------------------------------------------------------------------------------------------------- cache key
 def test_cpu_key_is_unchanged_and_cuda_keys_carry_the_arch_list(env):
     proc = source(
+        env,
         "cache_key 2.14.1 none 311",
         'cache_key 2.14.1 13.0 311 "8.0;9.0+PTX"',
         'cache_key 2.14.1 13.0 311 "9.0"',
@@ -143,14 +156,19 @@ def test_cpu_key_is_unchanged_and_cuda_keys_carry_the_arch_list(env):
     if torch.version.cuda and shutil.which("nvcc"):  # a CUDA torch: the forced CUDA key has the arch list
         forced = {**env, "DCLS_MMCV_CUDA": "1", "TORCH_CUDA_ARCH_LIST": "8.0;9.0"}
         assert key(forced) == f"mmcv-2.1.0_torch-{torch_v}_cu{torch.version.cuda}_arch-8.0-9.0_py{py}"
-        if not torch.cuda.is_available():
+        if torch.cuda.is_available():  # auto: the visible GPUs' archs, the highest +PTX
+            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            archs = "-".join(f"{a}.{b}" for a, b in caps) + "+PTX"
+            auto = {**env, "DCLS_MMCV_CUDA": "auto"}
+            assert key(auto) == f"mmcv-2.1.0_torch-{torch_v}_cu{torch.version.cuda}_arch-{archs}_py{py}"
+        else:
             proc = run({**env, "DCLS_MMCV_CUDA": "1"}, "--print-key")
             assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
             assert "needs TORCH_CUDA_ARCH_LIST" in proc.stderr
 
 
 def test_bad_arch_list_and_sdist_are_one_line_errors(env, tmp_path):
-    proc = source('cache_key 2.14.1 13.0 311 "8.0;9.0\\$(touch x)"')
+    proc = source(env, 'cache_key 2.14.1 13.0 311 "8.0;9.0\\$(touch x)"')
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "TORCH_CUDA_ARCH_LIST='8.0;9.0$(touch x)' is invalid; allowed:" in proc.stderr
     missing = run({**env, "DCLS_MMCV_SDIST": str(tmp_path / "nope.tar.gz")})
@@ -164,10 +182,14 @@ def test_bad_arch_list_and_sdist_are_one_line_errors(env, tmp_path):
 
 # -------------------------------------------------------------------------------------------- build / install
 def test_cpu_build_hides_gpus_caches_and_installs_into_the_target(env):
+    import torch
+
+    gpu = torch.cuda.is_available()
     env = {**env, "CUDA_VISIBLE_DEVICES": "0", "FORCE_CUDA": "1"}  # a GPU node's environment
-    proc = run(env)
+    proc = run({**env, "FAKE_MMCV_PROBE_CUDA": "1"} if gpu else env)
     assert proc.returncode == 0, proc.stderr
     (rec,) = records(env)
+    assert rec.get("cuda_available", False) is False  # recorded where a GPU is visible to the test
     assert rec["CUDA_VISIBLE_DEVICES"] == "" and rec["FORCE_CUDA"] == "0"  # mmcv sees no GPU: CPU ops only
     assert rec["MMCV_WITH_OPS"] == "1" and rec["cxx"] == "-std=c++20"
     k = key(env)
@@ -184,9 +206,8 @@ def test_cpu_build_hides_gpus_caches_and_installs_into_the_target(env):
 
 
 def test_download_uses_the_installed_setuptools(env):
-    """Without DCLS_MMCV_SDIST pip fetches the sdist; preparing its metadata must not need an isolated build env
-    (offline here, so an isolated env could not even get setuptools; on other machines it gets one without
-    pkg_resources)."""
+    """Without DCLS_MMCV_SDIST pip fetches the sdist and prepares its metadata with the installed setuptools < 81:
+    an isolated build env would get the newest setuptools (no pkg_resources) or, offline as here, none at all."""
     env = {k: v for k, v in env.items() if k != "DCLS_MMCV_SDIST"}
     proc = run(env)
     assert proc.returncode == 0, proc.stderr

@@ -131,7 +131,7 @@ check_sdist() {  # check_sdist FILE: an mmcv-<MMCV_VERSION> source archive, or a
   [ -f "$1" ] || die "DCLS_MMCV_SDIST='$1' is not a file; allowed: the path of mmcv-$MMCV_VERSION.tar.gz"
   top="$(tar -tzf "$1" 2>/dev/null | head -n1 | cut -d/ -f1)" || true
   [ "$top" = "mmcv-$MMCV_VERSION" ] \
-    || die "DCLS_MMCV_SDIST='$1' is not an mmcv $MMCV_VERSION sdist (top dir '$top'); allowed: mmcv-$MMCV_VERSION.tar.gz"
+    || die "DCLS_MMCV_SDIST='$1' is not an mmcv $MMCV_VERSION sdist (top dir '$top'); allowed: mmcv's own tar.gz"
 }
 
 # fetch_sdist WORK: extract the mmcv sdist (DCLS_MMCV_SDIST or PyPI) into WORK; prints the source dir.
@@ -208,7 +208,7 @@ lock_cache() {
   exec 9>>"$lock"
   if ! flock -n 9; then
     echo "build_mmcv.sh: waiting for another build of $KEY (lock $lock)" >&2
-    flock 9
+    flock 9 || { echo "build_mmcv.sh: warning: cannot lock $lock (filesystem without flock?)" >&2; return 1; }
   fi
 }
 
@@ -234,7 +234,11 @@ main() {
   if [ -n "${DCLS_MMCV_SDIST:-}" ]; then check_sdist "$DCLS_MMCV_SDIST"; fi
   read -r TORCH_V CUDA_V PY_V < <(probe_versions)
   decide_cuda
-  if ((FORCE)); then KEY="$(cache_key "$TORCH_V" "$CUDA_V" "$PY_V" "$ARCHS")"; else KEY="$(cache_key "$TORCH_V" none "$PY_V")"; fi
+  if ((FORCE)); then
+    KEY="$(cache_key "$TORCH_V" "$CUDA_V" "$PY_V" "$ARCHS")"
+  else
+    KEY="$(cache_key "$TORCH_V" none "$PY_V")"  # unchanged form: CPU wheels cached by older versions still hit
+  fi
   if ((print_key)); then echo "$KEY"; return 0; fi
   WHEEL_DIR="${DCLS_CACHE:-$HOME/.cache/dcls-vision}/wheels/$KEY"
   TARGET="${DCLS_MMCV_TARGET:-}"

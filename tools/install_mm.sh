@@ -10,7 +10,8 @@ set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "$0")/.."
 if (($#)); then
-  echo "install_mm.sh: unexpected argument '$1'; allowed: none (set DCLS_MMCV_CUDA / DCLS_MMCV_SDIST / DCLS_CACHE / MAX_JOBS instead)" >&2
+  echo "install_mm.sh: unexpected argument '$1'; allowed: none" \
+    "(set DCLS_MMCV_CUDA / DCLS_MMCV_SDIST / DCLS_CACHE / MAX_JOBS instead)" >&2
   exit 2
 fi
 python -m pip install -q -r requirements-mm.txt
