@@ -25,8 +25,12 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DET = ROOT / "configs/downstream/tiny/cascade-mask-rcnn_tiny-dcls_shapes.py"
 TINY_SEG = ROOT / "configs/downstream/tiny/upernet_tiny-dcls-gauss_ade-shapes.py"
-TINY_KWARGS = {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1], "dcls_dilated_kernel_size": 9,
-               "dcls_kernel_count": 10}
+TINY_KWARGS = {
+    "dims": [16, 32, 64, 128],
+    "depths": [1, 1, 2, 1],
+    "dcls_dilated_kernel_size": 9,
+    "dcls_kernel_count": 10,
+}
 
 try:
     import mmcv.ops  # noqa: F401  (the compiled ops: mmdet/mmseg models need them)
@@ -55,12 +59,26 @@ def pretrained(tmp_path_factory) -> Path:
     """A real run of our trainer: tiny ConvNeXt-dcls (the tiny configs' backbone), 1 epoch, with EMA."""
     base = tmp_path_factory.mktemp("pretrain")
     folder = datasets.make_image_folder(base / "folder", num_per_class=16, num_val_per_class=4, size=64)
-    overrides = ["experiment=quickstart", "data=imagenet", f"data.root={folder['root']}", "data.num_classes=4",
-                 "data.img_size=64", "data.num_workers=0", "aug=none", "model=convnext_tiny_dcls",
-                 "model.drop_path_rate=0.0", *[f"+model.kwargs.{k}={v}" for k, v in TINY_KWARGS.items()],
-                 "trainer.batch_size=16", "trainer.epochs=1", "trainer.ema.enabled=true", "trainer.ema.decay=0.5",
-                 "trainer.channels_last=false", "logger.wandb=false", "logger.progress=false",
-                 f"trainer.output_dir={base / 'run'}"]
+    overrides = [
+        "experiment=quickstart",
+        "data=imagenet",
+        f"data.root={folder['root']}",
+        "data.num_classes=4",
+        "data.img_size=64",
+        "data.num_workers=0",
+        "aug=none",
+        "model=convnext_tiny_dcls",
+        "model.drop_path_rate=0.0",
+        *[f"+model.kwargs.{k}={v}" for k, v in TINY_KWARGS.items()],
+        "trainer.batch_size=16",
+        "trainer.epochs=1",
+        "trainer.ema.enabled=true",
+        "trainer.ema.decay=0.5",
+        "trainer.channels_last=false",
+        "logger.wandb=false",
+        "logger.progress=false",
+        f"trainer.output_dir={base / 'run'}",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         train_classifier(compose("config", overrides=overrides))
     return base / "run"
@@ -111,9 +129,18 @@ class Probe(Hook):
                 worst = max(worst, float((p.detach() - hi).max()), float((lo - p.detach()).max()))
         self.overshoot.append(worst)
         ids = {id(p): kind for kind, ps in dcls_parameters(model).items() for p in ps}
-        self.groups.append([{"name": g["group_name"], "lr": g["lr"], "wd": g["weight_decay"],
-                             "kinds": {ids.get(id(p), "other") for p in g["params"]}, "n": len(g["params"])}
-                            for g in runner.optim_wrapper.optimizer.param_groups])
+        self.groups.append(
+            [
+                {
+                    "name": g["group_name"],
+                    "lr": g["lr"],
+                    "wd": g["weight_decay"],
+                    "kinds": {ids.get(id(p), "other") for p in g["params"]},
+                    "n": len(g["params"]),
+                }
+                for g in runner.optim_wrapper.optimizer.param_groups
+            ]
+        )
         self.repulsive = runner.message_hub.log_scalars.get("train/loss_repulsive")
 
     def after_val_epoch(self, runner, metrics=None) -> None:
@@ -173,9 +200,18 @@ def test_coco_set_is_valid_coco(coco_root):
         masks = torch.stack([torch.from_numpy(mask_utils.decode(a["segmentation"])).bool() for a in anns])
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
         assert all(abs(a["area"] - float(m.sum())) < 1e-6 for a, m in zip(anns, masks))
-        samples.append({"img_id": img_id, "ori_shape": (info["height"], info["width"]),
-                        "pred_instances": {"bboxes": boxes, "scores": torch.ones(len(anns)), "masks": masks,
-                                           "labels": torch.tensor([a["category_id"] - 1 for a in anns])}})
+        samples.append(
+            {
+                "img_id": img_id,
+                "ori_shape": (info["height"], info["width"]),
+                "pred_instances": {
+                    "bboxes": boxes,
+                    "scores": torch.ones(len(anns)),
+                    "masks": masks,
+                    "labels": torch.tensor([a["category_id"] - 1 for a in anns]),
+                },
+            }
+        )
     metric.process({}, samples)
     results = metric.evaluate(len(samples))
     assert results["coco/bbox_mAP"] == pytest.approx(1.0) and results["coco/segm_mAP"] == pytest.approx(1.0)
@@ -188,11 +224,15 @@ def test_ade_set_reads_as_ade(ade_root):
     from mmseg.evaluation import IoUMetric
 
     init_default_scope("mmseg")
-    ds = BaseSegDataset(data_root=str(ade_root), data_prefix={"img_path": "images/validation",
-                                                              "seg_map_path": "annotations/validation"},
-                        img_suffix=".jpg", seg_map_suffix=".png", reduce_zero_label=True,
-                        metainfo={"classes": datasets.ADE_CLASSES, "palette": list(datasets.ADE_PALETTE)},
-                        pipeline=[{"type": "LoadAnnotations", "reduce_zero_label": True}])
+    ds = BaseSegDataset(
+        data_root=str(ade_root),
+        data_prefix={"img_path": "images/validation", "seg_map_path": "annotations/validation"},
+        img_suffix=".jpg",
+        seg_map_suffix=".png",
+        reduce_zero_label=True,
+        metainfo={"classes": datasets.ADE_CLASSES, "palette": list(datasets.ADE_PALETTE)},
+        pipeline=[{"type": "LoadAnnotations", "reduce_zero_label": True}],
+    )
     assert len(ds) == 3
     metric = IoUMetric(iou_metrics=["mIoU"])
     metric.dataset_meta = ds.metainfo
@@ -247,6 +287,20 @@ def test_frozen_stages_stay_frozen():
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(not m.training for f in frozen for m in f.modules())
     assert all(p.requires_grad for p in bb.body.stages[2].parameters()) and bb.body.stages[2].training
+    for nothing in (-1, 0):  # mmpretrain's ConvNeXt: 0 (its default) freezes nothing, like -1
+        free = DclsBackbone(model_kwargs=TINY_KWARGS, frozen_stages=nothing)
+        free.train()
+        assert all(p.requires_grad for p in free.parameters()) and all(m.training for m in free.modules()), nothing
+    one = DclsBackbone(model_kwargs=TINY_KWARGS, frozen_stages=1)  # the stem (downsample 0) and stage 0
+    one.train()
+    assert [any(p.requires_grad for p in m.parameters()) for m in (one.body.stem, *one.body.stages)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert all(p.requires_grad for p in one.body.stages[1].downsample.parameters())  # downsample 1 is stage 1's
 
 
 def test_bad_backbone_arguments():
@@ -263,8 +317,11 @@ def test_bad_backbone_arguments():
 # --------------------------------------------------------------------------------- trainer checkpoints
 def test_backbone_loads_trainer_checkpoints(pretrained):
     last = load_checkpoint(pretrained / "last.pth")
-    for file, key, ref in (("last.pth", "model", last["model"]), ("last.pth", "ema", last["ema"]),
-                           ("best_ema.pth", "model", load_checkpoint(pretrained / "best_ema.pth")["model"])):
+    for file, key, ref in (
+        ("last.pth", "model", last["model"]),
+        ("last.pth", "ema", last["ema"]),
+        ("best_ema.pth", "model", load_checkpoint(pretrained / "best_ema.pth")["model"]),
+    ):
         bb = DclsBackbone(model_kwargs=TINY_KWARGS, checkpoint=str(pretrained / file), checkpoint_key=key)
         bb.init_weights()
         state = bb.body.state_dict()
@@ -277,16 +334,41 @@ def test_backbone_loads_trainer_checkpoints(pretrained):
     assert torch.allclose(grey.body.stem[0].weight, last["model"]["stem.0.weight"].sum(1, keepdim=True))
 
     best = DclsBackbone(model_kwargs=TINY_KWARGS, checkpoint=str(pretrained / "best.pth"), checkpoint_key="ema")
-    with pytest.raises(ValueError, match="checkpoint_key='ema' has no weights in best.pth .* allowed for this file: "
-                                         "model"):
+    with pytest.raises(
+        ValueError, match="checkpoint_key='ema' has no weights in best.pth .* allowed for this file: model"
+    ):
         best.init_weights()
-    wide = DclsBackbone(model_kwargs={**TINY_KWARGS, "dims": [24, 48, 96, 192]},
-                        checkpoint=str(pretrained / "last.pth"))
-    with pytest.raises(ValueError, match=r"does not fit .* shape mismatch: stem.0.weight: last.pth\[model\] "
-                                         r"\(16, 3, 4, 4\)"):
+    wide = DclsBackbone(
+        model_kwargs={**TINY_KWARGS, "dims": [24, 48, 96, 192]}, checkpoint=str(pretrained / "last.pth")
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit .* shape mismatch: stem.0.weight: last.pth\[model\] "
+        r"\(16, 3, 4, 4\)",
+    ):
         wide.init_weights()
     with pytest.raises(FileNotFoundError, match="checkpoint='/nonexistent/last.pth' does not exist"):
         DclsBackbone(model_kwargs=TINY_KWARGS, checkpoint="/nonexistent/last.pth").init_weights()
+
+
+def test_checkpoint_loads_into_a_backbone_without_the_last_stages(pretrained, tmp_path):
+    """out_indices without the last stage removes it; its checkpoint tensors (only those) are skipped."""
+    last = load_checkpoint(pretrained / "last.pth")["model"]
+    bb = DclsBackbone(model_kwargs=TINY_KWARGS, out_indices=(0, 1, 2), checkpoint=str(pretrained / "last.pth"))
+    bb.init_weights()
+    state = bb.body.state_dict()
+    assert len(bb.body.stages) == 3 and not any(k.startswith("stages.3.") for k in state)
+    assert all(torch.equal(state[k], last[k]) for k in state)
+    assert [f.shape[1] for f in bb(torch.randn(1, 3, 64, 64))] == [16, 32, 64]
+    extra = {**last, "stages.2.extra.weight": torch.zeros(1), "bogus.weight": torch.zeros(1)}
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match=r"2 unexpected key\(s\): stages.2.extra.weight, bogus.weight$"):
+        DclsBackbone(
+            model_kwargs=TINY_KWARGS, out_indices=(0, 1, 2), checkpoint=str(tmp_path / "extra.pth")
+        ).init_weights()
+    torch.save({k: v for k, v in last.items() if not k.startswith("stages.3.")}, tmp_path / "three.pth")
+    with pytest.raises(ValueError, match=r"missing key\(s\): stages\.3\."):  # all four stages want stage 3
+        DclsBackbone(model_kwargs=TINY_KWARGS, checkpoint=str(tmp_path / "three.pth")).init_weights()
 
 
 # ------------------------------------------------------------------------------------ LR decay groups
@@ -300,8 +382,9 @@ def test_layer_ids_match_convnext_recipe(arch):
     )
 
     bb = DclsConvNeXt(arch=arch, interpolation="gauss")  # S/B Gauss: ConvNeXt-T-dcls' 23 / 26 settings
-    assert {(layer.interpolation, layer.dilated_kernel_size, layer.kernel_count) for layer in dcls_layers(bb)} \
-        == {("gauss", (23, 23), 26)}
+    assert {(layer.interpolation, layer.dilated_kernel_size, layer.kernel_count) for layer in dcls_layers(bb)} == {
+        ("gauss", (23, 23), 26)
+    }
     n = bb.default_num_layers()
     assert n == {"tiny": 6, "small": 12}[arch]
     checked = 0
@@ -309,7 +392,7 @@ def test_layer_ids_match_convnext_recipe(arch):
         if name.startswith("norms."):
             official = f"backbone.norm{name.split('.')[1]}.{name.split('.')[-1]}"
         else:
-            rel = name[len("body."):]
+            rel = name[len("body.") :]
             parts = rel.split(".")
             if parts[0] == "stem":
                 official = "backbone.downsample_layers.0." + ".".join(parts[1:])
@@ -328,8 +411,11 @@ def test_optimizer_constructor_rejects_bad_paramwise_cfg():
     from dcls_vision.downstream.optim import DclsOptimWrapperConstructor
 
     opt = {"type": "OptimWrapper", "optimizer": {"type": "AdamW", "lr": 1e-4, "weight_decay": 0.05}}
-    with pytest.raises(ValueError, match=r"paramwise_cfg key\(s\) \['custom_keys'\] not supported .* "
-                                         r"allowed: decay_rate"):
+    with pytest.raises(
+        ValueError,
+        match=r"paramwise_cfg key\(s\) \['custom_keys'\] not supported .* "
+        r"allowed: decay_rate",
+    ):
         DclsOptimWrapperConstructor(opt, {"custom_keys": {}})
     with pytest.raises(ValueError, match="decay_type='block_wise' is not supported; allowed: layer_wise, stage_wise"):
         DclsOptimWrapperConstructor(opt, {"decay_type": "block_wise"})
@@ -337,19 +423,41 @@ def test_optimizer_constructor_rejects_bad_paramwise_cfg():
         DclsOptimWrapperConstructor(opt, {"decay_rate": 1.5})
 
 
+def test_docs_say_what_the_public_fork_constructor_keeps():
+    """ConvNeXt-dcls' LearningRateDecayOptimizerConstructor (mmdet and mmseg) puts ``.P`` tensors in
+    ``no_decay_dcls`` groups with weight decay 0, but its ``scale = 5`` is overwritten by the layer's scale: only
+    the 5× is lost. The README and the constructor's docstring must say exactly that."""
+    from dcls_vision.downstream import optim
+
+    claim = "keeps weight decay 0 for the positions and loses only their 5× LR"
+    for where, text in (("optim.py", optim.__doc__), ("README.md", (ROOT / "README.md").read_text())):
+        flat = " ".join(text.split())
+        assert claim in flat and "loses both" not in flat, where
+
+
 # ------------------------------------------------------------------------------------- full recipes
-# (config, DCLS layer settings (interpolation, dilated kernel, kernel count), drop path) — thesis §2 / DESIGN §4
+# (config, DCLS layer settings (interpolation, dilated kernel, kernel count), drop path, LR decay rate) — thesis §2 /
+# DESIGN §4; decay as the official ConvNeXt and ConvNeXt-dcls configs: COCO layer-wise 0.7 for T / S, 0.8 for B;
+# ADE20K stage-wise 0.9.
 FULL_CONFIGS = {
-    "coco/cascade-mask-rcnn_convnext-t-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 34), 0.4),
-    "coco/cascade-mask-rcnn_convnext-t-dcls-gauss_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("gauss", 23, 26), 0.4),
-    "coco/cascade-mask-rcnn_convnext-s-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.6),
-    "coco/cascade-mask-rcnn_convnext-b-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.7),
-    "coco/cascade-mask-rcnn_convformer-s18-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.4),
-    "ade20k/upernet_convnext-t-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 34), 0.4),
-    "ade20k/upernet_convnext-t-dcls-gauss_8xb2-amp-160k_ade20k-512x512.py": (("gauss", 23, 26), 0.4),
-    "ade20k/upernet_convnext-s-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.3),
-    "ade20k/upernet_convnext-b-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4),
-    "ade20k/upernet_convformer-s18-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4),
+    "coco/cascade-mask-rcnn_convnext-t-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 34), 0.4, 0.7),
+    "coco/cascade-mask-rcnn_convnext-t-dcls-gauss_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (
+        ("gauss", 23, 26),
+        0.4,
+        0.7,
+    ),
+    "coco/cascade-mask-rcnn_convnext-s-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.6, 0.7),
+    "coco/cascade-mask-rcnn_convnext-b-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (("bilinear", 17, 40), 0.7, 0.8),
+    "coco/cascade-mask-rcnn_convformer-s18-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py": (
+        ("bilinear", 17, 40),
+        0.4,
+        0.7,
+    ),
+    "ade20k/upernet_convnext-t-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 34), 0.4, 0.9),
+    "ade20k/upernet_convnext-t-dcls-gauss_8xb2-amp-160k_ade20k-512x512.py": (("gauss", 23, 26), 0.4, 0.9),
+    "ade20k/upernet_convnext-s-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.3, 0.9),
+    "ade20k/upernet_convnext-b-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4, 0.9),
+    "ade20k/upernet_convformer-s18-dcls_8xb2-amp-160k_ade20k-512x512.py": (("bilinear", 17, 40), 0.4, 0.9),
 }
 
 
@@ -369,13 +477,14 @@ def test_full_config_builds_with_the_thesis_recipe(name):
 
     from dcls_vision.downstream.cli import ensure_hooks
 
-    (interp, dilated, count), drop_path = FULL_CONFIGS[name]
+    (interp, dilated, count), drop_path, decay_rate = FULL_CONFIGS[name]
     cfg = Config.fromfile(str(ROOT / "configs/downstream" / name))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
     bb = model.backbone
-    assert {(layer.interpolation, layer.dilated_kernel_size, layer.kernel_count) for layer in dcls_layers(bb)} \
-        == {(interp, (dilated, dilated), count)}
+    assert {(layer.interpolation, layer.dilated_kernel_size, layer.kernel_count) for layer in dcls_layers(bb)} == {
+        (interp, (dilated, dilated), count)
+    }
     assert max(m.drop_prob for m in bb.modules() if isinstance(m, DropPath)) == pytest.approx(drop_path)  # last block
     coco = name.startswith("coco/")
     if coco:
@@ -390,7 +499,7 @@ def test_full_config_builds_with_the_thesis_recipe(name):
     assert wrapper.type == "AmpOptimWrapper" and wrapper.optimizer.type == "AdamW"
     assert wrapper.optimizer.lr == (2e-4 if coco else 1e-4) and wrapper.optimizer.weight_decay == 0.05
     paramwise = wrapper.paramwise_cfg
-    assert (paramwise.decay_rate, paramwise.decay_type) == ((0.7, "layer_wise") if coco else (0.9, "stage_wise"))
+    assert (paramwise.decay_rate, paramwise.decay_type) == (decay_rate, "layer_wise" if coco else "stage_wise")
     assert paramwise.num_layers == bb.default_num_layers() and paramwise.pos_lr_scale == 5.0
     ensure_hooks(cfg)
     assert [h.type for h in cfg.custom_hooks] == ["DclsClampHook", "DclsSafeCheckpointHook"]
@@ -412,8 +521,16 @@ def test_detection_finetune_and_evaluate(pretrained, coco_root, tmp_path):
     from dcls_vision.downstream import test as test_entry
 
     ema = {k: v for k, v in load_checkpoint(pretrained / "last.pth")["ema"].items() if not k.startswith("head.")}
-    runner, early, late = _run(TINY_DET, tmp_path / "det", coco_root, "--backbone-checkpoint",
-                               str(pretrained / "last.pth"), "--checkpoint-key", "ema", reference=ema)
+    runner, early, late = _run(
+        TINY_DET,
+        tmp_path / "det",
+        coco_root,
+        "--backbone-checkpoint",
+        str(pretrained / "last.pth"),
+        "--checkpoint-key",
+        "ema",
+        reference=ema,
+    )
     assert early.loaded_ok is True
     _check_dcls_groups(late.groups, {"positions"})
     names = [g["name"] for g in late.groups[0]]
@@ -427,8 +544,9 @@ def test_detection_finetune_and_evaluate(pretrained, coco_root, tmp_path):
         assert 0.0 <= late.metrics[key] <= 1.0, key
     ckpt = tmp_path / "det" / "iter_4.pth"
     assert ckpt.is_file()
-    metrics = test_entry.main([str(TINY_DET), str(ckpt), "--work-dir", str(tmp_path / "det_test"),
-                               "--data-root", str(coco_root)])
+    metrics = test_entry.main(
+        [str(TINY_DET), str(ckpt), "--work-dir", str(tmp_path / "det_test"), "--data-root", str(coco_root)]
+    )
     assert metrics["coco/bbox_mAP"] == pytest.approx(late.metrics["coco/bbox_mAP"])
     assert metrics["coco/segm_mAP"] == pytest.approx(late.metrics["coco/segm_mAP"])
 
@@ -455,14 +573,27 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
     cases = [
         (train_entry, ["nope.py"], "error: config 'nope.py' does not exist; allowed: an mmengine config file"),
-        (train_entry, [str(TINY_SEG), "--launcher", "mpi"],
-         "error: --launcher 'mpi' is not supported; allowed: auto, none, pytorch, slurm"),
-        (train_entry, [str(TINY_SEG), "--data-root", str(tmp_path / "missing")],
-         "is not a directory; allowed: an existing dataset root"),
-        (train_entry, [str(TINY_SEG), "--backbone-checkpoint", "nope.pth"],
-         "error: --backbone-checkpoint 'nope.pth' does not exist; allowed: a last.pth / best.pth / best_ema.pth"),
-        (test_entry, [str(TINY_SEG), "nope.pth"], "error: checkpoint 'nope.pth' does not exist; allowed: a checkpoint "
-                                                  "written by python -m dcls_vision.downstream.train"),
+        (
+            train_entry,
+            [str(TINY_SEG), "--launcher", "mpi"],
+            "error: --launcher 'mpi' is not supported; allowed: auto, none, pytorch, slurm",
+        ),
+        (
+            train_entry,
+            [str(TINY_SEG), "--data-root", str(tmp_path / "missing")],
+            "is not a directory; allowed: an existing dataset root",
+        ),
+        (
+            train_entry,
+            [str(TINY_SEG), "--backbone-checkpoint", "nope.pth"],
+            "error: --backbone-checkpoint 'nope.pth' does not exist; allowed: a last.pth / best.pth / best_ema.pth",
+        ),
+        (
+            test_entry,
+            [str(TINY_SEG), "nope.pth"],
+            "error: checkpoint 'nope.pth' does not exist; allowed: a checkpoint "
+            "written by python -m dcls_vision.downstream.train",
+        ),
     ]
     for module, args, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -508,10 +639,30 @@ TWO_ITERS = ["--cfg-options", "train_cfg.max_iters=2", "train_cfg.val_interval=2
 def test_two_process_segmentation_under_torchrun(ade_root, tmp_path):
     """Two CPU processes (gloo) started by torchrun."""
     work = tmp_path / "work"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29533", "-m", "dcls_vision.downstream.train", str(TINY_SEG), "--work-dir", str(work),
-                           "--data-root", str(ade_root), *TWO_ITERS], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "dcls_vision.downstream.train",
+            str(TINY_SEG),
+            "--work-dir",
+            str(work),
+            "--data-root",
+            str(ade_root),
+            *TWO_ITERS,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=400,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     _check_two_process_run(work, proc.stdout + proc.stderr)
 
@@ -521,13 +672,27 @@ def test_slurm_launch_of_two_task_segmentation(cluster, ade_root, tmp_path):
     """``python -m dcls_vision.launch downstream``: a real 2-task SLURM job on the loopback cluster (submitit),
     one process group over the step's tasks; the launcher waits and prints the final metrics."""
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "dcls_vision.launch", "downstream", str(TINY_SEG.relative_to(ROOT)),
-           "--work-dir", str(work), "--data-root", str(ade_root), *TWO_ITERS, "tasks_per_node=2", "cpus_per_task=1",
-           "time=10", "wait=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dcls_vision.launch",
+        "downstream",
+        str(TINY_SEG.relative_to(ROOT)),
+        "--work-dir",
+        str(work),
+        "--data-root",
+        str(ade_root),
+        *TWO_ITERS,
+        "tasks_per_node=2",
+        "cpus_per_task=1",
+        "time=10",
+        "wait=true",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert re.search(r"^final: .*mIoU=[\d.]+ .*iter=2 work_dir=" + re.escape(str(work)) + "$", proc.stdout, re.M), \
+    assert re.search(r"^final: .*mIoU=[\d.]+ .*iter=2 work_dir=" + re.escape(str(work)) + "$", proc.stdout, re.M), (
         proc.stdout
+    )
     launch = json.loads((work / "launch.json").read_text())
     job_log = Path(launch["stdout"]).read_text() + Path(launch["stderr"]).read_text()
     _check_two_process_run(work, job_log)
@@ -544,8 +709,10 @@ def test_downstream_job_resumes_when_requeued(tmp_path):
     again = job.checkpoint().function
     assert isinstance(again, DownstreamJob) and "--resume" in again.train_argv
     assert again.train_argv[again.train_argv.index("--work-dir") + 1] == str(tmp_path)
-    assert again.train_argv[-3:] == TWO_ITERS[-3:] and again.train_argv[again.train_argv.index("--resume") + 1] \
-        == "--cfg-options"  # bare --resume: auto
+    assert (
+        again.train_argv[-3:] == TWO_ITERS[-3:]
+        and again.train_argv[again.train_argv.index("--resume") + 1] == "--cfg-options"
+    )  # bare --resume: auto
 
 
 def test_slurm_launch_rejects_bad_downstream_arguments(capsys):
@@ -567,8 +734,16 @@ def test_resume_continues_from_the_latest_checkpoint(ade_root, tmp_path):
     from dcls_vision.downstream.train import build_runner
 
     work = tmp_path / "seg"
-    common = [str(TINY_SEG), "--work-dir", str(work), "--data-root", str(ade_root), "--cfg-options",
-              "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100"]
+    common = [
+        str(TINY_SEG),
+        "--work-dir",
+        str(work),
+        "--data-root",
+        str(ade_root),
+        "--cfg-options",
+        "default_hooks.checkpoint.interval=2",
+        "train_cfg.val_interval=100",
+    ]
     first = build_runner([*common, "train_cfg.max_iters=2"])
     first.train()
     saved = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=True)  # safe loading works

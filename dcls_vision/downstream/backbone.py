@@ -22,8 +22,14 @@ from dcls_vision.ops import dcls_parameters
 from . import layer_decay
 from .weights import CHECKPOINT_KEYS, load_backbone_state
 
-DCLS_MODELS = ("convnext_tiny_dcls", "convnext_tiny_dcls_gauss", "convnext_small_dcls", "convnext_base_dcls",
-               "convformer_s18_dcls", "convformer_s18_dcls_gauss")
+DCLS_MODELS = (
+    "convnext_tiny_dcls",
+    "convnext_tiny_dcls_gauss",
+    "convnext_small_dcls",
+    "convnext_base_dcls",
+    "convformer_s18_dcls",
+    "convformer_s18_dcls_gauss",
+)
 # Gauss variants without a registered name: the ConvNeXt-T-dcls Gauss settings (23 / 26) on S and B.
 GAUSS_KWARGS = {"dcls_interpolation": "gauss", "dcls_dilated_kernel_size": 23, "dcls_kernel_count": 26}
 
@@ -40,9 +46,11 @@ class DclsBackbone(BaseModule):
     with ``stages`` and ``forward_intermediates``).
 
     Args:
-        out_indices: stages whose outputs are returned (strides 4, 8, 16, 32).
+        out_indices: stages whose outputs are returned (strides 4, 8, 16, 32); the stages after the last one are
+            removed, and their tensors in ``checkpoint`` are skipped (only those).
         drop_path_rate: stochastic depth of the timm model (linearly increasing per block).
-        frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 0..k-1 (eval mode, no gradients).
+        frozen_stages: k >= 1 freezes the stem and stages 0..k-1 with their downsample layers (eval mode, no
+            gradients); -1 and 0 freeze nothing (mmpretrain's ConvNeXt semantics).
         out_norm: a LayerNorm per returned scale (ConvNeXt's detection/segmentation backbones).
         checkpoint: a file written by our trainer (``last.pth``, ``best.pth``, ``best_ema.pth``) or a state
             dict, loaded in :meth:`init_weights` (the runner calls it) with ``weights_only=True``.
@@ -50,41 +58,67 @@ class DclsBackbone(BaseModule):
         model_kwargs: more ``timm.create_model`` kwargs (``dims``, ``depths``, ``dcls_interpolation``, ...).
     """
 
-    def __init__(self, model_name: str = "convnext_tiny_dcls", out_indices: Sequence[int] = (0, 1, 2, 3),
-                 drop_path_rate: float = 0.0, frozen_stages: int = -1, out_norm: bool = True,
-                 checkpoint: str | None = None, checkpoint_key: str = "model", in_chans: int = 3,
-                 model_kwargs: Mapping[str, Any] | None = None, init_cfg: Any = None) -> None:
+    def __init__(
+        self,
+        model_name: str = "convnext_tiny_dcls",
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        drop_path_rate: float = 0.0,
+        frozen_stages: int = -1,
+        out_norm: bool = True,
+        checkpoint: str | None = None,
+        checkpoint_key: str = "model",
+        in_chans: int = 3,
+        model_kwargs: Mapping[str, Any] | None = None,
+        init_cfg: Any = None,
+    ) -> None:
         super().__init__(init_cfg=init_cfg)
         import dcls_vision.models  # noqa: F401  (registers the DCLS models with timm)
 
         if not isinstance(model_name, str) or not timm.is_model(model_name):
-            raise ValueError(f"model_name={model_name!r} is not a timm model; allowed: {', '.join(DCLS_MODELS)} "
-                             "(or another timm model with stages)")
+            raise ValueError(
+                f"model_name={model_name!r} is not a timm model; allowed: {', '.join(DCLS_MODELS)} "
+                "(or another timm model with stages)"
+            )
         if checkpoint_key not in CHECKPOINT_KEYS:
-            raise ValueError(f"checkpoint_key={checkpoint_key!r} is not supported; "
-                             f"allowed: {', '.join(CHECKPOINT_KEYS)}")
+            raise ValueError(
+                f"checkpoint_key={checkpoint_key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}"
+            )
         if not isinstance(drop_path_rate, (int, float)) or not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate!r} is invalid; allowed: a float in [0, 1)")
         kwargs = dict(model_kwargs or {})
         for reserved in ("num_classes", "features_only", "pretrained", "in_chans", "drop_path_rate"):
             if reserved in kwargs:
-                raise ValueError(f"model_kwargs[{reserved!r}] is set by the backbone; allowed: pass it as an argument "
-                                 "(in_chans, drop_path_rate) or drop it")
-        body = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans,
-                                 drop_path_rate=float(drop_path_rate), **kwargs)
+                raise ValueError(
+                    f"model_kwargs[{reserved!r}] is set by the backbone; allowed: pass it as an argument "
+                    "(in_chans, drop_path_rate) or drop it"
+                )
+        body = timm.create_model(
+            model_name,
+            pretrained=False,
+            num_classes=0,
+            in_chans=in_chans,
+            drop_path_rate=float(drop_path_rate),
+            **kwargs,
+        )
         stages = getattr(body, "stages", None)
         if not isinstance(stages, nn.Sequential) or not hasattr(body, "forward_intermediates"):
-            raise ValueError(f"model_name={model_name!r} has no 'stages' / forward_intermediates; allowed: "
-                             f"{', '.join(DCLS_MODELS)}")
+            raise ValueError(
+                f"model_name={model_name!r} has no 'stages' / forward_intermediates; allowed: {', '.join(DCLS_MODELS)}"
+            )
         num_stages = len(stages)
         out = _int_tuple(out_indices, "out_indices")
         if list(out) != sorted(set(out)) or out[0] < 0 or out[-1] >= num_stages:
-            raise ValueError(f"out_indices={list(out)!r} is invalid; allowed: increasing indices in "
-                             f"0..{num_stages - 1}")
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) \
-                or not -1 <= frozen_stages <= num_stages:
+            raise ValueError(
+                f"out_indices={list(out)!r} is invalid; allowed: increasing indices in 0..{num_stages - 1}"
+            )
+        if (
+            isinstance(frozen_stages, bool)
+            or not isinstance(frozen_stages, int)
+            or not -1 <= frozen_stages <= num_stages
+        ):
             raise ValueError(f"frozen_stages={frozen_stages!r} is invalid; allowed: an int in -1..{num_stages}")
         body.prune_intermediate_layers(list(out), prune_norm=True, prune_head=True)
+        self.pruned_prefixes = tuple(f"stages.{i}." for i in range(out[-1] + 1, num_stages))
         self.body = body
         self.model_name = model_name
         self.out_indices = out
@@ -105,7 +139,7 @@ class DclsBackbone(BaseModule):
 
     # ------------------------------------------------------------------------------------ frozen stages
     def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
+        if self.frozen_stages <= 0:
             return []
         stem = [m for name, m in self.body.named_children() if name.startswith("stem")]
         return stem + list(self.body.stages[: self.frozen_stages])
@@ -127,20 +161,32 @@ class DclsBackbone(BaseModule):
         super().init_weights()
         if self.checkpoint is None:
             return
-        report = load_backbone_state(self.checkpoint, self.body, key=self.checkpoint_key, first_conv=self.first_conv)
+        report = load_backbone_state(
+            self.checkpoint,
+            self.body,
+            key=self.checkpoint_key,
+            first_conv=self.first_conv,
+            skip_prefixes=self.pruned_prefixes,
+        )
         if report["trained_as"] and report["trained_as"] != self.model_name:
-            print_log(f"DclsBackbone: {self.checkpoint} was trained as {report['trained_as']!r}, loaded into "
-                      f"{self.model_name!r} (shapes match)", logger="current")
-        print_log(f"DclsBackbone: loaded {report['loaded']} tensors from {self.checkpoint} [{self.checkpoint_key}]; "
-                  f"dropped {len(report['dropped'])} classifier tensors; adapted: {report['adapted'] or 'none'}",
-                  logger="current")
+            print_log(
+                f"DclsBackbone: {self.checkpoint} was trained as {report['trained_as']!r}, loaded into "
+                f"{self.model_name!r} (shapes match)",
+                logger="current",
+            )
+        print_log(
+            f"DclsBackbone: loaded {report['loaded']} tensors from {self.checkpoint} [{self.checkpoint_key}]; "
+            f"dropped {len(report['dropped'])} classifier tensors, {len(report['skipped'])} of stages removed by "
+            f"out_indices={list(self.out_indices)}; adapted: {report['adapted'] or 'none'}",
+            logger="current",
+        )
         self._freeze()
 
     # ----------------------------------------------------------------------------- optimizer interface
     def layer_id(self, name: str, decay_type: str, num_layers: int) -> int:
         """LR-decay layer id of parameter ``name`` (relative to this module); see :mod:`.layer_decay`."""
         if name.startswith("body."):
-            return layer_decay.layer_id(name[len("body."):], decay_type, num_layers)
+            return layer_decay.layer_id(name[len("body.") :], decay_type, num_layers)
         return num_layers + 1  # the per-scale norms belong with the neck (ConvNeXt's convention)
 
     def default_num_layers(self) -> int:

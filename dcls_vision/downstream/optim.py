@@ -1,11 +1,13 @@
 """Optimizer-wrapper constructor for fine-tuning DCLS backbones: LR decay that keeps the DCLS rules.
 
-The public DCLS detection/segmentation code uses ConvNeXt's ``LearningRateDecayOptimizerConstructor``, which
-puts positions in the ordinary groups: they lose the 5× LR and get weight decay (DESIGN.md §1, §2). Here the
-groups are those of ConvNeXt's recipe (see :mod:`.layer_decay`), split by identity (``dcls_parameters``, shared
-tensors once) into ``decay`` (``weight_decay``), ``no_decay`` (ndim ≤ 1 and biases: 0) and ``positions`` /
-``sigma`` (``pos_lr_scale`` × the layer's LR, weight decay 0), exactly as the trainer's
-:func:`dcls_vision.engine.optim.param_groups` does for classification.
+The public DCLS detection/segmentation code (the ConvNeXt-dcls fork of ConvNeXt's
+``LearningRateDecayOptimizerConstructor``, for mmdet and mmseg) keeps weight decay 0 for the positions and loses
+only their 5× LR: ``.P`` tensors get ``no_decay_dcls`` groups with weight decay 0, but the ``scale = 5`` it sets
+is overwritten by the layer's decay scale (DESIGN.md §1, §2). Here the groups are those of ConvNeXt's recipe
+(see :mod:`.layer_decay`), split by identity (``dcls_parameters``, shared tensors once) into ``decay``
+(``weight_decay``), ``no_decay`` (ndim ≤ 1 and biases: 0) and ``positions`` / ``sigma`` (``pos_lr_scale`` × the
+layer's LR, weight decay 0), exactly as the trainer's :func:`dcls_vision.engine.optim.param_groups` does for
+classification.
 
 ``paramwise_cfg`` keys: ``decay_rate`` (default 1.0 = no decay), ``decay_type`` (``layer_wise`` /
 ``stage_wise``), ``num_layers`` (default from the backbone: 6 for T / S18, 12 for S / B), ``pos_lr_scale`` (5.0).
@@ -34,16 +36,20 @@ class DclsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         cfg = dict(paramwise_cfg or {})
         unknown = sorted(set(cfg) - set(PARAMWISE_KEYS))
         if unknown:
-            raise ValueError(f"paramwise_cfg key(s) {unknown} not supported by DclsOptimWrapperConstructor; "
-                             f"allowed: {', '.join(PARAMWISE_KEYS)}")
+            raise ValueError(
+                f"paramwise_cfg key(s) {unknown} not supported by DclsOptimWrapperConstructor; "
+                f"allowed: {', '.join(PARAMWISE_KEYS)}"
+            )
         rate = cfg.setdefault("decay_rate", 1.0)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
             raise ValueError(f"paramwise_cfg.decay_rate={rate!r} is invalid; allowed: a float in (0, 1]")
         layer_decay.check_decay_type(cfg.setdefault("decay_type", "layer_wise"))
         num = cfg.setdefault("num_layers", None)
         if num is not None and (isinstance(num, bool) or not isinstance(num, int) or num < 4):
-            raise ValueError(f"paramwise_cfg.num_layers={num!r} is invalid; allowed: an int >= 4, or None (from the "
-                             "backbone's depths)")
+            raise ValueError(
+                f"paramwise_cfg.num_layers={num!r} is invalid; allowed: an int >= 4, or None (from the "
+                "backbone's depths)"
+            )
         scale = cfg.setdefault("pos_lr_scale", 5.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
             raise ValueError(f"paramwise_cfg.pos_lr_scale={scale!r} is invalid; allowed: a float > 0")
@@ -57,8 +63,10 @@ class DclsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         backbone = getattr(module, "backbone", None)
         has_ids = hasattr(backbone, "layer_id")
         if rate != 1.0 and not has_ids:
-            raise ValueError(f"paramwise_cfg.decay_rate={rate} needs a backbone with layer ids; "
-                             f"{type(backbone).__name__} has none; allowed: a Dcls* backbone, or decay_rate=1.0")
+            raise ValueError(
+                f"paramwise_cfg.decay_rate={rate} needs a backbone with layer ids; "
+                f"{type(backbone).__name__} has none; allowed: a Dcls* backbone, or decay_rate=1.0"
+            )
         num_layers = cfg["num_layers"]
         if num_layers is None:
             num_layers = backbone.default_num_layers() if has_ids else 0
@@ -68,7 +76,7 @@ class DclsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if not p.requires_grad:
                 continue
             if has_ids and name.startswith("backbone."):
-                lid = backbone.layer_id(name[len("backbone."):], decay_type, num_layers)
+                lid = backbone.layer_id(name[len("backbone.") :], decay_type, num_layers)
             else:
                 lid = num_layers + 1
             if id(p) in special:
@@ -80,12 +88,22 @@ class DclsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             key = (lid, kind)
             if key not in groups:
                 scale = layer_decay.lr_scale(lid, rate, num_layers) * mult
-                groups[key] = {"params": [], "lr": self.base_lr * scale, "weight_decay": wd, "lr_scale": scale,
-                               "group_name": f"layer_{lid}_{kind}"}
+                groups[key] = {
+                    "params": [],
+                    "lr": self.base_lr * scale,
+                    "weight_decay": wd,
+                    "lr_scale": scale,
+                    "group_name": f"layer_{lid}_{kind}",
+                }
             groups[key]["params"].append(p)
         ordered = [groups[k] for k in sorted(groups)]
-        summary = ", ".join(f"{g['group_name']}: {len(g['params'])} tensors lr×{g['lr_scale']:.4g} "
-                            f"wd {g['weight_decay']}" for g in ordered)
-        print_log(f"DclsOptimWrapperConstructor ({decay_type}, rate {rate}, num_layers {num_layers}, positions/σ "
-                  f"×{pos_scale}): {summary}", logger="current")
+        summary = ", ".join(
+            f"{g['group_name']}: {len(g['params'])} tensors lr×{g['lr_scale']:.4g} wd {g['weight_decay']}"
+            for g in ordered
+        )
+        print_log(
+            f"DclsOptimWrapperConstructor ({decay_type}, rate {rate}, num_layers {num_layers}, positions/σ "
+            f"×{pos_scale}): {summary}",
+            logger="current",
+        )
         params.extend(ordered)

@@ -35,8 +35,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[s
         raise ValueError(f"checkpoint_key={key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist; allowed: a last.pth, best.pth, "
-                                "best_ema.pth written by the trainer, or a state-dict file")
+        raise FileNotFoundError(
+            f"checkpoint={str(path)!r} does not exist; allowed: a last.pth, best.pth, "
+            "best_ema.pth written by the trainer, or a state-dict file"
+        )
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"checkpoint={str(path)!r} holds a {type(ckpt).__name__}; allowed: a dict")
@@ -45,8 +47,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[s
         state = ckpt.get(key)
         if state is None:
             have = [k for k in CHECKPOINT_KEYS if ckpt.get(k) is not None]
-            raise ValueError(f"checkpoint_key={key!r} has no weights in {path.name} (best*.pth hold one set under "
-                             f"'model'; a run without EMA saves ema=None); allowed for this file: {', '.join(have)}")
+            raise ValueError(
+                f"checkpoint_key={key!r} has no weights in {path.name} (best*.pth hold one set under "
+                f"'model'; a run without EMA saves ema=None); allowed for this file: {', '.join(have)}"
+            )
         return dict(state), config
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
         if key != "model":
@@ -56,8 +60,10 @@ def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[s
         if key != "model":
             raise ValueError(f"checkpoint_key={key!r} is not in {path.name} (a plain state dict); allowed: model")
         return dict(ckpt), config
-    raise ValueError(f"checkpoint={str(path)!r} has none of the keys {', '.join(CHECKPOINT_KEYS)}, state_dict; "
-                     "allowed: a trainer checkpoint or a state dict")
+    raise ValueError(
+        f"checkpoint={str(path)!r} has none of the keys {', '.join(CHECKPOINT_KEYS)}, state_dict; "
+        "allowed: a trainer checkpoint or a state dict"
+    )
 
 
 def _strip(name: str) -> str:
@@ -70,13 +76,19 @@ def _strip(name: str) -> str:
     return name
 
 
-def map_state_dict(state: Mapping[str, Tensor], target: nn.Module, first_conv: str | None = None,
-                   source: str = "checkpoint") -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+def map_state_dict(
+    state: Mapping[str, Tensor],
+    target: nn.Module,
+    first_conv: str | None = None,
+    source: str = "checkpoint",
+    skip_prefixes: tuple[str, ...] = (),
+) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
     """Rename, filter and adapt ``state`` to ``target``'s keys.
 
     - ``module.`` / ``_orig_mod.`` prefixes (DDP, torch.compile) are stripped; ``stages_N.`` / ``stem_N.``
       (timm ``features_only`` names) become ``stages.N.`` / ``stem.N.``.
-    - Classifier keys absent from ``target`` (``head.*``, ``fc.*``, ``norm_pre.*``...) are dropped.
+    - Classifier keys absent from ``target`` (``head.*``, ``fc.*``, ``norm_pre.*``...) are dropped, and so are
+      keys under ``skip_prefixes`` absent from ``target`` (stages a backbone removed: ``stages.3.``).
     - The stem conv (``first_conv``) is adapted when only its input channels differ (timm's
       ``adapt_input_conv``: a 1-channel pre-training feeds an RGB backbone).
     Anything else that does not fit (unknown keys, missing keys, other shape mismatches) raises, naming keys.
@@ -85,14 +97,18 @@ def map_state_dict(state: Mapping[str, Tensor], target: nn.Module, first_conv: s
 
     wanted = target.state_dict()
     mapped: dict[str, Tensor] = {}
-    report: dict[str, list[str]] = {"dropped": [], "adapted": [], "unexpected": [], "mismatched": []}
+    report: dict[str, list[str]] = {"dropped": [], "skipped": [], "adapted": [], "unexpected": [], "mismatched": []}
     mapped_names: set[str] = set()
     for raw, value in state.items():
         name = _strip(raw)
         if name not in wanted:
             name = _FEATURE_NET_RE.sub(r"\1.\2.", name)
         if name not in wanted:
-            (report["dropped"] if name.startswith(_HEAD_PREFIXES) else report["unexpected"]).append(raw)
+            if name.startswith(_HEAD_PREFIXES):
+                report["dropped"].append(raw)
+            else:
+                skip = bool(skip_prefixes) and name.startswith(skip_prefixes)
+                report["skipped" if skip else "unexpected"].append(raw)
             continue
         expected = wanted[name].shape
         if value.shape != expected:
@@ -114,22 +130,37 @@ def map_state_dict(state: Mapping[str, Tensor], target: nn.Module, first_conv: s
     if missing:
         problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}")
     if problems:
-        raise ValueError(f"{source} does not fit {type(target).__name__} (different architecture or model_kwargs?): "
-                         + " | ".join(problems))
+        raise ValueError(
+            f"{source} does not fit {type(target).__name__} (different architecture or model_kwargs?): "
+            + " | ".join(problems)
+        )
     return mapped, report
 
 
-def load_backbone_state(path: str | os.PathLike, target: nn.Module, key: str = "model",
-                        first_conv: str | None = None) -> dict[str, Any]:
+def load_backbone_state(
+    path: str | os.PathLike,
+    target: nn.Module,
+    key: str = "model",
+    first_conv: str | None = None,
+    skip_prefixes: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Load ``key`` weights of checkpoint ``path`` into ``target`` (strictly, after :func:`map_state_dict`).
 
-    Returns a report: ``dropped`` (classifier keys), ``adapted`` (stem), ``trained_as`` (the trainer's
-    ``model.name`` when the checkpoint carries its config), ``loaded`` (tensor count).
+    Returns a report: ``dropped`` (classifier keys), ``skipped`` (keys under ``skip_prefixes``), ``adapted``
+    (stem), ``trained_as`` (the trainer's ``model.name`` when the checkpoint carries its config), ``loaded``
+    (tensor count).
     """
     state, config = read_checkpoint(path, key)
-    mapped, report = map_state_dict(state, target, first_conv=first_conv, source=f"{Path(path).name}[{key}]")
+    mapped, report = map_state_dict(
+        state, target, first_conv=first_conv, source=f"{Path(path).name}[{key}]", skip_prefixes=skip_prefixes
+    )
     with torch.no_grad():
         target.load_state_dict(mapped, strict=True)
     model_cfg = config.get("model") if isinstance(config.get("model"), Mapping) else {}
-    return {"dropped": report["dropped"], "adapted": report["adapted"], "loaded": len(mapped),
-            "trained_as": model_cfg.get("name")}
+    return {
+        "dropped": report["dropped"],
+        "skipped": report["skipped"],
+        "adapted": report["adapted"],
+        "loaded": len(mapped),
+        "trained_as": model_cfg.get("name"),
+    }
