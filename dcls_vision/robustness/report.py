@@ -49,6 +49,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         if extra:
             notes.append(f"{bench.title} extra corruptions ({', '.join(extra)}), not in {bench.column}: mean error "
                          f"{entry['summary']['extra_mean_error']:.2f}")
+        unusable = entry.get("unusable") or []
+        if unusable:
+            notes.append(f"{bench.title}: {len(unusable)} unusable split(s) skipped: " + "; ".join(unusable[:3])
+                         + (f"; and {len(unusable) - 3} more" if len(unusable) > 3 else ""))
+        notes += entry.get("warnings") or []
         if values[key] is None and not entry.get("splits"):
             not_run.append(f"{bench.title} ({entry.get('message') or 'not evaluated'})")
         elif partial and values[key] is not None:
@@ -66,6 +71,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         notes.append(f"{DASH} not run: " + "; ".join(not_run))
     if result.get("skipped_images"):
         notes.append(f"unreadable images skipped: {result['skipped_images']}")
+    if result.get("complete") is False:
+        notes.insert(0, "in progress: the benchmarks and splits finished so far (re-run the same command to resume)")
     lines += [f"- {n}" for n in notes]
     for key in ("c", "cbar"):
         entry = result["benchmarks"].get(key)
