@@ -19,8 +19,15 @@ from dcls_vision.robustness.transforms import eval_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 # additive/masking corruptions whose change grows with the level for one seed (the draws do not depend on it)
-MONOTONE = ("blue_noise_sample", "brownish_noise", "checkerboard_cutout", "cocentric_sine_waves", "perlin_noise",
-            "plasma_noise", "single_frequency_greyscale")
+MONOTONE = (
+    "blue_noise_sample",
+    "brownish_noise",
+    "checkerboard_cutout",
+    "cocentric_sine_waves",
+    "perlin_noise",
+    "plasma_noise",
+    "single_frequency_greyscale",
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +80,13 @@ def test_corrupt_cbar_refuses_bad_input(photo):
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "make_corrupted.py"), *args, "--no-progress"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_corrupted.py"), *args, "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_make_corrupted_resizes_and_crops_like_imagenet_c_by_default(tmp_path):
@@ -84,14 +96,35 @@ def test_make_corrupted_resizes_and_crops_like_imagenet_c_by_default(tmp_path):
     rng = np.random.RandomState(0)
     Image.fromarray(rng.randint(0, 255, (300, 400, 3), dtype=np.uint8)).save(src / "wide.png")
     Image.fromarray(rng.randint(0, 255, (28, 28), dtype=np.uint8)).save(src / "tiny.png")
-    proc = _tool(str(tmp_path / "src"), str(tmp_path / "c"), "--corruptions", "sparkles", "--severities", "2",
-                 "--format", "png", "--workers", "1")
+    proc = _tool(
+        str(tmp_path / "src"),
+        str(tmp_path / "c"),
+        "--corruptions",
+        "sparkles",
+        "--severities",
+        "2",
+        "--format",
+        "png",
+        "--workers",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "resized to 256 and centre-cropped to 224" in proc.stdout
     for name in ("wide.png", "tiny.png"):
         assert Image.open(tmp_path / "c" / "sparkles" / "2.00" / "cls" / name).size == (224, 224)
-    proc = _tool(str(tmp_path / "src"), str(tmp_path / "own"), "--corruptions", "sparkles", "--severities", "2",
-                 "--format", "png", "--workers", "1", "--no-resize-crop")
+    proc = _tool(
+        str(tmp_path / "src"),
+        str(tmp_path / "own"),
+        "--corruptions",
+        "sparkles",
+        "--severities",
+        "2",
+        "--format",
+        "png",
+        "--workers",
+        "1",
+        "--no-resize-crop",
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "own" / "sparkles" / "2.00" / "cls" / "wide.png").size == (400, 300)
     assert Image.open(tmp_path / "own" / "sparkles" / "2.00" / "cls" / "tiny.png").size == (28, 28)

@@ -33,19 +33,46 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-          "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
+COMMON = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-CBAR = ("blue_noise_sample", "brownish_noise", "caustic_refraction", "checkerboard_cutout", "cocentric_sine_waves",
-        "inverse_sparkles", "perlin_noise", "plasma_noise", "single_frequency_greyscale", "sparkles")
+CBAR = (
+    "blue_noise_sample",
+    "brownish_noise",
+    "caustic_refraction",
+    "checkerboard_cutout",
+    "cocentric_sine_waves",
+    "inverse_sparkles",
+    "perlin_noise",
+    "plasma_noise",
+    "single_frequency_greyscale",
+    "sparkles",
+)
 GROUPS = {"common": COMMON, "extra": EXTRA, "all": COMMON + EXTRA, "cbar": CBAR}
 KNOWN = COMMON + EXTRA + CBAR
 RESIZE, CROP = 256, 224  # ImageNet-C / -C-bar: Resize(256) then CenterCrop(224) before corrupting
 SEEDED_KWARG = ("impulse_noise", "glass_blur")  # take an explicit seed; the others draw from np.random
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MIN_SIZE = 32  # imagecorruptions refuses smaller images
-INSTALL_HINT = ("pip install opencv-python-headless==5.0.0.93 numba==0.68.1 scikit-image==0.26.0 scipy==1.17.1 && "
-                "pip install --no-deps imagecorruptions-imaug==1.1.5")
+INSTALL_HINT = (
+    "pip install opencv-python-headless==5.0.0.93 numba==0.68.1 scikit-image==0.26.0 scipy==1.17.1 && "
+    "pip install --no-deps imagecorruptions-imaug==1.1.5"
+)
 
 
 class TooSmall(ValueError):
@@ -60,13 +87,15 @@ def corruption_names(values: Sequence[str]) -> list[str]:
             if name not in KNOWN:
                 raise argparse.ArgumentTypeError(
                     f"--corruptions {value!r} is not supported; allowed: common, extra, all, cbar or any of "
-                    f"{', '.join(KNOWN)}")
+                    f"{', '.join(KNOWN)}"
+                )
             if name not in names:
                 names.append(name)
     if any(n in CBAR for n in names) and any(n not in CBAR for n in names):
         raise argparse.ArgumentTypeError(
             f"--corruptions {' '.join(values)} mixes ImageNet-C and ImageNet-C-bar corruptions; allowed: one of the "
-            f"two per OUT folder (eval.py reads them as c.root and cbar.root)")
+            f"two per OUT folder (eval.py reads them as c.root and cbar.root)"
+        )
     return names
 
 
@@ -134,8 +163,10 @@ def _load(path: Path, upscale: int | None, crop: bool = True, min_size: int = MI
     w, h = img.size
     if min(w, h) < min_size:
         if upscale is None:
-            raise TooSmall(f"{path} is {w}x{h} px; imagecorruptions needs at least {MIN_SIZE}x{MIN_SIZE}; pass "
-                           f"--upscale-small {MIN_SIZE} (or larger) to upscale small images first")
+            raise TooSmall(
+                f"{path} is {w}x{h} px; imagecorruptions needs at least {MIN_SIZE}x{MIN_SIZE}; pass "
+                f"--upscale-small {MIN_SIZE} (or larger) to upscale small images first"
+            )
         scale = upscale / min(w, h)
         img = img.resize((max(upscale, round(w * scale)), max(upscale, round(h * scale))), Image.Resampling.BICUBIC)
     return np.asarray(img)
@@ -168,16 +199,29 @@ def corrupt_image(img: np.ndarray, corruption: str, severity: int, seed: int) ->
         return img.copy(), True
 
 
-def process_chunk(src: str, out: str, rels: list[str], corruptions: list[str], severities: list[int], seed: int,
-                  fmt: str, quality: int, upscale: int | None, overwrite: bool,
-                  crop: bool = True) -> tuple[int, int, list[str], int]:
+def process_chunk(
+    src: str,
+    out: str,
+    rels: list[str],
+    corruptions: list[str],
+    severities: list[int],
+    seed: int,
+    fmt: str,
+    quality: int,
+    upscale: int | None,
+    overwrite: bool,
+    crop: bool = True,
+) -> tuple[int, int, list[str], int]:
     """Corrupt ``rels`` (relative paths) at every corruption x severity; returns (written, kept, unreadable, dry)."""
     written = kept = dry = 0
     bad: list[str] = []
     min_size = MIN_SIZE if any(c not in CBAR for c in corruptions) else 1
     for rel in rels:
-        targets = [(c, s, Path(out, c, severity_folder(c, s), output_name(Path(rel), fmt)))
-                   for c in corruptions for s in severities]
+        targets = [
+            (c, s, Path(out, c, severity_folder(c, s), output_name(Path(rel), fmt)))
+            for c in corruptions
+            for s in severities
+        ]
         todo = targets if overwrite else [t for t in targets if not t[2].exists()]
         kept += len(targets) - len(todo)
         if not todo:
@@ -202,25 +246,43 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("src", type=Path, help="input image folder (e.g. ImageNet val: SRC/<wnid>/*.JPEG)")
     p.add_argument("out", type=Path, help="output folder: OUT/<corruption>/<severity>/<relative path>")
-    p.add_argument("--corruptions", nargs="+", default=["common"],
-                   help="names, or groups: common (the 15 of ImageNet-C), extra (speckle_noise, gaussian_blur, "
-                        "spatter, saturate), all, cbar (the 10 of ImageNet-C-bar; not mixed with the others)")
-    p.add_argument("--no-resize-crop", dest="resize_crop", action="store_false",
-                   help="corrupt images at their own size instead of resizing to 256 and centre-cropping 224 "
-                        "(the ImageNet-C/-C-bar protocol); for small-image sets such as Fashion-MNIST")
+    p.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=["common"],
+        help="names, or groups: common (the 15 of ImageNet-C), extra (speckle_noise, gaussian_blur, "
+        "spatter, saturate), all, cbar (the 10 of ImageNet-C-bar; not mixed with the others)",
+    )
+    p.add_argument(
+        "--no-resize-crop",
+        dest="resize_crop",
+        action="store_false",
+        help="corrupt images at their own size instead of resizing to 256 and centre-cropping 224 "
+        "(the ImageNet-C/-C-bar protocol); for small-image sets such as Fashion-MNIST",
+    )
     p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities in 1..5")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--seed", type=int, default=0, help="base seed (outputs depend on seed, corruption, severity, file)")
-    p.add_argument("--format", choices=("jpeg", "png"), default="jpeg",
-                   help="output format: jpeg (quality --quality, as ImageNet-C) or png (lossless)")
+    p.add_argument(
+        "--format",
+        choices=("jpeg", "png"),
+        default="jpeg",
+        help="output format: jpeg (quality --quality, as ImageNet-C) or png (lossless)",
+    )
     p.add_argument("--quality", type=int, default=85, help="JPEG quality (ImageNet-C used 85)")
-    p.add_argument("--upscale-small", type=int, default=None, metavar="N",
-                   help=f"with --no-resize-crop: upscale images with a side under {MIN_SIZE} px so the shorter side "
-                        f"is N (>= {MIN_SIZE}); ImageNet-C's corruptions need {MIN_SIZE} px")
+    p.add_argument(
+        "--upscale-small",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --no-resize-crop: upscale images with a side under {MIN_SIZE} px so the shorter side "
+        f"is N (>= {MIN_SIZE}); ImageNet-C's corruptions need {MIN_SIZE} px",
+    )
     p.add_argument("--chunk", type=int, default=64, help="images per task sent to a worker")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -236,8 +298,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.workers < 1:
         p.error(f"--workers {args.workers} is not supported; allowed: an integer >= 1")
     if args.upscale_small is not None and args.resize_crop:
-        p.error(f"--upscale-small {args.upscale_small} is not supported without --no-resize-crop; allowed: "
-                f"--no-resize-crop --upscale-small N (the default resize to {RESIZE} / crop {CROP} needs no upscaling)")
+        p.error(
+            f"--upscale-small {args.upscale_small} is not supported without --no-resize-crop; allowed: "
+            f"--no-resize-crop --upscale-small N (the default resize to {RESIZE} / crop {CROP} needs no upscaling)"
+        )
     if args.upscale_small is not None and args.upscale_small < MIN_SIZE:
         p.error(f"--upscale-small {args.upscale_small} is not supported; allowed: an integer >= {MIN_SIZE}")
     if not 1 <= args.quality <= 95:
@@ -257,8 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             import dcls_vision.robustness.cbar  # noqa: F401
     except ImportError as err:
-        hint = INSTALL_HINT if "imagecorruptions" in str(err) else "run from the repository root with dcls_vision " \
-            "importable (PYTHONPATH=. or pip install -e .)"
+        hint = (
+            INSTALL_HINT
+            if "imagecorruptions" in str(err)
+            else "run from the repository root with dcls_vision importable (PYTHONPATH=. or pip install -e .)"
+        )
         print(f"make_corrupted: {err}; {hint}", file=sys.stderr)
         return 2
     rels = [str(r) for r in find_images(args.src)]
@@ -267,11 +334,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     total = len(rels) * len(args.corruptions) * len(args.severities)
     size = f"resized to {RESIZE} and centre-cropped to {CROP}" if args.resize_crop else "at their own size"
-    print(f"{len(rels)} images ({size}) x {len(args.corruptions)} corruptions x {len(args.severities)} severities = "
-          f"{total} outputs -> {args.out} ({args.workers} worker(s))", flush=True)
+    print(
+        f"{len(rels)} images ({size}) x {len(args.corruptions)} corruptions x {len(args.severities)} severities = "
+        f"{total} outputs -> {args.out} ({args.workers} worker(s))",
+        flush=True,
+    )
     common = (str(args.src), str(args.out))
-    opts = (args.corruptions, args.severities, args.seed, args.format, args.quality, args.upscale_small,
-            args.overwrite, args.resize_crop)
+    opts = (
+        args.corruptions,
+        args.severities,
+        args.seed,
+        args.format,
+        args.quality,
+        args.upscale_small,
+        args.overwrite,
+        args.resize_crop,
+    )
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(rels), unit="img", disable=args.no_progress, dynamic_ncols=True)
@@ -286,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             # fork: workers inherit the imported modules; numba compiles glass_blur once per worker
             with ProcessPoolExecutor(args.workers, mp_context=get_context("fork")) as pool:
-                futures = {pool.submit(process_chunk, *common, chunk, *opts): len(chunk)
-                           for chunk in _chunks(rels, args.chunk)}
+                futures = {
+                    pool.submit(process_chunk, *common, chunk, *opts): len(chunk) for chunk in _chunks(rels, args.chunk)
+                }
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_EXCEPTION)

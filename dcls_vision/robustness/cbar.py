@@ -292,8 +292,9 @@ CBAR_CORRUPTIONS: dict[str, Corruption] = {
 def corrupt_cbar(img: np.ndarray, name: str, level: float, seed: int) -> np.ndarray:
     """``name`` at C-bar parameter ``level`` on an RGB uint8 image, deterministic given ``seed``."""
     if name not in CBAR_CORRUPTIONS:
-        raise ValueError(f"corruption={name!r} is not an ImageNet-C-bar corruption; allowed: "
-                         f"{', '.join(CBAR_CORRUPTIONS)}")
+        raise ValueError(
+            f"corruption={name!r} is not an ImageNet-C-bar corruption; allowed: {', '.join(CBAR_CORRUPTIONS)}"
+        )
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image of dtype {img.dtype} and shape {img.shape}; allowed: uint8 (H, W, 3)")
     return CBAR_CORRUPTIONS[name](img, level, np.random.RandomState(seed & 0xFFFFFFFF))

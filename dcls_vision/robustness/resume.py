@@ -61,5 +61,7 @@ def unfinished_sibling(parent: Path, exclude: Path, key: dict[str, Any]) -> tupl
     changed = changed_fields(saved["resume_key"], key)
     if not changed:
         return d, None
-    return None, (f"the unfinished evaluation in {d} was another command (changed: {', '.join(changed)}); "
-                  f"not resuming it, evaluating afresh")
+    return None, (
+        f"the unfinished evaluation in {d} was another command (changed: {', '.join(changed)}); "
+        f"not resuming it, evaluating afresh"
+    )

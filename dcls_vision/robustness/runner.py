@@ -43,8 +43,15 @@ class BenchmarkUnavailable(RuntimeError):
 class Evaluator:
     """Runs the requested benchmarks for one checkpoint; every rank runs it, rank 0 writes the reports."""
 
-    def __init__(self, cfg: DictConfig, benchmarks: list[str], rank: int, world: int, device: torch.device,
-                 resume_search: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        benchmarks: list[str],
+        rank: int,
+        world: int,
+        device: torch.device,
+        resume_search: Path | None = None,
+    ) -> None:
         self.cfg, self.benchmarks, self.rank, self.world, self.device = cfg, benchmarks, rank, world, device
         self.resume_search = resume_search
         self.out_dir = self._setup_out_dir(Path(str(cfg.output_dir)))
@@ -63,8 +70,10 @@ class Evaluator:
             self.loaded.model.to(memory_format=torch.channels_last)
         self.mode = pil_mode(self.data_cfg)
         self._classes: list[str] | None = None
-        self.name = cfg.get("name") or (str(train_cfg.get("experiment_name") or train_cfg.model.name)
-                                        + (" (EMA)" if self.loaded.weights == "ema" else ""))
+        self.name = cfg.get("name") or (
+            str(train_cfg.get("experiment_name") or train_cfg.model.name)
+            + (" (EMA)" if self.loaded.weights == "ema" else "")
+        )
 
     # ------------------------------------------------------------------------------------------- set-up
     def _setup_out_dir(self, requested: Path) -> Path:
@@ -92,8 +101,9 @@ class Evaluator:
     def _root(self, bench: Benchmark) -> Path:
         root = self.cfg.get(bench.key, {}).get("root")
         if root in (None, ""):
-            raise BenchmarkUnavailable(f"{bench.key}.root is not set; pass {bench.key}.root=<folder> "
-                                       f"laid out as {bench.layout}")
+            raise BenchmarkUnavailable(
+                f"{bench.key}.root is not set; pass {bench.key}.root=<folder> laid out as {bench.layout}"
+            )
         path = resolve_path(str(root), f"{bench.key}.root")
         if not path.is_dir():
             raise BenchmarkUnavailable(f"{bench.key}.root={root}: folder not found; expected {bench.layout}")
@@ -107,11 +117,17 @@ class Evaluator:
         unknown = [c for c in found if c not in class_to_idx]
         if unknown:
             example = ", ".join(list(class_to_idx)[:3])
-            raise BenchmarkUnavailable(f"{path}: class folders {unknown[:3]} are not among the model's "
-                                       f"{len(class_to_idx)} classes (e.g. {example}); name class folders after the "
-                                       f"checkpoint's classes or pass classes=<file>")
-        ds = SkipBadImageFolder(path, transform=eval_transform(self.data_cfg, self._crop_pct(bench)),
-                                class_to_idx=class_to_idx, mode=self.mode)
+            raise BenchmarkUnavailable(
+                f"{path}: class folders {unknown[:3]} are not among the model's "
+                f"{len(class_to_idx)} classes (e.g. {example}); name class folders after the "
+                f"checkpoint's classes or pass classes=<file>"
+            )
+        ds = SkipBadImageFolder(
+            path,
+            transform=eval_transform(self.data_cfg, self._crop_pct(bench)),
+            class_to_idx=class_to_idx,
+            mode=self.mode,
+        )
         if len(ds) == 0:
             raise BenchmarkUnavailable(f"{path}: no image files in its class folders; expected {bench.layout}")
         return ds
@@ -124,8 +140,16 @@ class Evaluator:
 
     # -------------------------------------------------------------------------------------- evaluation
     def _evaluate(self, ds: Dataset, model: nn.Module, desc: str) -> dict[str, Any]:
-        loader = EpochLoader(ds, self.batch_size, train=False, num_replicas=self.world, rank=self.rank, seed=0,
-                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        loader = EpochLoader(
+            ds,
+            self.batch_size,
+            train=False,
+            num_replicas=self.world,
+            rank=self.rank,
+            seed=0,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         stats = evaluate(model, loader, self.device, self.amp, self.channels_last, self.log, desc)
         if stats["samples"] == 0:
             raise BenchmarkUnavailable(f"{desc}: none of its {len(ds)} images could be read")
@@ -133,9 +157,16 @@ class Evaluator:
             self.log.info(f"{desc}: skipped {stats['skipped']} unreadable image(s)")
         self.log.info(f"{desc}: top-1 {stats['top1']:.2f} on {stats['samples']} image(s)")
         targets = getattr(ds, "targets", None)
-        return {"top1": stats["top1"], "top5": stats["top5"], "error": 100.0 - stats["top1"], "loss": stats["loss"],
-                "samples": stats["samples"], "skipped": stats["skipped"], "images": len(ds),
-                "classes": None if targets is None else len(set(int(t) for t in targets))}
+        return {
+            "top1": stats["top1"],
+            "top5": stats["top5"],
+            "error": 100.0 - stats["top1"],
+            "loss": stats["loss"],
+            "samples": stats["samples"],
+            "skipped": stats["skipped"],
+            "images": len(ds),
+            "classes": None if targets is None else len(set(int(t) for t in targets)),
+        }
 
     def _single(self, bench: Benchmark) -> dict[str, Any]:
         """val, A, R or Sketch: one split; A and R score only their 200 output columns."""
@@ -156,8 +187,11 @@ class Evaluator:
         """Add a one-line warning when the folder's image or class count differs from the released benchmark."""
         images = [int(s["images"]) for s in splits if s.get("images") is not None]
         classes = [int(s["classes"]) for s in splits if s.get("classes") is not None]
-        note = coverage_note(bench.key, (min(images), max(images)), (min(classes), max(classes))) \
-            if images and classes else None
+        note = (
+            coverage_note(bench.key, (min(images), max(images)), (min(classes), max(classes)))
+            if images and classes
+            else None
+        )
         entry["warnings"] = [note] if note else []
         return entry
 
@@ -173,12 +207,16 @@ class Evaluator:
         if data.get("name") != "fashion_mnist":
             root, val_dir = data.get("root"), data.get("val_dir") or "val"
             if root in (None, "", "???"):
-                raise BenchmarkUnavailable("val.root is not set and the checkpoint's data.root is unset; pass "
-                                           "val.root=<folder> laid out as <root>/<wnid>/*")
+                raise BenchmarkUnavailable(
+                    "val.root is not set and the checkpoint's data.root is unset; pass "
+                    "val.root=<folder> laid out as <root>/<wnid>/*"
+                )
             path = resolve_path(str(root), "data.root") / str(val_dir)
             if not path.is_dir():
-                raise BenchmarkUnavailable(f"val.root is not set and the checkpoint's val split {path} is not found; "
-                                           f"pass val.root=<folder> laid out as <root>/<wnid>/*")
+                raise BenchmarkUnavailable(
+                    f"val.root is not set and the checkpoint's val split {path} is not found; "
+                    f"pass val.root=<folder> laid out as <root>/<wnid>/*"
+                )
             ds = self._folder(BENCHMARKS["val"], path, self._class_map())
             subset = data.get("val_subset")
             if subset is not None:  # the trainer's deterministic subset of the same folder
@@ -192,8 +230,9 @@ class Evaluator:
         try:
             return build_datasets(data, None)[1]
         except (OSError, ValueError) as err:
-            raise BenchmarkUnavailable(f"val.root is not set and the checkpoint's data cannot be loaded ({err})") \
-                from err
+            raise BenchmarkUnavailable(
+                f"val.root is not set and the checkpoint's data cannot be loaded ({err})"
+            ) from err
 
     def _splits(self, bench: Benchmark, root: Path) -> tuple[list[tuple[str, int, Path]], list[str]]:
         """The requested (corruption, severity, folder) splits present under ``root``, and the missing ones."""
@@ -206,8 +245,14 @@ class Evaluator:
                 missing.append(name)
                 continue
             for sev in severities:
-                folder = next((root / name / d for d in severity_folder_names(bench.key, name, sev)
-                               if (root / name / d).is_dir()), None)
+                folder = next(
+                    (
+                        root / name / d
+                        for d in severity_folder_names(bench.key, name, sev)
+                        if (root / name / d).is_dir()
+                    ),
+                    None,
+                )
                 if folder is None:
                     missing.append(f"{name}/{sev}")
                     continue
@@ -223,17 +268,22 @@ class Evaluator:
         root = self._root(bench)
         splits, missing = self._splits(bench, root)
         if not splits:
-            raise BenchmarkUnavailable(f"{bench.key}.root={root}: none of the requested corruption/severity folders "
-                                       f"exist; expected {bench.layout}")
+            raise BenchmarkUnavailable(
+                f"{bench.key}.root={root}: none of the requested corruption/severity folders "
+                f"exist; expected {bench.layout}"
+            )
         if missing:
             shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-            self.log.info(f"{bench.title}: missing {shown} under {root}; evaluating the {len(splits)} split(s) "
-                          f"present (result flagged partial)")
+            self.log.info(
+                f"{bench.title}: missing {shown} under {root}; evaluating the {len(splits)} split(s) "
+                f"present (result flagged partial)"
+            )
         done = {(s["corruption"], s["severity"]): s for s in (saved or {}).get("splits") or []}
         reused = [done[n, v] for n, v, _ in splits if (n, v) in done]
         if reused:
-            self.log.info(f"{bench.title}: {len(reused)} split(s) already in results.json (same command), not "
-                          f"re-evaluated")
+            self.log.info(
+                f"{bench.title}: {len(reused)} split(s) already in results.json (same command), not re-evaluated"
+            )
         results, bad = [], []
         for name, sev, folder in splits:
             if (name, sev) in done:
@@ -247,29 +297,42 @@ class Evaluator:
                 self.log.info(f"{desc}: {err}; skipped, the other splits still run")
                 continue
             results.append({"corruption": name, "severity": sev, **stats, "path": str(folder)})
-            entries[bench.key] = {**self._corrupted_entry(bench, root, results, missing, bad), "status": "running",
-                                  "corrupted": True}
+            entries[bench.key] = {
+                **self._corrupted_entry(bench, root, results, missing, bad),
+                "status": "running",
+                "corrupted": True,
+            }
             self._save(entries, complete=False)
         if not results:
-            raise BenchmarkUnavailable(f"{bench.key}.root={root}: none of its {len(splits)} split(s) could be "
-                                       f"evaluated: {'; '.join(bad[:3])}")
+            raise BenchmarkUnavailable(
+                f"{bench.key}.root={root}: none of its {len(splits)} split(s) could be evaluated: {'; '.join(bad[:3])}"
+            )
         return self._corrupted_entry(bench, root, results, missing, bad)
 
-    def _corrupted_entry(self, bench: Benchmark, root: Path, results: list[dict[str, Any]], missing: list[str],
-                         bad: list[str]) -> dict[str, Any]:
+    def _corrupted_entry(
+        self, bench: Benchmark, root: Path, results: list[dict[str, Any]], missing: list[str], bad: list[str]
+    ) -> dict[str, Any]:
         errors: dict[str, dict[int, float]] = {}
         for r in results:
             errors.setdefault(r["corruption"], {})[int(r["severity"])] = r["error"]
         reference = IMAGENET_C if bench.key == "c" else IMAGENET_C_BAR
         summary = corruption_summary(errors, reference, normalise=bench.key == "c")
-        entry = {"path": str(root), "splits": results, "summary": summary, "missing": missing, "unusable": bad,
-                 "samples": sum(r["samples"] for r in results), "skipped": sum(r["skipped"] for r in results)}
+        entry = {
+            "path": str(root),
+            "splits": results,
+            "summary": summary,
+            "missing": missing,
+            "unusable": bad,
+            "samples": sum(r["samples"] for r in results),
+            "skipped": sum(r["skipped"] for r in results),
+        }
         return self._with_coverage(bench, entry, results)
 
     def _single_or_saved(self, bench: Benchmark, saved: dict[str, Any] | None) -> dict[str, Any]:
         if saved and saved.get("status") == "ok" and saved.get("top1") is not None:
-            self.log.info(f"{bench.title}: already in results.json (same command), not re-evaluated: top-1 "
-                          f"{saved['top1']:.2f}")
+            self.log.info(
+                f"{bench.title}: already in results.json (same command), not re-evaluated: top-1 {saved['top1']:.2f}"
+            )
             return {k: v for k, v in saved.items() if k not in ("status", "corrupted")}
         return self._single(bench)
 
@@ -278,9 +341,13 @@ class Evaluator:
         """What makes saved results valid for this command (see :mod:`dcls_vision.robustness.resume`)."""
         st = self.ckpt.stat()
         key: dict[str, Any] = {
-            "checkpoint": str(self.ckpt.resolve()), "checkpoint_size": st.st_size,
-            "checkpoint_mtime_ns": st.st_mtime_ns, "weights": self.loaded.weights,
-            "classes": self.cfg.get("classes"), "amp": str(self.amp), "channels_last": self.channels_last,
+            "checkpoint": str(self.ckpt.resolve()),
+            "checkpoint_size": st.st_size,
+            "checkpoint_mtime_ns": st.st_mtime_ns,
+            "weights": self.loaded.weights,
+            "classes": self.cfg.get("classes"),
+            "amp": str(self.amp),
+            "channels_last": self.channels_last,
             "benchmarks": list(self.benchmarks),
         }
         for k in self.benchmarks:
@@ -308,6 +375,12 @@ class Evaluator:
 
     def _find_previous(self, key: dict[str, Any]) -> dict[str, Any] | None:
         saved = read_results(self.out_dir)
+        if saved is None and (self.out_dir / "results.json").exists():
+            moved = supersede(self.out_dir)
+            self.log.info(
+                f"{self.out_dir}/results.json is not a resumable eval result (an older version's?); "
+                f"moved to {moved}, evaluating afresh"
+            )
         if saved is None and self.resume_search is not None:
             sibling, note = unfinished_sibling(self.resume_search, self.out_dir, key)
             if note:
@@ -325,22 +398,37 @@ class Evaluator:
         changed = changed_fields(saved["resume_key"], key)
         if changed:
             moved = supersede(self.out_dir)
-            self.log.info(f"{self.out_dir}/results.json came from another command (changed: {', '.join(changed)}); "
-                          f"re-evaluating everything, the old results moved to {moved}")
+            self.log.info(
+                f"{self.out_dir}/results.json came from another command (changed: {', '.join(changed)}); "
+                f"re-evaluating everything, the old results moved to {moved}"
+            )
             return None
         if saved.get("complete"):
-            self.log.info(f"{self.out_dir}/results.json is a finished run of this command; reporting it again "
-                          f"without re-evaluating (pass another output_dir to evaluate afresh)")
+            self.log.info(
+                f"{self.out_dir}/results.json is a finished run of this command; reporting it again "
+                f"without re-evaluating (pass another output_dir to evaluate afresh)"
+            )
         return saved
 
     def _result(self, entries: dict[str, Any], complete: bool) -> dict[str, Any]:
         lm = self.loaded
         result = {
-            "name": self.name, "checkpoint": str(self.ckpt), "weights": lm.weights, "epoch": lm.epoch,
-            "model": str(lm.config.model.name), "trainer_metrics": lm.stored_metrics, "world_size": self.world,
-            "settings": {"batch_size": self.batch_size, "amp": self.amp, "channels_last": self.channels_last,
-                         "crop_pct": {k: self._crop_pct(BENCHMARKS[k]) for k in self.benchmarks}},
-            "benchmarks": entries, "complete": complete, "resume_key": self._key,
+            "name": self.name,
+            "checkpoint": str(self.ckpt),
+            "weights": lm.weights,
+            "epoch": lm.epoch,
+            "model": str(lm.config.model.name),
+            "trainer_metrics": lm.stored_metrics,
+            "world_size": self.world,
+            "settings": {
+                "batch_size": self.batch_size,
+                "amp": self.amp,
+                "channels_last": self.channels_last,
+                "crop_pct": {k: self._crop_pct(BENCHMARKS[k]) for k in self.benchmarks},
+            },
+            "benchmarks": entries,
+            "complete": complete,
+            "resume_key": self._key,
             "skipped_images": sum(int(e.get("skipped") or 0) for e in entries.values()),
         }
         result["table"] = {k: v for k, v in table_values(result).items() if k in entries}
@@ -358,17 +446,20 @@ class Evaluator:
         self._key = self.resume_key()
         previous = self._previous(self._key)
         n_params = sum(p.numel() for p in lm.model.parameters())
-        self.log.info(f"checkpoint {self.ckpt} ({lm.weights} weights, epoch {lm.epoch}) | model {lm.config.model.name} "
-                      f"{n_params / 1e6:.2f}M params | {self.world} process(es) on {self.device} | batch "
-                      f"{self.batch_size} | amp {self.amp or 'off'} | benchmarks {', '.join(self.benchmarks)} | "
-                      f"results in {self.out_dir} (written after every split; the same command resumes there)")
+        self.log.info(
+            f"checkpoint {self.ckpt} ({lm.weights} weights, epoch {lm.epoch}) | model {lm.config.model.name} "
+            f"{n_params / 1e6:.2f}M params | {self.world} process(es) on {self.device} | batch "
+            f"{self.batch_size} | amp {self.amp or 'off'} | benchmarks {', '.join(self.benchmarks)} | "
+            f"results in {self.out_dir} (written after every split; the same command resumes there)"
+        )
         entries: dict[str, Any] = {}
         for key in self.benchmarks:
             bench = BENCHMARKS[key]
             saved = ((previous or {}).get("benchmarks") or {}).get(key)
             try:
-                entry = self._corrupted(bench, entries, saved) if bench.corrupted else self._single_or_saved(bench,
-                                                                                                          saved)
+                entry = (
+                    self._corrupted(bench, entries, saved) if bench.corrupted else self._single_or_saved(bench, saved)
+                )
                 entry["status"] = "partial" if entry.get("missing") or entry.get("unusable") else "ok"
                 for note in entry.get("warnings") or []:
                     self.log.info(note)

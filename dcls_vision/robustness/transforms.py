@@ -54,10 +54,12 @@ class SmallImageEval:
 
     def __init__(self, data_cfg: Mapping[str, Any], crop_pct: float) -> None:
         channels = int(data_cfg.get("in_chans") or 1)
-        self.resize = ResizeCenterCrop(int(data_cfg.get("img_size") or 28), crop_pct,
-                                       str(data_cfg.get("interpolation") or "bilinear"))
-        self.normalize = ToFloatNormalize(_per_channel(data_cfg.get("mean") or 0.5, channels),
-                                          _per_channel(data_cfg.get("std") or 0.5, channels))
+        self.resize = ResizeCenterCrop(
+            int(data_cfg.get("img_size") or 28), crop_pct, str(data_cfg.get("interpolation") or "bilinear")
+        )
+        self.normalize = ToFloatNormalize(
+            _per_channel(data_cfg.get("mean") or 0.5, channels), _per_channel(data_cfg.get("std") or 0.5, channels)
+        )
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.normalize(F.pil_to_tensor(self.resize(img)))
