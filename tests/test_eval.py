@@ -825,3 +825,28 @@ def test_cbar_folder_made_by_make_corrupted_is_evaluated(run, folders, tmp_path)
     assert len(entry["splits"]) == 20 and all(s["samples"] == n for s in entry["splits"])
     assert entry["summary"]["corruptions_counted"] == 10 and not entry["missing"] and not entry["unusable"]
     assert {s["path"].rsplit("/", 1)[-1] for s in entry["splits"] if s["corruption"] == "sparkles"} == {"1.00", "6.00"}
+
+
+def test_eval_py_with_the_default_output_dir_resumes(run, folders, tmp_path):
+    """eval.py wiring: without output_dir=, a re-run continues the newest unfinished run under outputs/eval/."""
+    run_dir, _, _ = run
+    _, corrupted = folders
+    args = [
+        f"checkpoint={run_dir / 'last.pth'}",
+        "benchmarks=[c]",
+        f"c.root={corrupted}",
+        "c.corruptions=[contrast]",
+        "c.severities=[1,2]",
+    ]
+    first = subprocess.run(_eval_cmd(*args), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run1,) = (tmp_path / "outputs" / "eval").iterdir()
+    saved = json.loads((run1 / "results.json").read_text())
+    saved["complete"] = False  # as if killed after its first split
+    saved["benchmarks"]["c"]["splits"] = saved["benchmarks"]["c"]["splits"][:1]
+    (run1 / "results.json").write_text(json.dumps(saved))
+    again = subprocess.run(_eval_cmd(*args), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming the unfinished evaluation in {run1}" in again.stdout and len(_split_lines(again.stdout)) == 1
+    assert list((tmp_path / "outputs" / "eval").iterdir()) == [run1]  # the new, empty dir is not left behind
+    assert json.loads((run1 / "results.json").read_text())["complete"] is True
