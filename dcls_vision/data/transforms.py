@@ -147,6 +147,7 @@ def imagenet_transforms(
         input_size=(channels, size, size),
         **common,
     )
-    val = create_transform(is_training=False, crop_pct=val_crop_pct(data_cfg),
-                           input_size=(channels, test_size, test_size), **common)
+    val = create_transform(
+        is_training=False, crop_pct=val_crop_pct(data_cfg), input_size=(channels, test_size, test_size), **common
+    )
     return train, val
