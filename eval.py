@@ -1,7 +1,9 @@
 """Robustness evaluation of a checkpoint (thesis Table 2.5): ``python eval.py checkpoint=<run>/best.pth ...``.
 
 Benchmarks: ``benchmarks=[val,c,cbar,a,r,sketch]`` with ``<key>.root=<folder>`` (see configs/eval.yaml);
-multi-process: ``torchrun --nproc_per_node N eval.py ...``. Exit codes: 0 done (benchmarks that could not run
+multi-process: ``torchrun --nproc_per_node N eval.py ...``. Results are written after every split; running the same
+command again resumes (in ``output_dir``, or with the default output_dir the newest unfinished run of the same
+command under outputs/eval/). Exit codes: 0 done (benchmarks that could not run
 are listed in the report), 2 bad config or checkpoint, 3 none of the requested benchmarks could run.
 """
 
@@ -27,10 +29,12 @@ def _remove_if_empty(out_dir: Path) -> None:
 def main(cfg: DictConfig) -> None:
     from dcls_vision.robustness import EvalConfigError, run_eval
 
+    hydra_cfg = HydraConfig.get()
     with open_dict(cfg):  # pin the dir Hydra created (a later ${now:} would differ)
-        cfg.output_dir = HydraConfig.get().runtime.output_dir
-    try:
-        result = run_eval(cfg)
+        cfg.output_dir = hydra_cfg.runtime.output_dir
+    default_dir = not any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in hydra_cfg.overrides.task)
+    try:  # the default dir is new each time: resume the newest unfinished run of the same command beside it
+        result = run_eval(cfg, resume_search=Path(cfg.output_dir).parent if default_dir else None)
     except EvalConfigError as e:
         _remove_if_empty(Path(cfg.output_dir))
         print(f"EvalConfigError: {e}", file=sys.stderr)

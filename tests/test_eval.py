@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,18 +41,32 @@ CORRUPTIONS = ["gaussian_noise", "defocus_blur", "contrast"]
 VAL_SUBSET = 200
 TABLE_HEADER = "| Model | Clean | C↓ | C-bar↓ | A | R | SK |"
 
-pytestmark = pytest.mark.skipif(not Path(DEFAULT_SOURCE, "t10k-images-idx3-ubyte.gz").is_file(),
-                                reason="apt-get install dataset-fashion-mnist")
+pytestmark = pytest.mark.skipif(
+    not Path(DEFAULT_SOURCE, "t10k-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
+)
 pytest.importorskip("imagecorruptions", reason="pip install --no-deps imagecorruptions-imaug==1.1.5")
 
 
 def _train_cfg(run_dir: Path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=[
-            "experiment=quickstart", "data.train_subset=2000", f"data.val_subset={VAL_SUBSET}", "data.num_workers=0",
-            "trainer.epochs=1", "trainer.batch_size=32", "sched=constant", "trainer.ema.enabled=true",
-            "trainer.ema.decay=0.9", "logger.wandb=false", "logger.progress=false", *EXTRA,
-            f"trainer.output_dir={run_dir}"])
+        return compose(
+            "config",
+            overrides=[
+                "experiment=quickstart",
+                "data.train_subset=2000",
+                f"data.val_subset={VAL_SUBSET}",
+                "data.num_workers=0",
+                "trainer.epochs=1",
+                "trainer.batch_size=32",
+                "sched=constant",
+                "trainer.ema.enabled=true",
+                "trainer.ema.decay=0.9",
+                "logger.wandb=false",
+                "logger.progress=false",
+                *EXTRA,
+                f"trainer.output_dir={run_dir}",
+            ],
+        )
 
 
 def _eval_cfg(out: Path, *overrides: str):
@@ -80,8 +96,21 @@ def folders(run, tmp_path_factory):
     clean, corrupted = base / "clean", base / "c"
     state = load_checkpoint(run_dir / "last.pth")
     assert export_val_folder(state["config"]["data"], clean) == VAL_SUBSET
-    proc = _make_corrupted(clean, corrupted, "--corruptions", *CORRUPTIONS, "--format", "png", "--upscale-small", "56",
-                           "--workers", "2", "--chunk", "32")
+    proc = _make_corrupted(
+        clean,
+        corrupted,
+        "--corruptions",
+        *CORRUPTIONS,
+        "--format",
+        "png",
+        "--no-resize-crop",
+        "--upscale-small",
+        "56",
+        "--workers",
+        "2",
+        "--chunk",
+        "32",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{VAL_SUBSET * len(CORRUPTIONS) * 5} written" in proc.stdout
     return clean, corrupted
@@ -93,8 +122,11 @@ def evaluated(run, folders, tmp_path_factory):
     run_dir, _, _ = run
     clean, corrupted = folders
     out = tmp_path_factory.mktemp("eval")
-    result = run_eval(_eval_cfg(out, f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val,c]",
-                                f"val.root={clean}", f"c.root={corrupted}"))
+    result = run_eval(
+        _eval_cfg(
+            out, f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val,c]", f"val.root={clean}", f"c.root={corrupted}"
+        )
+    )
     return out, result
 
 
@@ -116,14 +148,24 @@ def test_clean_top1_equals_trainer_val(run, evaluated, tmp_path):
 def test_ema_weights_match_trainer_ema_figure(run, folders, tmp_path):
     run_dir, result, metrics = run
     clean, _ = folders
-    res = run_eval(_eval_cfg(tmp_path, f"checkpoint={run_dir / 'last.pth'}", "use_ema=true", "benchmarks=[val]",
-                             f"val.root={clean}"))
+    res = run_eval(
+        _eval_cfg(
+            tmp_path, f"checkpoint={run_dir / 'last.pth'}", "use_ema=true", "benchmarks=[val]", f"val.root={clean}"
+        )
+    )
     assert res["weights"] == "ema" and res["name"].endswith("(EMA)")
     assert res["benchmarks"]["val"]["top1"] == metrics["ema_top1"] == result["ema_top1"]
     state = load_checkpoint(run_dir / "last.pth")
     assert not torch.equal(state["ema"]["head.weight"], state["model"]["head.weight"])  # really other weights
-    best = run_eval(_eval_cfg(tmp_path / "best", f"checkpoint={run_dir / 'best_ema.pth'}", "use_ema=true",
-                              "benchmarks=[val]", f"val.root={clean}"))
+    best = run_eval(
+        _eval_cfg(
+            tmp_path / "best",
+            f"checkpoint={run_dir / 'best_ema.pth'}",
+            "use_ema=true",
+            "benchmarks=[val]",
+            f"val.root={clean}",
+        )
+    )
     assert best["benchmarks"]["val"]["top1"] == best["trainer_metrics"]["top1"] == metrics["ema_top1"]
     with pytest.raises(EvalConfigError, match="use_ema=true but checkpoint=.*best.pth.* holds no EMA weights"):
         run_eval(_eval_cfg(tmp_path / "no_ema", f"checkpoint={run_dir / 'best.pth'}", "use_ema=true"))
@@ -143,8 +185,10 @@ def test_corruption_errors_rise_with_severity(evaluated):
     summary = c["summary"]
     assert not summary["complete"] and summary["corruptions_counted"] == 3 and summary["corruptions_expected"] == 15
     assert summary["mean_error"] == pytest.approx(sum(err.values()) / len(err))
-    expected_mce = sum(100 * sum(err[n, s] for s in range(1, 6)) / sum(100 * a for a in ALEXNET_ERRORS[n])
-                       for n in CORRUPTIONS) / 3
+    expected_mce = (
+        sum(100 * sum(err[n, s] for s in range(1, 6)) / sum(100 * a for a in ALEXNET_ERRORS[n]) for n in CORRUPTIONS)
+        / 3
+    )
     assert summary["mce"] == pytest.approx(expected_mce)
     assert c["missing"][0] == "shot_noise" and len(c["missing"]) == 12
 
@@ -172,29 +216,78 @@ def test_make_corrupted_is_deterministic_across_workers(folders, tmp_path):
     clean, corrupted = folders
     src = tmp_path / "src"
     shutil.copytree(clean / "Bag", src / "Bag")
-    proc = _make_corrupted(src, tmp_path / "one", "--corruptions", "gaussian_noise", "contrast", "--severities", "1",
-                           "5", "--format", "png", "--upscale-small", "56", "--workers", "1")
+    proc = _make_corrupted(
+        src,
+        tmp_path / "one",
+        "--corruptions",
+        "gaussian_noise",
+        "contrast",
+        "--severities",
+        "1",
+        "5",
+        "--format",
+        "png",
+        "--no-resize-crop",
+        "--upscale-small",
+        "56",
+        "--workers",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     files = sorted((tmp_path / "one").rglob("*.png"))
     assert len(files) == 2 * 2 * len(list(src.glob("Bag/*.png")))
     for f in files:  # same bytes as the 2-worker, chunk-32 run of the fixture
         assert f.read_bytes() == (corrupted / f.relative_to(tmp_path / "one")).read_bytes(), f
-    again = _make_corrupted(src, tmp_path / "one", "--corruptions", "gaussian_noise", "--severities", "1", "5",
-                            "--workers", "1", "--format", "png", "--upscale-small", "56")
+    again = _make_corrupted(
+        src,
+        tmp_path / "one",
+        "--corruptions",
+        "gaussian_noise",
+        "--severities",
+        "1",
+        "5",
+        "--workers",
+        "1",
+        "--format",
+        "png",
+        "--no-resize-crop",
+        "--upscale-small",
+        "56",
+    )
     assert " 0 written" in again.stdout and "already there" in again.stdout  # resumes, keeps what exists
-    _make_corrupted(src, tmp_path / "seed1", "--corruptions", "gaussian_noise", "--severities", "1",
-                            "--format", "png", "--upscale-small", "56", "--seed", "1", "--workers", "1")
+    _make_corrupted(
+        src,
+        tmp_path / "seed1",
+        "--corruptions",
+        "gaussian_noise",
+        "--severities",
+        "1",
+        "--format",
+        "png",
+        "--no-resize-crop",
+        "--upscale-small",
+        "56",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+    )
     f = next((tmp_path / "seed1").rglob("*.png"))
     assert f.read_bytes() != (corrupted / f.relative_to(tmp_path / "seed1")).read_bytes()
 
 
 def test_make_corrupted_rejects_small_images_and_bad_arguments(folders, tmp_path):
     clean, _ = folders
-    proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "contrast")
+    proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "contrast", "--no-resize-crop")
     assert proc.returncode == 2
     assert "is 28x28 px; imagecorruptions needs at least 32x32; pass --upscale-small" in proc.stderr
     proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "fog", "nope")
-    assert proc.returncode == 2 and "--corruptions 'nope' is not supported; allowed: common, extra, all" in proc.stderr
+    assert proc.returncode == 2
+    assert "--corruptions 'nope' is not supported; allowed: common, extra, all, cbar" in proc.stderr
+    proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "fog", "sparkles")
+    assert proc.returncode == 2 and "mixes ImageNet-C and ImageNet-C-bar corruptions" in proc.stderr
+    proc = _make_corrupted(clean, tmp_path / "x", "--upscale-small", "32")
+    assert proc.returncode == 2 and "--upscale-small 32 is not supported without --no-resize-crop" in proc.stderr
     proc = _make_corrupted(clean, tmp_path / "x", "--severities", "6")
     assert proc.returncode == 2 and "--severities 6 is not supported; allowed: integers 1 to 5" in proc.stderr
 
@@ -222,8 +315,15 @@ def test_spatter_without_liquid_keeps_the_image(folders):
 def test_missing_benchmarks_are_reported_and_others_still_run(run, folders, tmp_path):
     run_dir, _, metrics = run
     clean, _ = folders
-    res = run_eval(_eval_cfg(tmp_path, f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[sketch,val,cbar,a]",
-                             f"val.root={clean}", f"sketch.root={tmp_path / 'nope'}"))
+    res = run_eval(
+        _eval_cfg(
+            tmp_path,
+            f"checkpoint={run_dir / 'last.pth'}",
+            "benchmarks=[sketch,val,cbar,a]",
+            f"val.root={clean}",
+            f"sketch.root={tmp_path / 'nope'}",
+        )
+    )
     b = res["benchmarks"]
     assert list(b) == ["sketch", "val", "cbar", "a"] and res["evaluated"] == ["val"]
     assert b["val"]["top1"] == metrics["val_top1"]
@@ -237,8 +337,11 @@ def test_missing_benchmarks_are_reported_and_others_still_run(run, folders, tmp_
     assert "not run: ImageNet-C-bar (cbar.root is not set" in md
     # the quickstart model has 10 classes: ImageNet-A cannot be sliced from it
     (tmp_path / "a" / "n01498041").mkdir(parents=True)
-    res = run_eval(_eval_cfg(tmp_path / "a_out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[a]",
-                             f"a.root={tmp_path / 'a'}"))
+    res = run_eval(
+        _eval_cfg(
+            tmp_path / "a_out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[a]", f"a.root={tmp_path / 'a'}"
+        )
+    )
     assert res["evaluated"] == [] and "needs an ImageNet-1k classifier" in res["benchmarks"]["a"]["message"]
 
 
@@ -250,8 +353,9 @@ def test_unreadable_images_are_skipped_and_counted(run, folders, tmp_path):
     (broken / "Bag" / "zz_garbage.png").write_bytes(b"this is not an image")
     png = next((broken / "Coat").glob("*.png")).read_bytes()
     (broken / "Coat" / "zz_truncated.png").write_bytes(png[: len(png) // 2])
-    res = run_eval(_eval_cfg(tmp_path / "out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val]",
-                             f"val.root={broken}"))
+    res = run_eval(
+        _eval_cfg(tmp_path / "out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val]", f"val.root={broken}")
+    )
     val = res["benchmarks"]["val"]
     assert (val["samples"], val["skipped"], res["skipped_images"]) == (VAL_SUBSET, 2, 2)
     assert val["top1"] == metrics["val_top1"]  # the readable images are the same
@@ -263,15 +367,20 @@ def test_foreign_class_folders_are_refused(run, folders, tmp_path):
     run_dir, _, _ = run
     clean, _ = folders
     shutil.copytree(clean / "Bag", tmp_path / "val" / "n01440764")
-    res = run_eval(_eval_cfg(tmp_path / "out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val]",
-                             f"val.root={tmp_path / 'val'}"))
+    res = run_eval(
+        _eval_cfg(
+            tmp_path / "out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val]", f"val.root={tmp_path / 'val'}"
+        )
+    )
     msg = res["benchmarks"]["val"]["message"]
     assert "class folders ['n01440764'] are not among the model's 10 classes (e.g. T-shirt_top" in msg
 
 
-def test_imagefolder_checkpoint_val_matches_trainer_evaluate(folders, tmp_path):
+@pytest.mark.parametrize("crop_pct", [0.875, None])
+def test_imagefolder_checkpoint_val_matches_trainer_evaluate(folders, tmp_path, crop_pct):
     """An ImageNet-style checkpoint (timm eval transform, val_subset) with val.root unset: same samples and the
-    same top-1 as the trainer's own ``evaluate`` on ``build_datasets``' val split."""
+    same top-1 as the trainer's own ``evaluate`` on ``build_datasets``' val split; also with data.crop_pct null
+    (one default for both, issue 15 item 9)."""
     from dcls_vision.data import build_datasets
     from dcls_vision.engine.loader import EpochLoader
     from dcls_vision.engine.trainer import evaluate
@@ -279,19 +388,38 @@ def test_imagefolder_checkpoint_val_matches_trainer_evaluate(folders, tmp_path):
     clean, _ = folders
     for split in ("train", "val"):
         shutil.copytree(clean, tmp_path / "ds" / split)
-    data = {"name": "imagefolder", "root": str(tmp_path / "ds"), "train_dir": "train", "val_dir": "val",
-            "val_subset": 50, "num_classes": 10, "in_chans": 1, "img_size": 24, "mean": [0.3], "std": [0.35],
-            "interpolation": "bicubic", "crop_pct": 0.875, "num_workers": 0}
-    cfg = {"experiment_name": "folder", "model": {"name": "dcls_quickstart", "kwargs": {"dim": 16, "depth": 2}},
-           "data": data, "trainer": {"batch_size": 16, "amp": "none", "channels_last": True}}
+    data = {
+        "name": "imagefolder",
+        "root": str(tmp_path / "ds"),
+        "train_dir": "train",
+        "val_dir": "val",
+        "val_subset": 50,
+        "num_classes": 10,
+        "in_chans": 1,
+        "img_size": 24,
+        "mean": [0.3],
+        "std": [0.35],
+        "interpolation": "bicubic",
+        "crop_pct": crop_pct,
+        "num_workers": 0,
+    }
+    cfg = {
+        "experiment_name": "folder",
+        "model": {"name": "dcls_quickstart", "kwargs": {"dim": 16, "depth": 2}},
+        "data": data,
+        "trainer": {"batch_size": 16, "amp": "none", "channels_last": True},
+    }
     torch.manual_seed(0)
     model = build_model(OmegaConf.create(cfg), 10, 1).eval()
     atomic_save({"model": model.state_dict(), "epoch": 0, "metrics": {}, "config": cfg}, tmp_path / "f.pth")
     res = run_eval(_eval_cfg(tmp_path / "out", f"checkpoint={tmp_path / 'f.pth'}", "benchmarks=[val]"))
     _, val_ds, _ = build_datasets(data, {})
-    ref = evaluate(model.to(memory_format=torch.channels_last), EpochLoader(
-        val_ds, 16, train=False, num_replicas=1, rank=0, seed=0, num_workers=0, pin_memory=False), torch.device("cpu"),
-        channels_last=True)
+    ref = evaluate(
+        model.to(memory_format=torch.channels_last),
+        EpochLoader(val_ds, 16, train=False, num_replicas=1, rank=0, seed=0, num_workers=0, pin_memory=False),
+        torch.device("cpu"),
+        channels_last=True,
+    )
     got = res["benchmarks"]["val"]
     assert (got["samples"], got["top1"], got["top5"]) == (50, ref["top1"], ref["top5"])
     assert got["loss"] == pytest.approx(ref["loss"], rel=1e-6)  # same tensors, not just the same argmax
@@ -326,11 +454,23 @@ def test_a_r_sketch_on_a_hand_made_imagenet_model(folders, tmp_path):
     bias[0] = 10.0  # n01440764: not in A nor R
     bias[a_idx[3]], bias[r_idx[7]] = 5.0, 4.0
     assert 0 not in a_idx and 0 not in r_idx and a_idx[3] not in r_idx
-    cfg = {"experiment_name": "handmade", "model": {"name": "dcls_quickstart", "drop_path_rate": None,
-                                                    "kwargs": {"dim": 16, "depth": 2}},
-           "data": {"name": "imagefolder", "root": None, "num_classes": 1000, "in_chans": 1, "img_size": 28,
-                    "mean": [0.5], "std": [0.5], "interpolation": "bilinear", "crop_pct": 1.0, "num_workers": 0},
-           "trainer": {"batch_size": 4, "amp": "none", "channels_last": False}}
+    cfg = {
+        "experiment_name": "handmade",
+        "model": {"name": "dcls_quickstart", "drop_path_rate": None, "kwargs": {"dim": 16, "depth": 2}},
+        "data": {
+            "name": "imagefolder",
+            "root": None,
+            "num_classes": 1000,
+            "in_chans": 1,
+            "img_size": 28,
+            "mean": [0.5],
+            "std": [0.5],
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "num_workers": 0,
+        },
+        "trainer": {"batch_size": 4, "amp": "none", "channels_last": False},
+    }
     model = build_model(OmegaConf.create(cfg), 1000, 1)
     sd = model.state_dict()
     sd["head.weight"].zero_()
@@ -349,8 +489,16 @@ def test_a_r_sketch_on_a_hand_made_imagenet_model(folders, tmp_path):
     a = folder("a", {a_wnids[3]: 3, a_wnids[0]: 2})  # 3 of 5 right once restricted
     r = folder("r", {r_wnids[7]: 1, r_wnids[1]: 3})  # 1 of 4
     sk = folder("sketch", {synsets[0]: 2, synsets[5]: 3})  # 1000 classes, no restriction: 2 of 5
-    res = run_eval(_eval_cfg(tmp_path / "out", f"checkpoint={tmp_path / 'handmade.pth'}", "benchmarks=[a,r,sketch]",
-                             f"a.root={a}", f"r.root={r}", f"sketch.root={sk}"))
+    res = run_eval(
+        _eval_cfg(
+            tmp_path / "out",
+            f"checkpoint={tmp_path / 'handmade.pth'}",
+            "benchmarks=[a,r,sketch]",
+            f"a.root={a}",
+            f"r.root={r}",
+            f"sketch.root={sk}",
+        )
+    )
     b = res["benchmarks"]
     assert (b["a"]["top1"], b["a"]["samples"], b["a"]["classes"]) == (60.0, 5, 200)
     assert (b["r"]["top1"], b["r"]["samples"]) == (25.0, 4)
@@ -362,8 +510,23 @@ def test_a_r_sketch_on_a_hand_made_imagenet_model(folders, tmp_path):
 # ------------------------------------------------------------------------------ metrics and configs
 def test_alexnet_errors_match_the_published_averages():
     # per-corruption AlexNet errors of google-research/augmix imagenet.py (from hendrycks/robustness)
-    published = [0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816, 0.826572,
-                 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500]
+    published = [
+        0.886428,
+        0.894468,
+        0.922640,
+        0.819880,
+        0.826268,
+        0.785948,
+        0.798360,
+        0.866816,
+        0.826572,
+        0.819324,
+        0.564592,
+        0.853204,
+        0.646056,
+        0.717840,
+        0.606500,
+    ]
     assert list(ALEXNET_ERRORS) == list(IMAGENET_C)
     for name, avg in zip(IMAGENET_C, published):
         assert sum(ALEXNET_ERRORS[name]) / 5 == pytest.approx(avg, abs=1e-6), name
@@ -403,8 +566,18 @@ def test_config_errors_name_the_key(run, tmp_path):
 
 # ------------------------------------------------------------------------------------- CLI, torchrun
 def test_cli_bad_checkpoint_exits_2_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"checkpoint={tmp_path / 'missing.pth'}",
-                           f"output_dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "eval.py"),
+            f"checkpoint={tmp_path / 'missing.pth'}",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("EvalConfigError: checkpoint=") and "is not a file" in lines[0]
@@ -417,12 +590,27 @@ def test_torchrun_two_processes_give_the_same_numbers(run, folders, evaluated, t
     clean, corrupted = folders
     _, single = evaluated
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(ROOT / "eval.py"), f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val,c]", f"val.root={clean}",
-           f"c.root={corrupted}", "c.corruptions=[contrast]", "c.severities=[1,5]", f"output_dir={out}",
-           "progress=false"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        str(ROOT / "eval.py"),
+        f"checkpoint={run_dir / 'last.pth'}",
+        "benchmarks=[val,c]",
+        f"val.root={clean}",
+        f"c.root={corrupted}",
+        "c.corruptions=[contrast]",
+        "c.severities=[1,5]",
+        f"output_dir={out}",
+        "progress=false",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(TABLE_HEADER) == 1  # rank 0 prints and writes
     res = json.loads((out / "results.json").read_text())
@@ -431,6 +619,234 @@ def test_torchrun_two_processes_give_the_same_numbers(run, folders, evaluated, t
     assert res["benchmarks"]["val"]["samples"] == VAL_SUBSET  # each image counted once over the two ranks
     ref = {(s["corruption"], s["severity"]): s for s in single["benchmarks"]["c"]["splits"]}
     for s in res["benchmarks"]["c"]["splits"]:
-        assert (s["top1"], s["top5"], s["samples"]) == (ref[s["corruption"], s["severity"]]["top1"],
-                                                          ref[s["corruption"], s["severity"]]["top5"], VAL_SUBSET)
+        assert (s["top1"], s["top5"], s["samples"]) == (
+            ref[s["corruption"], s["severity"]]["top1"],
+            ref[s["corruption"], s["severity"]]["top5"],
+            VAL_SUBSET,
+        )
     assert len(res["benchmarks"]["c"]["splits"]) == 2
+
+
+# ------------------------------------------------------------- issue 15: robustness of the evaluation itself
+def _c_args(run_dir: Path, clean: Path, corrupted: Path) -> list[str]:
+    return [f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[val,c]", f"val.root={clean}", f"c.root={corrupted}"]
+
+
+def _split_lines(text: str, title: str = "ImageNet-C") -> list[str]:
+    """The per-split "… top-1 x on n image(s)" lines: one per split actually evaluated."""
+    return re.findall(rf"^{title} \S+/\d: top-1 .* on \d+ image\(s\)$", text, flags=re.M)
+
+
+def test_unusable_split_is_skipped_and_the_others_kept(run, folders, evaluated, tmp_path):
+    """An empty gaussian_noise/3 and a contrast/2 without class folders used to drop all of ImageNet-C."""
+    run_dir, _, _ = run
+    _, corrupted = folders
+    _, full = evaluated
+    c = tmp_path / "c"
+    for name in ("gaussian_noise", "contrast"):
+        shutil.copytree(corrupted / name, c / name)
+    for png in (c / "gaussian_noise" / "3").rglob("*.png"):
+        png.unlink()  # class folders left, no images
+    shutil.rmtree(c / "contrast" / "2")
+    (c / "contrast" / "2").mkdir()  # no class folders
+    res = run_eval(
+        _eval_cfg(
+            tmp_path / "out",
+            f"checkpoint={run_dir / 'last.pth'}",
+            "benchmarks=[c]",
+            f"c.root={c}",
+            "c.corruptions=[gaussian_noise,contrast]",
+        )
+    )
+    entry = res["benchmarks"]["c"]
+    assert res["evaluated"] == ["c"] and entry["status"] == "partial"
+    assert sorted((s["corruption"], s["severity"]) for s in entry["splits"]) == sorted(
+        (n, v)
+        for n in ("gaussian_noise", "contrast")
+        for v in range(1, 6)
+        if (n, v) not in (("gaussian_noise", 3), ("contrast", 2))
+    )
+    assert [u.split(" (")[0] for u in entry["unusable"]] == ["gaussian_noise/3", "contrast/2"]
+    ref = {(s["corruption"], s["severity"]): s["top1"] for s in full["benchmarks"]["c"]["splits"]}
+    assert all(s["top1"] == ref[s["corruption"], s["severity"]] for s in entry["splits"])
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "ImageNet-C: 2 unusable split(s) skipped: gaussian_noise/3 (" in md and "not run" not in md
+    assert "ImageNet-C gaussian_noise/3: " in (tmp_path / "out" / "log.txt").read_text()
+
+
+def _eval_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "eval.py"), "progress=false", *overrides]
+
+
+def test_killed_eval_resumes_without_reevaluating(run, folders, evaluated, tmp_path):
+    """SIGKILL after the second ImageNet-C split; the same command then evaluates only what was not saved and
+    ends with byte-identical CSV figures to an uninterrupted run (the ``evaluated`` fixture)."""
+    run_dir, _, _ = run
+    clean, corrupted = folders
+    ref_out, _ = evaluated
+    out = tmp_path / "out"
+    cmd = _eval_cmd(*_c_args(run_dir, clean, corrupted), f"output_dir={out}")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    seen = 0
+    for line in proc.stdout:
+        seen += bool(_split_lines(line.rstrip("\n")))
+        if seen == 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert seen == 2, "the run ended before its second ImageNet-C split"
+    saved = json.loads((out / "results.json").read_text())
+    done = len(saved["benchmarks"]["c"]["splits"])
+    assert saved["complete"] is False and 1 <= done < 15 and saved["benchmarks"]["val"]["status"] == "ok"
+    assert "in progress" in (out / "table.md").read_text()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(_split_lines(again.stdout)) == 15 - done and not _split_lines(again.stdout, "ImageNet val")
+    assert f"ImageNet-C: {done} split(s) already in results.json (same command), not re-evaluated" in again.stdout
+    assert "ImageNet val: already in results.json (same command)" in again.stdout
+    assert json.loads((out / "results.json").read_text())["complete"] is True
+    assert (out / "results.csv").read_text() == (ref_out / "results.csv").read_text()
+    # a finished run of the same command is reported again, nothing re-evaluated
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and not _split_lines(third.stdout)
+    assert "is a finished run of this command" in third.stdout
+    # another command into the same dir: one line naming the change, everything re-evaluated, old files kept
+    res = run_eval(_eval_cfg(out, *_c_args(run_dir, clean, corrupted), "c.corruptions=[contrast]", "c.crop_pct=0.9"))
+    log = (out / "log.txt").read_text().split("came from another command")[-1]
+    assert log.startswith(" (changed: c.corruptions, c.crop_pct);")
+    assert len(_split_lines(log)) == 5 and len(res["benchmarks"]["c"]["splits"]) == 5
+    old = list(out.glob("superseded-*/results.csv"))
+    assert len(old) == 1 and old[0].read_text() == (ref_out / "results.csv").read_text()
+
+
+def test_default_output_dir_resumes_the_unfinished_run_of_the_same_command(run, folders, tmp_path):
+    """eval.py's default output_dir is new each time: the same command continues the newest unfinished run."""
+    run_dir, _, _ = run
+    clean, corrupted = folders
+    parent = tmp_path / "eval"
+    args = [f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[c]", f"c.root={corrupted}", "c.corruptions=[contrast]"]
+    first = run_eval(_eval_cfg(parent / "t1", *args), resume_search=parent)
+    saved = json.loads((parent / "t1" / "results.json").read_text())
+    saved["complete"] = False  # as if killed after three of its five splits
+    saved["benchmarks"]["c"]["splits"] = saved["benchmarks"]["c"]["splits"][:3]
+    (parent / "t1" / "results.json").write_text(json.dumps(saved))
+    # a different command does not touch it: it says why and starts afresh in its own dir
+    other = run_eval(_eval_cfg(parent / "t3", *args[:-1], "c.corruptions=[defocus_blur]"), resume_search=parent)
+    assert other["reports"]["json"] == str(parent / "t3" / "results.json")
+    assert "was another command (changed: c.corruptions)" in (parent / "t3" / "log.txt").read_text()
+    again = run_eval(_eval_cfg(parent / "t2", *args), resume_search=parent)
+    assert not (parent / "t2").exists() and again["reports"]["json"] == str(parent / "t1" / "results.json")
+    log = (parent / "t1" / "log.txt").read_text().split("resuming the unfinished evaluation in")[-1]
+    assert len(_split_lines(log)) == 2
+    assert again["benchmarks"]["c"]["summary"] == first["benchmarks"]["c"]["summary"]
+
+
+def test_coverage_warnings(run, folders, evaluated, tmp_path):
+    """A 2-class folder as sketch.root silently gave a figure for "ImageNet-Sketch"; now it says so."""
+    run_dir, _, _ = run
+    clean, _ = folders
+    sk = tmp_path / "sketch"
+    for name in ("Bag", "Coat"):
+        shutil.copytree(clean / name, sk / name)
+    n = len(list(sk.rglob("*.png")))
+    res = run_eval(
+        _eval_cfg(tmp_path / "out", f"checkpoint={run_dir / 'last.pth'}", "benchmarks=[sketch]", f"sketch.root={sk}")
+    )
+    line = (
+        f"coverage: ImageNet-Sketch has {n} images in 2 classes here, the released benchmark 50,889 in 1,000; "
+        f"fine for a subset or a demo, but the figure is not comparable with published ones"
+    )
+    assert res["benchmarks"]["sketch"]["warnings"] == [line]
+    assert f"- {line}" in (tmp_path / "out" / "table.md").read_text()
+    assert line in (tmp_path / "out" / "log.txt").read_text()
+    out, full = evaluated  # the corrupted demo folder: per split
+    assert (
+        "coverage: ImageNet-C has 200 images in 10 classes per split here, the released benchmark 50,000 in "
+        "1,000" in (out / "table.md").read_text()
+    )
+    assert "coverage: ImageNet val has 200 images in 10 classes here" in (out / "table.md").read_text()
+
+
+def test_best_ema_is_labelled_ema_without_use_ema(run, folders, tmp_path):
+    run_dir, _, metrics = run
+    clean, _ = folders
+    res = run_eval(
+        _eval_cfg(tmp_path, f"checkpoint={run_dir / 'best_ema.pth'}", "benchmarks=[val]", f"val.root={clean}")
+    )
+    assert res["weights"] == "ema" and res["name"].endswith("(EMA)")
+    assert res["benchmarks"]["val"]["top1"] == metrics["ema_top1"]
+
+
+def test_cbar_folder_made_by_make_corrupted_is_evaluated(run, folders, tmp_path):
+    """tools/make_corrupted.py --corruptions cbar writes the release's layout (<name>/<parameter>/...), and
+    eval.py reads it end to end."""
+    run_dir, _, _ = run
+    clean, _ = folders
+    src = tmp_path / "src"
+    for name in ("Bag", "Coat", "Sneaker"):
+        shutil.copytree(clean / name, src / name)
+    out = tmp_path / "cbar"
+    proc = _make_corrupted(
+        src,
+        out,
+        "--corruptions",
+        "cbar",
+        "--severities",
+        "1",
+        "5",
+        "--no-resize-crop",
+        "--format",
+        "png",
+        "--workers",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    n = len(list(src.rglob("*.png")))
+    assert f"{n * 10 * 2} written" in proc.stdout
+    assert sorted(p.name for p in (out / "blue_noise_sample").iterdir()) == ["0.80", "5.60"]
+    assert sorted(p.name for p in (out / "caustic_refraction").iterdir()) == ["2.35", "9.15"]
+    res = run_eval(
+        _eval_cfg(
+            tmp_path / "eval",
+            f"checkpoint={run_dir / 'last.pth'}",
+            "benchmarks=[cbar]",
+            f"cbar.root={out}",
+            "cbar.severities=[1,5]",
+        )
+    )
+    entry = res["benchmarks"]["cbar"]
+    assert len(entry["splits"]) == 20 and all(s["samples"] == n for s in entry["splits"])
+    assert entry["summary"]["corruptions_counted"] == 10 and not entry["missing"] and not entry["unusable"]
+    assert {s["path"].rsplit("/", 1)[-1] for s in entry["splits"] if s["corruption"] == "sparkles"} == {"1.00", "6.00"}
+
+
+def test_eval_py_with_the_default_output_dir_resumes(run, folders, tmp_path):
+    """eval.py wiring: without output_dir=, a re-run continues the newest unfinished run under outputs/eval/."""
+    run_dir, _, _ = run
+    _, corrupted = folders
+    args = [
+        f"checkpoint={run_dir / 'last.pth'}",
+        "benchmarks=[c]",
+        f"c.root={corrupted}",
+        "c.corruptions=[contrast]",
+        "c.severities=[1,2]",
+    ]
+    first = subprocess.run(_eval_cmd(*args), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run1,) = (tmp_path / "outputs" / "eval").iterdir()
+    saved = json.loads((run1 / "results.json").read_text())
+    saved["complete"] = False  # as if killed after its first split
+    saved["benchmarks"]["c"]["splits"] = saved["benchmarks"]["c"]["splits"][:1]
+    (run1 / "results.json").write_text(json.dumps(saved))
+    again = subprocess.run(_eval_cmd(*args), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming the unfinished evaluation in {run1}" in again.stdout and len(_split_lines(again.stdout)) == 1
+    assert list((tmp_path / "outputs" / "eval").iterdir()) == [run1]  # the new, empty dir is not left behind
+    assert json.loads((run1 / "results.json").read_text())["complete"] is True

@@ -1,13 +1,19 @@
-"""Turn an image folder into an ImageNet-C-style folder: OUT/<corruption>/<severity>/<same relative path>.
+"""Turn an image folder into an ImageNet-C or ImageNet-C-bar style folder: OUT/<corruption>/<severity>/<same path>.
 
-    python tools/make_corrupted.py SRC OUT [--corruptions common|extra|all|NAME ...] [--severities 1 2 3 4 5]
-                                   [--workers N] [--seed 0] [--format jpeg|png] [--upscale-small 32]
+    python tools/make_corrupted.py SRC OUT [--corruptions common|extra|all|cbar|NAME ...] [--severities 1 2 3 4 5]
+                                   [--workers N] [--seed 0] [--format jpeg|png] [--no-resize-crop]
+                                   [--upscale-small 32]
 
-SRC is any folder of images, usually ImageNet-style (SRC/<wnid>/*.JPEG), whose sub-folders are kept. The
-corruptions are those of ImageNet-C (Hendrycks & Dietterich 2019) as implemented by ``imagecorruptions-imaug``
-(the 15 test corruptions + 4 extra ones, severities 1-5). Each output depends only on (seed, corruption, severity,
-relative path), so the folder is identical whatever the number of workers and order of work; files that already
-exist are kept (re-run to resume) unless --overwrite. Images narrower or shorter than 32 px stop the run unless
+SRC is any folder of images, usually ImageNet-style (SRC/<wnid>/*.JPEG), whose sub-folders are kept. As ImageNet-C
+and -C-bar were made, each image is first resized (shorter side 256, bilinear) and centre-cropped to 224x224: the
+corruption parameters are in pixels of that crop. --no-resize-crop corrupts the images at their own size (small
+images such as the Fashion-MNIST demo). Corruptions: those of ImageNet-C (Hendrycks & Dietterich 2019) as
+implemented by ``imagecorruptions-imaug`` (the 15 test ones + 4 extra, severities 1-5, folders ``1``..``5``), or
+``cbar``: ImageNet-C-bar's 10 (Mintun et al. 2021, :mod:`dcls_vision.robustness.cbar`) at the released severity
+parameters, folders named by the parameter as the release (``blue_noise_sample/0.80``); one OUT holds one of the
+two benchmarks. Each output depends only on (seed, corruption, severity, relative path), so the folder is identical
+whatever the number of workers and order of work; files that already exist are kept (re-run to resume) unless
+--overwrite. With --no-resize-crop, ImageNet-C corruptions need 32 px: smaller images stop the run unless
 --upscale-small N resizes them (bicubic) so the shorter side is N. Unreadable images are skipped and counted.
 Exit codes: 0 done, 1 some images could not be read, 2 bad arguments / images too small.
 """
@@ -27,15 +33,46 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-          "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
+COMMON = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-GROUPS = {"common": COMMON, "extra": EXTRA, "all": COMMON + EXTRA}
+CBAR = (
+    "blue_noise_sample",
+    "brownish_noise",
+    "caustic_refraction",
+    "checkerboard_cutout",
+    "cocentric_sine_waves",
+    "inverse_sparkles",
+    "perlin_noise",
+    "plasma_noise",
+    "single_frequency_greyscale",
+    "sparkles",
+)
+GROUPS = {"common": COMMON, "extra": EXTRA, "all": COMMON + EXTRA, "cbar": CBAR}
+KNOWN = COMMON + EXTRA + CBAR
+RESIZE, CROP = 256, 224  # ImageNet-C / -C-bar: Resize(256) then CenterCrop(224) before corrupting
 SEEDED_KWARG = ("impulse_noise", "glass_blur")  # take an explicit seed; the others draw from np.random
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MIN_SIZE = 32  # imagecorruptions refuses smaller images
-INSTALL_HINT = ("pip install opencv-python-headless==5.0.0.93 numba==0.68.1 scikit-image==0.26.0 scipy==1.17.1 && "
-                "pip install --no-deps imagecorruptions-imaug==1.1.5")
+INSTALL_HINT = (
+    "pip install opencv-python-headless==5.0.0.93 numba==0.68.1 scikit-image==0.26.0 scipy==1.17.1 && "
+    "pip install --no-deps imagecorruptions-imaug==1.1.5"
+)
 
 
 class TooSmall(ValueError):
@@ -47,13 +84,28 @@ def corruption_names(values: Sequence[str]) -> list[str]:
     names: list[str] = []
     for value in values:
         for name in GROUPS.get(value, (value,)):
-            if name not in GROUPS["all"]:
+            if name not in KNOWN:
                 raise argparse.ArgumentTypeError(
-                    f"--corruptions {value!r} is not supported; allowed: common, extra, all or any of "
-                    f"{', '.join(GROUPS['all'])}")
+                    f"--corruptions {value!r} is not supported; allowed: common, extra, all, cbar or any of "
+                    f"{', '.join(KNOWN)}"
+                )
             if name not in names:
                 names.append(name)
+    if any(n in CBAR for n in names) and any(n not in CBAR for n in names):
+        raise argparse.ArgumentTypeError(
+            f"--corruptions {' '.join(values)} mixes ImageNet-C and ImageNet-C-bar corruptions; allowed: one of the "
+            f"two per OUT folder (eval.py reads them as c.root and cbar.root)"
+        )
     return names
+
+
+def severity_folder(corruption: str, severity: int) -> str:
+    """``3`` for ImageNet-C; the released parameter for C-bar (``blue_noise_sample`` 3 -> ``2.40``)."""
+    if corruption in CBAR:
+        from dcls_vision.robustness.benchmarks import CBAR_SEVERITY_PARAMS
+
+        return f"{CBAR_SEVERITY_PARAMS[corruption][severity - 1]:.2f}"
+    return str(severity)
 
 
 def image_seed(seed: int, corruption: str, severity: int, rel: str) -> int:
@@ -93,14 +145,28 @@ def _save(img: np.ndarray, path: Path, fmt: str, quality: int) -> None:
         raise
 
 
-def _load(path: Path, upscale: int | None) -> np.ndarray:
+def resize_crop(img: Image.Image) -> Image.Image:
+    """Shorter side to 256 (bilinear), centre crop 224x224: torchvision's Resize(256) + CenterCrop(224)."""
+    w, h = img.size
+    scale = RESIZE / min(w, h)
+    nw, nh = (RESIZE, max(RESIZE, int(h * scale))) if w <= h else (max(RESIZE, int(w * scale)), RESIZE)
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = int(round((nw - CROP) / 2.0)), int(round((nh - CROP) / 2.0))
+    return img.crop((left, top, left + CROP, top + CROP))
+
+
+def _load(path: Path, upscale: int | None, crop: bool = True, min_size: int = MIN_SIZE) -> np.ndarray:
     with Image.open(path) as im:
         img = im.convert("RGB")
+    if crop:
+        return np.asarray(resize_crop(img))
     w, h = img.size
-    if min(w, h) < MIN_SIZE:
+    if min(w, h) < min_size:
         if upscale is None:
-            raise TooSmall(f"{path} is {w}x{h} px; imagecorruptions needs at least {MIN_SIZE}x{MIN_SIZE}; pass "
-                           f"--upscale-small {MIN_SIZE} (or larger) to upscale small images first")
+            raise TooSmall(
+                f"{path} is {w}x{h} px; imagecorruptions needs at least {MIN_SIZE}x{MIN_SIZE}; pass "
+                f"--upscale-small {MIN_SIZE} (or larger) to upscale small images first"
+            )
         scale = upscale / min(w, h)
         img = img.resize((max(upscale, round(w * scale)), max(upscale, round(h * scale))), Image.Resampling.BICUBIC)
     return np.asarray(img)
@@ -109,10 +175,17 @@ def _load(path: Path, upscale: int | None) -> np.ndarray:
 def corrupt_image(img: np.ndarray, corruption: str, severity: int, seed: int) -> tuple[np.ndarray, bool]:
     """One seeded corruption; returns (image, dry) where ``dry`` flags a spatter that drew no liquid.
 
+    C-bar corruptions run at the released parameter of ``severity`` (1..5).
+
     imagecorruptions' spatter (severities 1-3) divides its liquid mask by the mask's maximum; on small images the
     mask can be all zero and 0/0 turns the whole picture into NaN (stored as black). A zero mask means no spatter,
     so the image is kept unchanged instead.
     """
+    if corruption in CBAR:
+        from dcls_vision.robustness.benchmarks import CBAR_SEVERITY_PARAMS
+        from dcls_vision.robustness.cbar import corrupt_cbar
+
+        return corrupt_cbar(img, corruption, CBAR_SEVERITY_PARAMS[corruption][severity - 1], seed), False
     from imagecorruptions import corrupt
 
     np.random.seed(seed)
@@ -126,19 +199,35 @@ def corrupt_image(img: np.ndarray, corruption: str, severity: int, seed: int) ->
         return img.copy(), True
 
 
-def process_chunk(src: str, out: str, rels: list[str], corruptions: list[str], severities: list[int], seed: int,
-                  fmt: str, quality: int, upscale: int | None, overwrite: bool) -> tuple[int, int, list[str], int]:
+def process_chunk(
+    src: str,
+    out: str,
+    rels: list[str],
+    corruptions: list[str],
+    severities: list[int],
+    seed: int,
+    fmt: str,
+    quality: int,
+    upscale: int | None,
+    overwrite: bool,
+    crop: bool = True,
+) -> tuple[int, int, list[str], int]:
     """Corrupt ``rels`` (relative paths) at every corruption x severity; returns (written, kept, unreadable, dry)."""
     written = kept = dry = 0
     bad: list[str] = []
+    min_size = MIN_SIZE if any(c not in CBAR for c in corruptions) else 1
     for rel in rels:
-        targets = [(c, s, Path(out, c, str(s), output_name(Path(rel), fmt))) for c in corruptions for s in severities]
+        targets = [
+            (c, s, Path(out, c, severity_folder(c, s), output_name(Path(rel), fmt)))
+            for c in corruptions
+            for s in severities
+        ]
         todo = targets if overwrite else [t for t in targets if not t[2].exists()]
         kept += len(targets) - len(todo)
         if not todo:
             continue
         try:
-            img = _load(Path(src, rel), upscale)
+            img = _load(Path(src, rel), upscale, crop, min_size)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             if isinstance(err, TooSmall):
                 raise
@@ -157,21 +246,43 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("src", type=Path, help="input image folder (e.g. ImageNet val: SRC/<wnid>/*.JPEG)")
     p.add_argument("out", type=Path, help="output folder: OUT/<corruption>/<severity>/<relative path>")
-    p.add_argument("--corruptions", nargs="+", default=["common"],
-                   help="names, or groups: common (the 15 of ImageNet-C), extra (speckle_noise, gaussian_blur, "
-                        "spatter, saturate), all")
+    p.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=["common"],
+        help="names, or groups: common (the 15 of ImageNet-C), extra (speckle_noise, gaussian_blur, "
+        "spatter, saturate), all, cbar (the 10 of ImageNet-C-bar; not mixed with the others)",
+    )
+    p.add_argument(
+        "--no-resize-crop",
+        dest="resize_crop",
+        action="store_false",
+        help="corrupt images at their own size instead of resizing to 256 and centre-cropping 224 "
+        "(the ImageNet-C/-C-bar protocol); for small-image sets such as Fashion-MNIST",
+    )
     p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities in 1..5")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--seed", type=int, default=0, help="base seed (outputs depend on seed, corruption, severity, file)")
-    p.add_argument("--format", choices=("jpeg", "png"), default="jpeg",
-                   help="output format: jpeg (quality --quality, as ImageNet-C) or png (lossless)")
+    p.add_argument(
+        "--format",
+        choices=("jpeg", "png"),
+        default="jpeg",
+        help="output format: jpeg (quality --quality, as ImageNet-C) or png (lossless)",
+    )
     p.add_argument("--quality", type=int, default=85, help="JPEG quality (ImageNet-C used 85)")
-    p.add_argument("--upscale-small", type=int, default=None, metavar="N",
-                   help=f"upscale images with a side under {MIN_SIZE} px so the shorter side is N (>= {MIN_SIZE})")
+    p.add_argument(
+        "--upscale-small",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --no-resize-crop: upscale images with a side under {MIN_SIZE} px so the shorter side "
+        f"is N (>= {MIN_SIZE}); ImageNet-C's corruptions need {MIN_SIZE} px",
+    )
     p.add_argument("--chunk", type=int, default=64, help="images per task sent to a worker")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -186,6 +297,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.severities = sorted(set(args.severities))
     if args.workers < 1:
         p.error(f"--workers {args.workers} is not supported; allowed: an integer >= 1")
+    if args.upscale_small is not None and args.resize_crop:
+        p.error(
+            f"--upscale-small {args.upscale_small} is not supported without --no-resize-crop; allowed: "
+            f"--no-resize-crop --upscale-small N (the default resize to {RESIZE} / crop {CROP} needs no upscaling)"
+        )
     if args.upscale_small is not None and args.upscale_small < MIN_SIZE:
         p.error(f"--upscale-small {args.upscale_small} is not supported; allowed: an integer >= {MIN_SIZE}")
     if not 1 <= args.quality <= 95:
@@ -200,21 +316,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        import imagecorruptions  # noqa: F401
+        if any(c not in CBAR for c in args.corruptions):
+            import imagecorruptions  # noqa: F401
+        else:
+            import dcls_vision.robustness.cbar  # noqa: F401
     except ImportError as err:
-        print(f"make_corrupted: imagecorruptions is not importable ({err}); install it with: {INSTALL_HINT}",
-              file=sys.stderr)
+        hint = (
+            INSTALL_HINT
+            if "imagecorruptions" in str(err)
+            else "run from the repository root with dcls_vision importable (PYTHONPATH=. or pip install -e .)"
+        )
+        print(f"make_corrupted: {err}; {hint}", file=sys.stderr)
         return 2
     rels = [str(r) for r in find_images(args.src)]
     if not rels:
         print(f"make_corrupted: no images under {args.src} (suffixes {', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
         return 2
     total = len(rels) * len(args.corruptions) * len(args.severities)
-    print(f"{len(rels)} images x {len(args.corruptions)} corruptions x {len(args.severities)} severities = {total} "
-          f"outputs -> {args.out} ({args.workers} worker(s))", flush=True)
+    size = f"resized to {RESIZE} and centre-cropped to {CROP}" if args.resize_crop else "at their own size"
+    print(
+        f"{len(rels)} images ({size}) x {len(args.corruptions)} corruptions x {len(args.severities)} severities = "
+        f"{total} outputs -> {args.out} ({args.workers} worker(s))",
+        flush=True,
+    )
     common = (str(args.src), str(args.out))
-    opts = (args.corruptions, args.severities, args.seed, args.format, args.quality, args.upscale_small,
-            args.overwrite)
+    opts = (
+        args.corruptions,
+        args.severities,
+        args.seed,
+        args.format,
+        args.quality,
+        args.upscale_small,
+        args.overwrite,
+        args.resize_crop,
+    )
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(rels), unit="img", disable=args.no_progress, dynamic_ncols=True)
@@ -229,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             # fork: workers inherit the imported modules; numba compiles glass_blur once per worker
             with ProcessPoolExecutor(args.workers, mp_context=get_context("fork")) as pool:
-                futures = {pool.submit(process_chunk, *common, chunk, *opts): len(chunk)
-                           for chunk in _chunks(rels, args.chunk)}
+                futures = {
+                    pool.submit(process_chunk, *common, chunk, *opts): len(chunk) for chunk in _chunks(rels, args.chunk)
+                }
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_EXCEPTION)

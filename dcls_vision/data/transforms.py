@@ -12,12 +12,22 @@ from timm.data.random_erasing import RandomErasing
 
 Transform = Callable[[Any], torch.Tensor]
 
+DEFAULT_CROP_PCT = 0.875  # timm's / torchvision's ImageNet eval crop (224 of 256) when data.crop_pct is null
+
 
 def _get(cfg: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
     if cfg is None:
         return default
     value = cfg.get(key, default)
     return default if value is None else value
+
+
+def val_crop_pct(data_cfg: Mapping[str, Any] | None) -> float:
+    """The centre-crop fraction of the validation transform: ``data.crop_pct``, or DEFAULT_CROP_PCT when unset.
+
+    One place for the default, so the trainer's val split and robustness evaluation (eval.py) crop alike.
+    """
+    return float(_get(data_cfg, "crop_pct", DEFAULT_CROP_PCT))
 
 
 def _floats(value: Any, n: int | None = None) -> tuple[float, ...]:
@@ -137,6 +147,7 @@ def imagenet_transforms(
         input_size=(channels, size, size),
         **common,
     )
-    val = create_transform(is_training=False, crop_pct=float(_get(data_cfg, "crop_pct", 0.875)),
-                           input_size=(channels, test_size, test_size), **common)
+    val = create_transform(
+        is_training=False, crop_pct=val_crop_pct(data_cfg), input_size=(channels, test_size, test_size), **common
+    )
     return train, val

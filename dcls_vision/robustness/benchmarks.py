@@ -18,8 +18,21 @@ SEVERITIES = (1, 2, 3, 4, 5)
 # Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations"
 # (ICLR 2019): the 15 test corruptions, then the 4 held-out validation ones (imagecorruptions' order).
 IMAGENET_C = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
 )
 IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
@@ -83,10 +96,17 @@ BENCHMARKS: dict[str, Benchmark] = {
     b.key: b
     for b in (
         Benchmark("val", "ImageNet val", "Clean", "<root>/<wnid>/*"),
-        Benchmark("c", "ImageNet-C", "C↓", "<root>/<corruption>/<severity>/<wnid>/*", corrupted=True,
-                  lower_is_better=True),
-        Benchmark("cbar", "ImageNet-C-bar", "C-bar↓", "<root>/<corruption>/<severity>/<wnid>/*", corrupted=True,
-                  lower_is_better=True),
+        Benchmark(
+            "c", "ImageNet-C", "C↓", "<root>/<corruption>/<severity>/<wnid>/*", corrupted=True, lower_is_better=True
+        ),
+        Benchmark(
+            "cbar",
+            "ImageNet-C-bar",
+            "C-bar↓",
+            "<root>/<corruption>/<severity>/<wnid>/*",
+            corrupted=True,
+            lower_is_better=True,
+        ),
         Benchmark("a", "ImageNet-A", "A", "<root>/<wnid>/* (200 classes)", subset="imagenet_a"),
         Benchmark("r", "ImageNet-R", "R", "<root>/<wnid>/* (200 classes)", subset="imagenet_r"),
         Benchmark("sketch", "ImageNet-Sketch", "SK", "<root>/<wnid>/*"),
@@ -105,3 +125,34 @@ def severity_folder_names(key: str, corruption: str, severity: int) -> tuple[str
     if key == "cbar" and corruption in CBAR_SEVERITY_PARAMS:
         names.append(f"{CBAR_SEVERITY_PARAMS[corruption][severity - 1]:.2f}")
     return tuple(names)
+
+
+# Size of each released benchmark (images, classes); C and C-bar: per corruption x severity split (ImageNet val).
+FULL_SIZES: dict[str, tuple[int, int]] = {
+    "val": (50_000, 1000),
+    "c": (50_000, 1000),
+    "cbar": (50_000, 1000),
+    "a": (7_500, 200),
+    "r": (30_000, 200),
+    "sketch": (50_889, 1000),
+}
+
+
+def coverage_note(key: str, images: tuple[int, int], classes: tuple[int, int]) -> str | None:
+    """One line when a folder's (min, max) image / class counts differ from the released benchmark's, else None.
+
+    Not an error: subsets and small demo data are legitimate, but their figures are not the published benchmark's.
+    """
+    full_images, full_classes = FULL_SIZES[key]
+    if images == (full_images, full_images) and classes == (full_classes, full_classes):
+        return None
+
+    def span(lo: int, hi: int) -> str:
+        return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+    per = " per split" if BENCHMARKS[key].corrupted else ""
+    return (
+        f"coverage: {BENCHMARKS[key].title} has {span(*images)} images in {span(*classes)} classes{per} here, "
+        f"the released benchmark {full_images:,} in {full_classes:,}; fine for a subset or a demo, but the "
+        f"figure is not comparable with published ones"
+    )

@@ -61,8 +61,10 @@ def read_class_file(path: str) -> list[str]:
     """One class folder name per line, in the model's output order (blank lines and ``#`` comments ignored)."""
     p = resolve_path(path, "classes")
     if not p.is_file():
-        raise ClassListError(f"classes={path!r}: file not found; allowed: a text file with one class folder "
-                             f"name per line in the model's output order, or null")
+        raise ClassListError(
+            f"classes={path!r}: file not found; allowed: a text file with one class folder "
+            f"name per line in the model's output order, or null"
+        )
     names = [line.split("#", 1)[0].strip() for line in p.read_text().splitlines()]
     names = [n for n in names if n]
     if len(set(names)) != len(names):
@@ -81,8 +83,10 @@ def checkpoint_classes(data_cfg: Mapping[str, Any], override: str | None = None)
         names = _imagefolder_classes(data_cfg, num_classes)
     if num_classes is not None and len(names) != int(num_classes):
         where = f"classes={override!r}" if override else f"data.name={data_cfg.get('name')!r}"
-        raise ClassListError(f"{where} gives {len(names)} classes but the checkpoint has data.num_classes="
-                             f"{num_classes}; pass classes=<file> with one class folder name per line")
+        raise ClassListError(
+            f"{where} gives {len(names)} classes but the checkpoint has data.num_classes="
+            f"{num_classes}; pass classes=<file> with one class folder name per line"
+        )
     return names
 
 
@@ -94,9 +98,11 @@ def _imagefolder_classes(data_cfg: Mapping[str, Any], num_classes: Any) -> list[
             return sorted(p.name for p in train.iterdir() if p.is_dir())
     if num_classes is not None and int(num_classes) == 1000:
         return imagenet_synsets()
-    raise ClassListError(f"cannot tell the checkpoint's class names: its training folder {root}/{train_dir} is not "
-                         f"reachable and data.num_classes={num_classes} is not ImageNet-1k's 1000; pass "
-                         f"classes=<file> with one class folder name per line in output order")
+    raise ClassListError(
+        f"cannot tell the checkpoint's class names: its training folder {root}/{train_dir} is not "
+        f"reachable and data.num_classes={num_classes} is not ImageNet-1k's 1000; pass "
+        f"classes=<file> with one class folder name per line in output order"
+    )
 
 
 def subset_logit_indices(classes: Sequence[str], subset: str) -> tuple[list[str], list[int]]:
@@ -111,9 +117,11 @@ def subset_logit_indices(classes: Sequence[str], subset: str) -> tuple[list[str]
         return wnids, indices
     missing = [w for w in wnids if w not in position]
     if missing:
-        raise ClassListError(f"the model's {len(classes)} classes do not include {len(missing)} of the "
-                             f"{len(wnids)} {subset} synsets (e.g. {', '.join(missing[:3])}); {subset} needs an "
-                             f"ImageNet-1k classifier")
+        raise ClassListError(
+            f"the model's {len(classes)} classes do not include {len(missing)} of the "
+            f"{len(wnids)} {subset} synsets (e.g. {', '.join(missing[:3])}); {subset} needs an "
+            f"ImageNet-1k classifier"
+        )
     return wnids, [position[w] for w in wnids]
 
 

@@ -43,8 +43,9 @@ def _choices(cfg: DictConfig, key: str, allowed: Sequence[Any]) -> list[Any]:
     bad = [v for v in values if v not in allowed]
     if bad or not values:
         shown = bad[0] if bad else values
-        raise EvalConfigError(f"{key}={shown!r} is not supported; allowed: a non-empty list of "
-                              f"{', '.join(map(str, allowed))}")
+        raise EvalConfigError(
+            f"{key}={shown!r} is not supported; allowed: a non-empty list of {', '.join(map(str, allowed))}"
+        )
     if len(set(values)) != len(values):
         raise EvalConfigError(f"{key}={values!r} has duplicates; allowed: each of {', '.join(map(str, allowed))} once")
     return values
@@ -68,8 +69,10 @@ def validate_eval_config(cfg: DictConfig) -> list[str]:
     """Raise :class:`EvalConfigError` for the first unusable value; returns the benchmarks to run, in order."""
     ckpt = _select(cfg, "checkpoint")
     if ckpt in (None, ""):
-        raise EvalConfigError("checkpoint=None is required; allowed: a .pth written by train.py "
-                              "(last.pth, best.pth, best_ema.pth, epoch_XXXX.pth)")
+        raise EvalConfigError(
+            "checkpoint=None is required; allowed: a .pth written by train.py "
+            "(last.pth, best.pth, best_ema.pth, epoch_XXXX.pth)"
+        )
     if not resolve_path(str(ckpt), "checkpoint").is_file():
         raise EvalConfigError(f"checkpoint={ckpt!r} is not a file; allowed: a .pth written by train.py")
     if not isinstance(_select(cfg, "use_ema", False), bool):
@@ -98,8 +101,10 @@ def validate_eval_config(cfg: DictConfig) -> list[str]:
         raise EvalConfigError(f"device={device!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
     classes = _select(cfg, "classes")
     if classes is not None and not resolve_path(str(classes), "classes").is_file():
-        raise EvalConfigError(f"classes={classes!r} is not a file; allowed: a text file with one class folder name "
-                              f"per line (model output order), or null")
+        raise EvalConfigError(
+            f"classes={classes!r} is not a file; allowed: a text file with one class folder name "
+            f"per line (model output order), or null"
+        )
     if _select(cfg, "output_dir") in (None, ""):
         raise EvalConfigError("output_dir=None is required; allowed: a directory path")
     return benchmarks

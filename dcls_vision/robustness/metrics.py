@@ -8,8 +8,9 @@ from typing import Any
 from .benchmarks import ALEXNET_ERRORS, SEVERITIES
 
 
-def corruption_summary(errors: Mapping[str, Mapping[int, float]], reference: Sequence[str],
-                       normalise: bool = False) -> dict[str, Any]:
+def corruption_summary(
+    errors: Mapping[str, Mapping[int, float]], reference: Sequence[str], normalise: bool = False
+) -> dict[str, Any]:
     """Summarise top-1 errors (%) per corruption and severity.
 
     ``mean_error``: mean over the ``reference`` corruptions of their mean error over severities (with all 5
@@ -44,4 +45,3 @@ def corruption_summary(errors: Mapping[str, Mapping[int, float]], reference: Seq
         ces = [per[n]["ce"] for n in counted if "ce" in per[n]]
         out["mce"] = sum(ces) / len(ces) if ces else None
     return out
-

@@ -30,27 +30,31 @@ class LoadedModel:
 def load_model(path: Path, use_ema: bool = False, device: torch.device | str = "cpu") -> LoadedModel:
     """Load ``path`` with ``weights_only=True`` and rebuild the network with the trainer's ``build_model``.
 
-    ``use_ema``: the ``ema`` weights of ``last.pth``/``epoch_XXXX.pth``; ``best_ema.pth`` already holds EMA weights.
+    ``use_ema``: the ``ema`` weights of ``last.pth``/``epoch_XXXX.pth``. ``best_ema.pth`` holds EMA weights under
+    ``model`` (the trainer's ``save_best``), so it is labelled "ema" whatever ``use_ema`` says.
     """
     try:
         state = load_checkpoint(path, map_location="cpu")
     except Exception as err:  # pickle/zip errors: not a torch checkpoint, or one with non-tensor objects
-        raise EvalConfigError(f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({err}); allowed: "
-                              f"a .pth written by train.py") from err
+        raise EvalConfigError(
+            f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({err}); allowed: "
+            f"a .pth written by train.py"
+        ) from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
-        raise EvalConfigError(f"checkpoint={str(path)!r} has no 'model' and 'config' entries (found {keys}); allowed: "
-                              f"last.pth, best.pth, best_ema.pth or epoch_XXXX.pth of a train.py run")
-    weights, sd = "model", state["model"]
-    if use_ema:
-        if state.get("ema") is not None:
-            weights, sd = "ema", state["ema"]
-        elif path.name == BEST_EMA:
-            weights = "ema"
-        else:
-            raise EvalConfigError(f"use_ema=true but checkpoint={str(path)!r} holds no EMA weights (trained with "
-                                  f"trainer.ema.enabled=false?); allowed: use_ema=false, or last.pth / best_ema.pth "
-                                  f"of a run with EMA")
+        raise EvalConfigError(
+            f"checkpoint={str(path)!r} has no 'model' and 'config' entries (found {keys}); allowed: "
+            f"last.pth, best.pth, best_ema.pth or epoch_XXXX.pth of a train.py run"
+        )
+    weights, sd = ("ema" if path.name == BEST_EMA else "model"), state["model"]  # best_ema.pth: EMA under "model"
+    if use_ema and weights != "ema":
+        if state.get("ema") is None:
+            raise EvalConfigError(
+                f"use_ema=true but checkpoint={str(path)!r} holds no EMA weights (trained with "
+                f"trainer.ema.enabled=false?); allowed: use_ema=false, or last.pth / best_ema.pth "
+                f"of a run with EMA"
+            )
+        weights, sd = "ema", state["ema"]
     cfg = OmegaConf.create(state["config"])
     data = cfg.data
     model = build_model(cfg, int(data.num_classes), int(data.get("in_chans") or 3))
@@ -67,8 +71,9 @@ def _load_weights(model: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
         model.load_state_dict(sd)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise EvalConfigError(f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config "
-                              f"({first})") from err
+        raise EvalConfigError(
+            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({first})"
+        ) from err
 
 
 class SubsetLogits(nn.Module):

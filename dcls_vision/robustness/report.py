@@ -40,32 +40,47 @@ def render_markdown(result: dict[str, Any]) -> str:
     cells, notes, not_run = [], [], []
     for key, bench in BENCHMARKS.items():
         entry = result["benchmarks"].get(key)
-        partial = bool(entry and entry.get("corrupted") and entry.get("summary")
-                       and not entry["summary"]["complete"])
+        partial = bool(entry and entry.get("corrupted") and entry.get("summary") and not entry["summary"]["complete"])
         cells.append(_fmt(values[key], partial))
         if entry is None:
             continue
         extra = (entry.get("summary") or {}).get("extra") or []
         if extra:
-            notes.append(f"{bench.title} extra corruptions ({', '.join(extra)}), not in {bench.column}: mean error "
-                         f"{entry['summary']['extra_mean_error']:.2f}")
+            notes.append(
+                f"{bench.title} extra corruptions ({', '.join(extra)}), not in {bench.column}: mean error "
+                f"{entry['summary']['extra_mean_error']:.2f}"
+            )
+        unusable = entry.get("unusable") or []
+        if unusable:
+            notes.append(
+                f"{bench.title}: {len(unusable)} unusable split(s) skipped: "
+                + "; ".join(unusable[:3])
+                + (f"; and {len(unusable) - 3} more" if len(unusable) > 3 else "")
+            )
+        notes += entry.get("warnings") or []
         if values[key] is None and not entry.get("splits"):
             not_run.append(f"{bench.title} ({entry.get('message') or 'not evaluated'})")
         elif partial and values[key] is not None:
             s = entry["summary"]
-            notes.append(f"\\* {bench.title}: partial, {s['corruptions_counted']} of {s['corruptions_expected']} "
-                         f"corruptions, {len(entry['splits'])} split(s) evaluated")
+            notes.append(
+                f"\\* {bench.title}: partial, {s['corruptions_counted']} of {s['corruptions_expected']} "
+                f"corruptions, {len(entry['splits'])} split(s) evaluated"
+            )
     lines.append(f"| {result['name']} | " + " | ".join(cells) + " |")
     lines.append("")
     c = result["benchmarks"].get("c") or {}
     if (c.get("summary") or {}).get("mce") is not None:
         tag = "" if c["summary"]["complete"] else " (partial)"
-        notes.append(f"ImageNet-C mCE (AlexNet-normalised): {c['summary']['mce']:.2f}{tag}; C↓ is the unnormalised "
-                     f"mean top-1 error over corruptions and severities, as in the thesis")
+        notes.append(
+            f"ImageNet-C mCE (AlexNet-normalised): {c['summary']['mce']:.2f}{tag}; C↓ is the unnormalised "
+            f"mean top-1 error over corruptions and severities, as in the thesis"
+        )
     if not_run:
         notes.append(f"{DASH} not run: " + "; ".join(not_run))
     if result.get("skipped_images"):
         notes.append(f"unreadable images skipped: {result['skipped_images']}")
+    if result.get("complete") is False:
+        notes.insert(0, "in progress: the benchmarks and splits finished so far (re-run the same command to resume)")
     lines += [f"- {n}" for n in notes]
     for key in ("c", "cbar"):
         entry = result["benchmarks"].get(key)
@@ -81,8 +96,12 @@ def _corruption_table(title: str, entry: dict[str, Any]) -> list[str]:
     per = entry["summary"]["per_corruption"]
     with_ce = any("ce" in row for row in per.values())
     head = ["corruption", *map(str, SEVERITIES), "mean"] + (["CE"] if with_ce else [])
-    lines = [f"{title}: top-1 error (%) per severity", "", "| " + " | ".join(head) + " |",
-             "|---|" + "---:|" * (len(head) - 1)]
+    lines = [
+        f"{title}: top-1 error (%) per severity",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
     extra = set(entry["summary"].get("extra") or [])
     for name, by_sev in errors.items():
         label = name + (" (extra)" if name in extra else "")
@@ -97,10 +116,19 @@ def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for key, entry in result["benchmarks"].items():
         for split in entry.get("splits") or ([entry] if entry.get("top1") is not None else []):
-            rows.append({"benchmark": key, "corruption": split.get("corruption", ""),
-                         "severity": split.get("severity", ""), "top1": split["top1"], "top5": split["top5"],
-                         "error": 100.0 - split["top1"], "samples": split["samples"], "skipped": split["skipped"],
-                         "path": split.get("path", "")})
+            rows.append(
+                {
+                    "benchmark": key,
+                    "corruption": split.get("corruption", ""),
+                    "severity": split.get("severity", ""),
+                    "top1": split["top1"],
+                    "top5": split["top5"],
+                    "error": 100.0 - split["top1"],
+                    "samples": split["samples"],
+                    "skipped": split["skipped"],
+                    "path": split.get("path", ""),
+                }
+            )
     return rows
 
 

@@ -3,7 +3,8 @@
 Each split goes through the trainer's own :func:`~dcls_vision.engine.trainer.evaluate` (exact counts summed over
 torchrun ranks, unreadable images skipped and counted, progress bars on rank 0). A benchmark whose folder is not
 set, missing or empty gets a one-line message and the others still run; a partial ImageNet-C(-bar) folder is
-evaluated on what is there and flagged as partial.
+evaluated on what is there and flagged as partial, and so is one with unusable splits (each skipped and named).
+Results are written after every split and a re-run of the same command resumes from them (see :mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from dcls_vision.engine.loader import EpochLoader
 from dcls_vision.engine.runlog import RunLogger
 from dcls_vision.engine.trainer import evaluate
 
-from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, severity_folder_names
+from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, coverage_note, severity_folder_names
 from .classes import ClassListError, checkpoint_classes, class_folders, subset_logit_indices
 from .config import as_list, checkpoint_path, validate_eval_config
 from .metrics import corruption_summary
 from .model import LoadedModel, SubsetLogits, load_model
 from .report import render_markdown, table_values, write_reports
-from .transforms import eval_transform, pil_mode
+from .resume import changed_fields, read_results, supersede, unfinished_sibling
+from .transforms import effective_crop_pct, eval_transform, pil_mode
 
 
 class BenchmarkUnavailable(RuntimeError):
@@ -41,8 +43,17 @@ class BenchmarkUnavailable(RuntimeError):
 class Evaluator:
     """Runs the requested benchmarks for one checkpoint; every rank runs it, rank 0 writes the reports."""
 
-    def __init__(self, cfg: DictConfig, benchmarks: list[str], rank: int, world: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        benchmarks: list[str],
+        rank: int,
+        world: int,
+        device: torch.device,
+        resume_search: Path | None = None,
+    ) -> None:
         self.cfg, self.benchmarks, self.rank, self.world, self.device = cfg, benchmarks, rank, world, device
+        self.resume_search = resume_search
         self.out_dir = self._setup_out_dir(Path(str(cfg.output_dir)))
         self.log = RunLogger(self.out_dir, rank, progress=cfg.get("progress"))
         self.ckpt = checkpoint_path(cfg)
@@ -59,8 +70,10 @@ class Evaluator:
             self.loaded.model.to(memory_format=torch.channels_last)
         self.mode = pil_mode(self.data_cfg)
         self._classes: list[str] | None = None
-        self.name = cfg.get("name") or (str(train_cfg.get("experiment_name") or train_cfg.model.name)
-                                        + (" (EMA)" if self.loaded.weights == "ema" else ""))
+        self.name = cfg.get("name") or (
+            str(train_cfg.get("experiment_name") or train_cfg.model.name)
+            + (" (EMA)" if self.loaded.weights == "ema" else "")
+        )
 
     # ------------------------------------------------------------------------------------------- set-up
     def _setup_out_dir(self, requested: Path) -> Path:
@@ -88,8 +101,9 @@ class Evaluator:
     def _root(self, bench: Benchmark) -> Path:
         root = self.cfg.get(bench.key, {}).get("root")
         if root in (None, ""):
-            raise BenchmarkUnavailable(f"{bench.key}.root is not set; pass {bench.key}.root=<folder> "
-                                       f"laid out as {bench.layout}")
+            raise BenchmarkUnavailable(
+                f"{bench.key}.root is not set; pass {bench.key}.root=<folder> laid out as {bench.layout}"
+            )
         path = resolve_path(str(root), f"{bench.key}.root")
         if not path.is_dir():
             raise BenchmarkUnavailable(f"{bench.key}.root={root}: folder not found; expected {bench.layout}")
@@ -103,30 +117,56 @@ class Evaluator:
         unknown = [c for c in found if c not in class_to_idx]
         if unknown:
             example = ", ".join(list(class_to_idx)[:3])
-            raise BenchmarkUnavailable(f"{path}: class folders {unknown[:3]} are not among the model's "
-                                       f"{len(class_to_idx)} classes (e.g. {example}); name class folders after the "
-                                       f"checkpoint's classes or pass classes=<file>")
-        crop_pct = self.cfg.get(bench.key, {}).get("crop_pct")
-        ds = SkipBadImageFolder(path, transform=eval_transform(self.data_cfg, crop_pct), class_to_idx=class_to_idx,
-                                mode=self.mode)
+            raise BenchmarkUnavailable(
+                f"{path}: class folders {unknown[:3]} are not among the model's "
+                f"{len(class_to_idx)} classes (e.g. {example}); name class folders after the "
+                f"checkpoint's classes or pass classes=<file>"
+            )
+        ds = SkipBadImageFolder(
+            path,
+            transform=eval_transform(self.data_cfg, self._crop_pct(bench)),
+            class_to_idx=class_to_idx,
+            mode=self.mode,
+        )
         if len(ds) == 0:
             raise BenchmarkUnavailable(f"{path}: no image files in its class folders; expected {bench.layout}")
         return ds
+
+    def _crop_pct(self, bench: Benchmark) -> float:
+        return effective_crop_pct(self.data_cfg, self.cfg.get(bench.key, {}).get("crop_pct"))
 
     def _class_map(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.classes)}
 
     # -------------------------------------------------------------------------------------- evaluation
     def _evaluate(self, ds: Dataset, model: nn.Module, desc: str) -> dict[str, Any]:
-        loader = EpochLoader(ds, self.batch_size, train=False, num_replicas=self.world, rank=self.rank, seed=0,
-                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        loader = EpochLoader(
+            ds,
+            self.batch_size,
+            train=False,
+            num_replicas=self.world,
+            rank=self.rank,
+            seed=0,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         stats = evaluate(model, loader, self.device, self.amp, self.channels_last, self.log, desc)
         if stats["samples"] == 0:
             raise BenchmarkUnavailable(f"{desc}: none of its {len(ds)} images could be read")
         if stats["skipped"]:
             self.log.info(f"{desc}: skipped {stats['skipped']} unreadable image(s)")
-        return {"top1": stats["top1"], "top5": stats["top5"], "error": 100.0 - stats["top1"], "loss": stats["loss"],
-                "samples": stats["samples"], "skipped": stats["skipped"]}
+        self.log.info(f"{desc}: top-1 {stats['top1']:.2f} on {stats['samples']} image(s)")
+        targets = getattr(ds, "targets", None)
+        return {
+            "top1": stats["top1"],
+            "top5": stats["top5"],
+            "error": 100.0 - stats["top1"],
+            "loss": stats["loss"],
+            "samples": stats["samples"],
+            "skipped": stats["skipped"],
+            "images": len(ds),
+            "classes": None if targets is None else len(set(int(t) for t in targets)),
+        }
 
     def _single(self, bench: Benchmark) -> dict[str, Any]:
         """val, A, R or Sketch: one split; A and R score only their 200 output columns."""
@@ -136,11 +176,24 @@ class Evaluator:
         path = self._root(bench)
         if bench.subset is None:
             stats = self._evaluate(self._folder(bench, path, self._class_map()), self.loaded.model, bench.title)
-            return {**stats, "path": str(path)}
+            return self._with_coverage(bench, {**stats, "path": str(path)}, [stats])
         wnids, indices = self._subset(bench)
         ds = self._folder(bench, path, {w: i for i, w in enumerate(wnids)})  # labels: positions in the subset
         stats = self._evaluate(ds, SubsetLogits(self.loaded.model, indices), bench.title)
-        return {**stats, "path": str(path), "classes": len(wnids)}
+        entry = {**stats, "path": str(path), "classes": len(wnids), "classes_found": stats["classes"]}
+        return self._with_coverage(bench, entry, [stats])
+
+    def _with_coverage(self, bench: Benchmark, entry: dict[str, Any], splits: list[dict[str, Any]]) -> dict[str, Any]:
+        """Add a one-line warning when the folder's image or class count differs from the released benchmark."""
+        images = [int(s["images"]) for s in splits if s.get("images") is not None]
+        classes = [int(s["classes"]) for s in splits if s.get("classes") is not None]
+        note = (
+            coverage_note(bench.key, (min(images), max(images)), (min(classes), max(classes)))
+            if images and classes
+            else None
+        )
+        entry["warnings"] = [note] if note else []
+        return entry
 
     def _subset(self, bench: Benchmark) -> tuple[list[str], list[int]]:
         try:
@@ -154,12 +207,16 @@ class Evaluator:
         if data.get("name") != "fashion_mnist":
             root, val_dir = data.get("root"), data.get("val_dir") or "val"
             if root in (None, "", "???"):
-                raise BenchmarkUnavailable("val.root is not set and the checkpoint's data.root is unset; pass "
-                                           "val.root=<folder> laid out as <root>/<wnid>/*")
+                raise BenchmarkUnavailable(
+                    "val.root is not set and the checkpoint's data.root is unset; pass "
+                    "val.root=<folder> laid out as <root>/<wnid>/*"
+                )
             path = resolve_path(str(root), "data.root") / str(val_dir)
             if not path.is_dir():
-                raise BenchmarkUnavailable(f"val.root is not set and the checkpoint's val split {path} is not found; "
-                                           f"pass val.root=<folder> laid out as <root>/<wnid>/*")
+                raise BenchmarkUnavailable(
+                    f"val.root is not set and the checkpoint's val split {path} is not found; "
+                    f"pass val.root=<folder> laid out as <root>/<wnid>/*"
+                )
             ds = self._folder(BENCHMARKS["val"], path, self._class_map())
             subset = data.get("val_subset")
             if subset is not None:  # the trainer's deterministic subset of the same folder
@@ -173,72 +230,246 @@ class Evaluator:
         try:
             return build_datasets(data, None)[1]
         except (OSError, ValueError) as err:
-            raise BenchmarkUnavailable(f"val.root is not set and the checkpoint's data cannot be loaded ({err})") \
-                from err
+            raise BenchmarkUnavailable(
+                f"val.root is not set and the checkpoint's data cannot be loaded ({err})"
+            ) from err
 
-    def _corrupted(self, bench: Benchmark) -> dict[str, Any]:
-        root = self._root(bench)
+    def _splits(self, bench: Benchmark, root: Path) -> tuple[list[tuple[str, int, Path]], list[str]]:
+        """The requested (corruption, severity, folder) splits present under ``root``, and the missing ones."""
         section = self.cfg.get(bench.key, {})
         corruptions = as_list(section.get("corruptions"), f"{bench.key}.corruptions")
         severities = [int(s) for s in as_list(section.get("severities"), f"{bench.key}.severities")]
-        class_to_idx = self._class_map()
         splits, missing = [], []
         for name in corruptions:
             if not (root / name).is_dir():
                 missing.append(name)
                 continue
             for sev in severities:
-                folder = next((root / name / d for d in severity_folder_names(bench.key, name, sev)
-                               if (root / name / d).is_dir()), None)
+                folder = next(
+                    (
+                        root / name / d
+                        for d in severity_folder_names(bench.key, name, sev)
+                        if (root / name / d).is_dir()
+                    ),
+                    None,
+                )
                 if folder is None:
                     missing.append(f"{name}/{sev}")
                     continue
                 splits.append((name, sev, folder))
+        return splits, missing
+
+    def _corrupted(self, bench: Benchmark, entries: dict[str, Any], saved: dict[str, Any] | None) -> dict[str, Any]:
+        """Every present split of C / C-bar; an unusable split is skipped and named, the others still count.
+
+        Splits in ``saved`` (this command's earlier, interrupted run) are reused; after each split the partial
+        result is written, so an interruption loses at most the split in progress.
+        """
+        root = self._root(bench)
+        splits, missing = self._splits(bench, root)
         if not splits:
-            raise BenchmarkUnavailable(f"{bench.key}.root={root}: none of the requested corruption/severity folders "
-                                       f"exist; expected {bench.layout}")
+            raise BenchmarkUnavailable(
+                f"{bench.key}.root={root}: none of the requested corruption/severity folders "
+                f"exist; expected {bench.layout}"
+            )
         if missing:
             shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-            self.log.info(f"{bench.title}: missing {shown} under {root}; evaluating the {len(splits)} split(s) "
-                          f"present (result flagged partial)")
-        results, errors = [], {}
+            self.log.info(
+                f"{bench.title}: missing {shown} under {root}; evaluating the {len(splits)} split(s) "
+                f"present (result flagged partial)"
+            )
+        done = {(s["corruption"], s["severity"]): s for s in (saved or {}).get("splits") or []}
+        reused = [done[n, v] for n, v, _ in splits if (n, v) in done]
+        if reused:
+            self.log.info(
+                f"{bench.title}: {len(reused)} split(s) already in results.json (same command), not re-evaluated"
+            )
+        results, bad = [], []
         for name, sev, folder in splits:
-            stats = self._evaluate(self._folder(bench, folder, class_to_idx), self.loaded.model,
-                                   f"{bench.title} {name}/{sev}")
+            if (name, sev) in done:
+                results.append(done[name, sev])
+                continue
+            desc = f"{bench.title} {name}/{sev}"
+            try:
+                stats = self._evaluate(self._folder(bench, folder, self._class_map()), self.loaded.model, desc)
+            except BenchmarkUnavailable as err:
+                bad.append(f"{name}/{sev} ({err})")
+                self.log.info(f"{desc}: {err}; skipped, the other splits still run")
+                continue
             results.append({"corruption": name, "severity": sev, **stats, "path": str(folder)})
-            errors.setdefault(name, {})[sev] = stats["error"]
+            entries[bench.key] = {
+                **self._corrupted_entry(bench, root, results, missing, bad),
+                "status": "running",
+                "corrupted": True,
+            }
+            self._save(entries, complete=False)
+        if not results:
+            raise BenchmarkUnavailable(
+                f"{bench.key}.root={root}: none of its {len(splits)} split(s) could be evaluated: {'; '.join(bad[:3])}"
+            )
+        return self._corrupted_entry(bench, root, results, missing, bad)
+
+    def _corrupted_entry(
+        self, bench: Benchmark, root: Path, results: list[dict[str, Any]], missing: list[str], bad: list[str]
+    ) -> dict[str, Any]:
+        errors: dict[str, dict[int, float]] = {}
+        for r in results:
+            errors.setdefault(r["corruption"], {})[int(r["severity"])] = r["error"]
         reference = IMAGENET_C if bench.key == "c" else IMAGENET_C_BAR
         summary = corruption_summary(errors, reference, normalise=bench.key == "c")
-        return {"path": str(root), "splits": results, "summary": summary, "missing": missing,
-                "samples": sum(r["samples"] for r in results), "skipped": sum(r["skipped"] for r in results)}
+        entry = {
+            "path": str(root),
+            "splits": results,
+            "summary": summary,
+            "missing": missing,
+            "unusable": bad,
+            "samples": sum(r["samples"] for r in results),
+            "skipped": sum(r["skipped"] for r in results),
+        }
+        return self._with_coverage(bench, entry, results)
+
+    def _single_or_saved(self, bench: Benchmark, saved: dict[str, Any] | None) -> dict[str, Any]:
+        if saved and saved.get("status") == "ok" and saved.get("top1") is not None:
+            self.log.info(
+                f"{bench.title}: already in results.json (same command), not re-evaluated: top-1 {saved['top1']:.2f}"
+            )
+            return {k: v for k, v in saved.items() if k not in ("status", "corrupted")}
+        return self._single(bench)
+
+    # ------------------------------------------------------------------------------------- resume, results
+    def resume_key(self) -> dict[str, Any]:
+        """What makes saved results valid for this command (see :mod:`dcls_vision.robustness.resume`)."""
+        st = self.ckpt.stat()
+        key: dict[str, Any] = {
+            "checkpoint": str(self.ckpt.resolve()),
+            "checkpoint_size": st.st_size,
+            "checkpoint_mtime_ns": st.st_mtime_ns,
+            "weights": self.loaded.weights,
+            "classes": self.cfg.get("classes"),
+            "amp": str(self.amp),
+            "channels_last": self.channels_last,
+            "benchmarks": list(self.benchmarks),
+        }
+        for k in self.benchmarks:
+            section = self.cfg.get(k, {})
+            root = section.get("root")
+            key[f"{k}.root"] = None if root in (None, "") else str(resolve_path(str(root), f"{k}.root").resolve())
+            key[f"{k}.crop_pct"] = self._crop_pct(BENCHMARKS[k])
+            if BENCHMARKS[k].corrupted:
+                key[f"{k}.corruptions"] = [str(c) for c in as_list(section.get("corruptions"), f"{k}.corruptions")]
+                key[f"{k}.severities"] = [int(v) for v in as_list(section.get("severities"), f"{k}.severities")]
+        return key
+
+    def _previous(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """Rank 0 picks the saved results to resume (moving ``out_dir`` to an unfinished sibling if it is the same
+        command); every rank gets the same answer."""
+        decision: tuple[str, dict[str, Any] | None] | None = None
+        if self.rank == 0:
+            saved = self._find_previous(key)  # may move self.out_dir to the run it resumes
+            decision = (str(self.out_dir), saved)
+        out, saved = broadcast_object(decision)
+        if Path(out) != self.out_dir:
+            self.out_dir = Path(out)
+            self.log = RunLogger(self.out_dir, self.rank, progress=self.cfg.get("progress"))
+        return saved
+
+    def _find_previous(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        saved = read_results(self.out_dir)
+        if saved is None and (self.out_dir / "results.json").exists():
+            moved = supersede(self.out_dir)
+            self.log.info(
+                f"{self.out_dir}/results.json is not a resumable eval result (an older version's?); "
+                f"moved to {moved}, evaluating afresh"
+            )
+        if saved is None and self.resume_search is not None:
+            sibling, note = unfinished_sibling(self.resume_search, self.out_dir, key)
+            if note:
+                self.log.info(note)
+            if sibling is not None:
+                fresh, self.out_dir = self.out_dir, sibling
+                if all(p.name == ".hydra" or p.suffix == ".log" for p in fresh.iterdir()):
+                    shutil.rmtree(fresh, ignore_errors=True)
+                self.log = RunLogger(self.out_dir, self.rank, progress=self.cfg.get("progress"))
+                self.log.info(f"resuming the unfinished evaluation in {self.out_dir} (same command)")
+                return read_results(self.out_dir)
+            return None
+        if saved is None:
+            return None
+        changed = changed_fields(saved["resume_key"], key)
+        if changed:
+            moved = supersede(self.out_dir)
+            self.log.info(
+                f"{self.out_dir}/results.json came from another command (changed: {', '.join(changed)}); "
+                f"re-evaluating everything, the old results moved to {moved}"
+            )
+            return None
+        if saved.get("complete"):
+            self.log.info(
+                f"{self.out_dir}/results.json is a finished run of this command; reporting it again "
+                f"without re-evaluating (pass another output_dir to evaluate afresh)"
+            )
+        return saved
+
+    def _result(self, entries: dict[str, Any], complete: bool) -> dict[str, Any]:
+        lm = self.loaded
+        result = {
+            "name": self.name,
+            "checkpoint": str(self.ckpt),
+            "weights": lm.weights,
+            "epoch": lm.epoch,
+            "model": str(lm.config.model.name),
+            "trainer_metrics": lm.stored_metrics,
+            "world_size": self.world,
+            "settings": {
+                "batch_size": self.batch_size,
+                "amp": self.amp,
+                "channels_last": self.channels_last,
+                "crop_pct": {k: self._crop_pct(BENCHMARKS[k]) for k in self.benchmarks},
+            },
+            "benchmarks": entries,
+            "complete": complete,
+            "resume_key": self._key,
+            "skipped_images": sum(int(e.get("skipped") or 0) for e in entries.values()),
+        }
+        result["table"] = {k: v for k, v in table_values(result).items() if k in entries}
+        return result
+
+    def _save(self, entries: dict[str, Any], complete: bool) -> dict[str, Path] | None:
+        """Rank 0 rewrites results.json / .csv / table.md (atomically) with what is finished so far."""
+        if self.rank != 0:
+            return None
+        return write_reports(self._result(entries, complete), self.out_dir)
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         lm = self.loaded
+        self._key = self.resume_key()
+        previous = self._previous(self._key)
         n_params = sum(p.numel() for p in lm.model.parameters())
-        self.log.info(f"checkpoint {self.ckpt} ({lm.weights} weights, epoch {lm.epoch}) | model {lm.config.model.name} "
-                      f"{n_params / 1e6:.2f}M params | {self.world} process(es) on {self.device} | batch "
-                      f"{self.batch_size} | amp {self.amp or 'off'} | benchmarks {', '.join(self.benchmarks)}")
+        self.log.info(
+            f"checkpoint {self.ckpt} ({lm.weights} weights, epoch {lm.epoch}) | model {lm.config.model.name} "
+            f"{n_params / 1e6:.2f}M params | {self.world} process(es) on {self.device} | batch "
+            f"{self.batch_size} | amp {self.amp or 'off'} | benchmarks {', '.join(self.benchmarks)} | "
+            f"results in {self.out_dir} (written after every split; the same command resumes there)"
+        )
         entries: dict[str, Any] = {}
         for key in self.benchmarks:
             bench = BENCHMARKS[key]
+            saved = ((previous or {}).get("benchmarks") or {}).get(key)
             try:
-                entry = self._corrupted(bench) if bench.corrupted else self._single(bench)
-                entry["status"] = "partial" if entry.get("missing") else "ok"
+                entry = (
+                    self._corrupted(bench, entries, saved) if bench.corrupted else self._single_or_saved(bench, saved)
+                )
+                entry["status"] = "partial" if entry.get("missing") or entry.get("unusable") else "ok"
+                for note in entry.get("warnings") or []:
+                    self.log.info(note)
             except BenchmarkUnavailable as err:
                 entry = {"status": "unavailable", "message": str(err)}
                 self.log.info(f"{bench.title}: {err}; skipped, the other benchmarks still run")
             entry["corrupted"] = bench.corrupted
             entries[key] = entry
-        result = {
-            "name": self.name, "checkpoint": str(self.ckpt), "weights": lm.weights, "epoch": lm.epoch,
-            "model": str(lm.config.model.name), "trainer_metrics": lm.stored_metrics, "world_size": self.world,
-            "settings": {"batch_size": self.batch_size, "amp": self.amp, "channels_last": self.channels_last,
-                         "crop_pct": {k: self.cfg.get(k, {}).get("crop_pct") for k in self.benchmarks}},
-            "benchmarks": entries,
-            "skipped_images": sum(int(e.get("skipped") or 0) for e in entries.values()),
-        }
-        result["table"] = {k: v for k, v in table_values(result).items() if k in entries}
+            self._save(entries, complete=False)
+        result = self._result(entries, complete=True)
         barrier()
         if self.rank == 0:
             paths = write_reports(result, self.out_dir)
@@ -250,14 +481,17 @@ class Evaluator:
         return result
 
 
-def run_eval(cfg: DictConfig) -> dict[str, Any]:
+def run_eval(cfg: DictConfig, resume_search: Path | None = None) -> dict[str, Any]:
     """Validate ``cfg`` (configs/eval.yaml), evaluate, write reports on rank 0 and return the result dict.
 
-    Raises :class:`~dcls_vision.robustness.config.EvalConfigError` before any work for a bad config.
+    Results already in ``output_dir``/results.json from the same command are reused (an interrupted run resumes);
+    ``resume_search`` (eval.py passes the parent of its default, timestamped output_dir) also resumes the newest
+    unfinished run of the same command found there. Raises
+    :class:`~dcls_vision.robustness.config.EvalConfigError` before any work for a bad config.
     """
     benchmarks = validate_eval_config(cfg)
     rank, world, _, device = init_distributed(str(cfg.get("device") or "auto"))
     try:
-        return Evaluator(cfg, benchmarks, rank, world, device).run()
+        return Evaluator(cfg, benchmarks, rank, world, device, resume_search).run()
     finally:
         cleanup()

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from dcls_vision.data.transforms import ToFloatNormalize, imagenet_transforms
+from dcls_vision.data.transforms import ToFloatNormalize, imagenet_transforms, val_crop_pct
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -54,18 +54,31 @@ class SmallImageEval:
 
     def __init__(self, data_cfg: Mapping[str, Any], crop_pct: float) -> None:
         channels = int(data_cfg.get("in_chans") or 1)
-        self.resize = ResizeCenterCrop(int(data_cfg.get("img_size") or 28), crop_pct,
-                                       str(data_cfg.get("interpolation") or "bilinear"))
-        self.normalize = ToFloatNormalize(_per_channel(data_cfg.get("mean") or 0.5, channels),
-                                          _per_channel(data_cfg.get("std") or 0.5, channels))
+        self.resize = ResizeCenterCrop(
+            int(data_cfg.get("img_size") or 28), crop_pct, str(data_cfg.get("interpolation") or "bilinear")
+        )
+        self.normalize = ToFloatNormalize(
+            _per_channel(data_cfg.get("mean") or 0.5, channels), _per_channel(data_cfg.get("std") or 0.5, channels)
+        )
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.normalize(F.pil_to_tensor(self.resize(img)))
 
 
+def effective_crop_pct(data_cfg: Mapping[str, Any], crop_pct: float | None = None) -> float:
+    """The crop fraction eval uses: ``crop_pct`` if given, else what the trainer's val transform used.
+
+    ImageNet-style data: ``data.crop_pct`` with the trainer's own default (:func:`val_crop_pct`) when it is null.
+    Fashion-MNIST: the trainer's small-image val transform never crops, so 1.0.
+    """
+    if crop_pct is not None:
+        return float(crop_pct)
+    return 1.0 if data_cfg.get("name") == "fashion_mnist" else val_crop_pct(data_cfg)
+
+
 def eval_transform(data_cfg: Mapping[str, Any], crop_pct: float | None = None) -> Transform:
-    """The checkpoint's validation transform for PIL images; ``crop_pct`` overrides ``data.crop_pct``."""
-    pct = float(crop_pct if crop_pct is not None else (data_cfg.get("crop_pct") or 1.0))
+    """The checkpoint's validation transform for PIL images; ``crop_pct`` overrides the checkpoint's."""
+    pct = effective_crop_pct(data_cfg, crop_pct)
     if data_cfg.get("name") == "fashion_mnist":
         return SmallImageEval(data_cfg, pct)
     return imagenet_transforms({**dict(data_cfg), "crop_pct": pct}, None)[1]
