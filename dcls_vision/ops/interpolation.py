@@ -16,6 +16,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 INTERPOLATIONS = ("bilinear", "triangle", "gauss")
@@ -79,10 +80,10 @@ class _Profile(torch.autograd.Function):
         if interpolation == "triangle":
             phi = torch.relu(width - x.abs())
         else:
-            z = (x / width).square_().mul_(0.5)
-            if shift is not None:
-                z = z.sub_(shift.unsqueeze(-1))
-            phi = torch.exp(-z.clamp(max=cutoff)).masked_fill_(z >= cutoff, 0.0)
+            u = x.div_(width)
+            neg_z = u.square_().mul_(-0.5) if shift is None else torch.addcmul(shift.unsqueeze(-1), u, u, value=-0.5)
+            # exp of a clamped exponent never reaches denormals; threshold_ zeroes the cut tail in one fused pass
+            phi = F.threshold_(neg_z.clamp_(min=-cutoff).exp_(), 2 * math.exp(-cutoff), 0.0)
         ctx.save_for_backward(coord, sigma, phi)
         ctx.interpolation = interpolation
         return phi
