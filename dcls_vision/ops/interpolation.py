@@ -60,7 +60,7 @@ def _gauss_shift(coords: list[Tensor], sigma: Tensor, sizes: tuple[int, ...]) ->
     limit = -math.log(EPS)
     scale = torch.where(total > limit, limit / total, 1.0)
     shifts = [z * scale for z in zmin]
-    return shifts, EPS * torch.exp(torch.minimum(total, torch.full_like(total, limit)))
+    return shifts, EPS * torch.exp(total.clamp(max=limit))
 
 
 class _Profile(torch.autograd.Function):
