@@ -22,7 +22,7 @@ from dcls_vision.ops import (
     dcls_parameters,
     share_positions,
 )
-from dcls_vision.ops.interpolation import EPS
+from dcls_vision.ops.interpolation import EPS, construct_kernel
 
 # (class, extra kwargs, spatial rank)
 VARIANTS = [
@@ -145,7 +145,7 @@ def test_axis_convention_positions0_moves_along_h():
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 @pytest.mark.parametrize("cls,kw,n", VARIANTS, ids=VARIANT_IDS)
 def test_kernel_matches_broadcast_formula(cls, kw, n, interpolation):
-    layer = _layer(cls, kw, interpolation, size=(5, 4, 7)[:cls.n_learned], dtype=torch.float64)
+    layer = _layer(cls, kw, interpolation, size=(5, 4, 7)[: cls.n_learned], dtype=torch.float64)
     assert torch.allclose(layer.build_kernel(), broadcast_kernel(layer), atol=1e-12)
 
 
@@ -198,15 +198,62 @@ def test_gauss_tails_never_denormal():
         assert not ((t != 0) & (t.abs() < tiny)).any()
 
 
+FAR_OFFSETS = [d / 8 for d in range(1, 322, 4)]  # cells beyond the kernel edge, 1/8..40 (exact in float32)
+
+
+@pytest.mark.parametrize("cls,kw,n", VARIANTS, ids=VARIANT_IDS)
+def test_gauss_far_outside_matches_formula_float32(cls, kw, n):
+    """An element outside the kernel (positions are unclamped between a step and clamp_) still gives the formula.
+
+    Element 0 sits at the centre; element 1 lies d cells beyond the edge along the first or every learned
+    axis. Tolerance 1e-6 of the kernel max (~8 float32 ulps): the exponent z ≲ -ln ε ≈ 16 of every term
+    that matters carries a relative rounding of a few ulps, i.e. ~16 · 6e-8. Tails used to be cut per axis
+    before normalisation: in 3-D the kernel was 0 where the formula gives ~e^-26/ε, error 7.9e-5 at d=3.625.
+    """
+    layer = cls(1, 1, 2, 7, interpolation="gauss", bias=False, **kw)
+    tiny = torch.finfo(torch.float32).tiny
+    worst = (0.0, None)
+    for d in FAR_OFFSETS:
+        for along in ("first", "all"):
+            with torch.no_grad():
+                layer.weight.fill_(1.0)
+                layer.positions.zero_()
+                layer.sigma.fill_(0.23)
+                layer.positions[: 1 if along == "first" else None, ..., 1] = 3 + d
+            kernel, expected = layer.build_kernel(), broadcast_kernel(layer)
+            error = ((kernel.double() - expected).abs().max() / expected.abs().max()).item()
+            worst = max(worst, (error, (d, along)), key=lambda t: t[0])
+            assert not ((kernel != 0) & (kernel.abs() < tiny)).any()  # denormal protection kept
+    assert worst[0] < 1e-6, f"max error {worst[0]:.2e} relative to the kernel max at (offset, axes) {worst[1]}"
+
+
+def test_gauss_far_outside_gradients():
+    """The per-element exponent shift is held constant for autograd; the gradient stays exact far outside."""
+    torch.manual_seed(0)
+    layer = Dcls3d(1, 1, 3, 5, interpolation="gauss", dtype=torch.float64)
+    with torch.no_grad():
+        layer.positions.copy_(torch.tensor([[0.31, 4.6, -5.3], [-0.62, 0.2, 4.9], [0.45, -0.3, 0.7]]).view(3, 1, 1, 3))
+        layer.sigma.uniform_(0.2, 0.6)
+    params = (layer.weight, layer.positions, layer.sigma)
+
+    def fn(*ps):
+        return construct_kernel(*ps, layer.dilated_kernel_size, "gauss", layer.learned_axes)
+
+    assert torch.autograd.gradcheck(fn, params, eps=1e-6, atol=1e-8)
+
+
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 @pytest.mark.parametrize("cls,kw,n", VARIANTS, ids=VARIANT_IDS)
 def test_gradcheck(cls, kw, n, interpolation):
     torch.manual_seed(0)
-    layer = cls(2, 2, 2, (4, 3, 3)[:cls.n_learned], interpolation=interpolation, dtype=torch.float64, **kw)
+    layer = cls(2, 2, 2, (4, 3, 3)[: cls.n_learned], interpolation=interpolation, dtype=torch.float64, **kw)
     with torch.no_grad():  # away from the kinks of |x| and max(0, ·)
-        layer.positions.copy_(torch.tensor([0.31, -0.62, 0.45, 0.13, -0.27, 0.58, -0.11, 0.37]).repeat(
-            layer.positions.numel() // 8 + 1)[: layer.positions.numel()].view_as(layer.positions))
+        layer.positions.copy_(
+            torch.tensor([0.31, -0.62, 0.45, 0.13, -0.27, 0.58, -0.11, 0.37])
+            .repeat(layer.positions.numel() // 8 + 1)[: layer.positions.numel()]
+            .view_as(layer.positions)
+        )
         if layer.sigma is not None:
             layer.sigma.uniform_(0.2, 0.6)
     x = torch.randn(1, 2, *([5] * n), dtype=torch.float64, requires_grad=True)
@@ -416,12 +463,15 @@ def test_bf16_autocast(interpolation):
 
 # ------------------------------------------------------------- dcls import
 @pytest.mark.parametrize("version", ["v0", "v1", "max", "gauss"])
-@pytest.mark.parametrize("name,sizes,shape", [
-    ("Dcls1d", (7,), (2, 4, 16)),
-    ("Dcls2d", (5, 8), (2, 4, 12, 13)),
-    ("Dcls3d", (3, 6, 5), (2, 4, 7, 8, 9)),
-    ("Dcls3_1d", (7,), (2, 4, 6, 7, 8)),
-])
+@pytest.mark.parametrize(
+    "name,sizes,shape",
+    [
+        ("Dcls1d", (7,), (2, 4, 16)),
+        ("Dcls2d", (5, 8), (2, 4, 12, 13)),
+        ("Dcls3d", (3, 6, 5), (2, 4, 7, 8, 9)),
+        ("Dcls3_1d", (7,), (2, 4, 6, 7, 8)),
+    ],
+)
 def test_import_from_dcls_package(version, name, sizes, shape):
     modules = pytest.importorskip("DCLS.construct.modules")
     from dcls_vision.ops.compat import from_dcls
@@ -435,8 +485,9 @@ def test_import_from_dcls_package(version, name, sizes, shape):
         padding = (1, 1, 3)
     else:
         padding = tuple(s // 2 for s in sizes)
-    theirs = getattr(modules, name)(4, 6, kernel_count=3, padding=padding, dilated_kernel_size=sizes, groups=2,
-                                    version=version, **kwargs)
+    theirs = getattr(modules, name)(
+        4, 6, kernel_count=3, padding=padding, dilated_kernel_size=sizes, groups=2, version=version, **kwargs
+    )
     with torch.no_grad():
         theirs.P.uniform_(-2, 2)
         if theirs.SIG is not None:
@@ -454,19 +505,22 @@ def test_import_from_dcls_rejects_other_modules():
 
 
 # ------------------------------------------------------------------- errors
-@pytest.mark.parametrize("kwargs,exc,match", [
-    ({"kernel_count": 0}, ValueError, "kernel_count=0"),
-    ({"dilated_kernel_size": 0}, ValueError, "dilated_kernel_size=0"),
-    ({"dilated_kernel_size": (3, 3, 3)}, ValueError, r"dilated_kernel_size=\(3, 3, 3\)"),
-    ({"dilated_kernel_size": 2.5}, TypeError, "dilated_kernel_size=2.5"),
-    ({"groups": 3}, ValueError, "groups=3 must divide in_channels=4"),
-    ({"interpolation": "cubic"}, ValueError, "interpolation='cubic'.*bilinear, triangle, gauss"),
-    ({"padding_mode": "mirror"}, ValueError, "padding_mode='mirror'"),
-    ({"stride": 0}, ValueError, "stride=0"),
-    ({"padding": -1}, ValueError, "padding=-1"),
-    ({"padding": "full"}, ValueError, "padding='full'"),
-    ({"in_channels": 0}, ValueError, "in_channels=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"kernel_count": 0}, ValueError, "kernel_count=0"),
+        ({"dilated_kernel_size": 0}, ValueError, "dilated_kernel_size=0"),
+        ({"dilated_kernel_size": (3, 3, 3)}, ValueError, r"dilated_kernel_size=\(3, 3, 3\)"),
+        ({"dilated_kernel_size": 2.5}, TypeError, "dilated_kernel_size=2.5"),
+        ({"groups": 3}, ValueError, "groups=3 must divide in_channels=4"),
+        ({"interpolation": "cubic"}, ValueError, "interpolation='cubic'.*bilinear, triangle, gauss"),
+        ({"padding_mode": "mirror"}, ValueError, "padding_mode='mirror'"),
+        ({"stride": 0}, ValueError, "stride=0"),
+        ({"padding": -1}, ValueError, "padding=-1"),
+        ({"padding": "full"}, ValueError, "padding='full'"),
+        ({"in_channels": 0}, ValueError, "in_channels=0"),
+    ],
+)
 def test_constructor_errors(kwargs, exc, match):
     args = {"in_channels": 4, "out_channels": 4, "kernel_count": 3, "dilated_kernel_size": 5} | kwargs
     with pytest.raises(exc, match=match):
@@ -478,11 +532,14 @@ def test_learned_axes_errors():
         Dcls3_1d(2, 2, 3, 5, (3, 3), learned_axes=(3,))
 
 
-@pytest.mark.parametrize("x,exc,match", [
-    (torch.randn(4, 8), ValueError, "rank 4"),
-    (torch.randn(2, 3, 8, 8), ValueError, "3 channels.*in_channels=4"),
-    (torch.ones(2, 4, 8, 8, dtype=torch.int64), TypeError, "dtype=torch.int64"),
-])
+@pytest.mark.parametrize(
+    "x,exc,match",
+    [
+        (torch.randn(4, 8), ValueError, "rank 4"),
+        (torch.randn(2, 3, 8, 8), ValueError, "3 channels.*in_channels=4"),
+        (torch.ones(2, 4, 8, 8, dtype=torch.int64), TypeError, "dtype=torch.int64"),
+    ],
+)
 def test_input_errors(x, exc, match):
     with pytest.raises(exc, match=match):
         Dcls2d(4, 4, 3, 5)(x)

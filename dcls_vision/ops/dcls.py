@@ -40,6 +40,14 @@ def _positive(values: tuple[int, ...], name: str, raw: object) -> tuple[int, ...
     return values
 
 
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: Tensor) -> Tensor:
+    """The tensor's bits as integers, so equality is exact (NaN equals itself, -0.0 differs from 0.0)."""
+    return t.view(_INT_OF_SIZE[t.element_size()]) if t.element_size() in _INT_OF_SIZE else t
+
+
 class _Pad(nn.Module):
     """F.pad as a module, for exported convolutions with asymmetric (even-kernel) padding."""
 
@@ -80,14 +88,16 @@ class _DclsNd(nn.Module):
     ) -> None:
         super().__init__()
         n, m = self.n_dims, self.n_learned
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("kernel_count", kernel_count), ("groups", groups)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("kernel_count", kernel_count),
+            ("groups", groups),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; allowed: integers >= 1")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
-            )
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r} is not supported; allowed: {', '.join(PADDING_MODES)}")
         self.interpolation = check_interpolation(interpolation)
@@ -117,7 +127,7 @@ class _DclsNd(nn.Module):
         else:
             self.sigma = nn.Parameter(torch.empty((m, *shape), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self._kernel_cache: tuple[tuple, Tensor] | None = None
+        self._kernel_cache: tuple[tuple, tuple[Tensor, ...], Tensor] | None = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -185,9 +195,12 @@ class _DclsNd(nn.Module):
     def dense_kernel(self) -> Tensor:
         """The kernel for this forward pass: rebuilt while training, cached otherwise.
 
-        The cache is keyed on the parameters' version counters, storage and dtype, so an optimizer
-        step, ``load_state_dict``, ``clamp_``, ``.to()`` or a change to a shared positions tensor
-        invalidates it. When gradients w.r.t. the DCLS parameters are needed, it is never used.
+        The cache holds a copy of the parameters it was built from and is reused only while every
+        DCLS parameter is bit-for-bit equal to that copy (same dtype, device and shape). Version
+        counters and data pointers are not enough: fused optimizer steps, writes through ``.data`` and
+        ``vector_to_parameters`` on a reused buffer change values without them. The comparison reads
+        C·K·(1+2M) numbers, far fewer than the C·Πs of the kernel it saves building. When gradients
+        w.r.t. the DCLS parameters are needed, the cache is never used.
         """
         params = self._params()
         if (
@@ -196,12 +209,24 @@ class _DclsNd(nn.Module):
             or (torch.is_grad_enabled() and any(p.requires_grad for p in params))
         ):
             return self.build_kernel()
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        key += (torch.is_inference_mode_enabled(),)
-        if self._kernel_cache is None or self._kernel_cache[0] != key:
-            with torch.no_grad():
-                self._kernel_cache = (key, self.build_kernel())
-        return self._kernel_cache[1]
+        with torch.no_grad():
+            if not self._cache_matches(params):
+                kernel = self.build_kernel()
+                self._kernel_cache = (self._cache_key(params), tuple(p.detach().clone() for p in params), kernel)
+            return self._kernel_cache[2]
+
+    @staticmethod
+    def _cache_key(params: tuple[Tensor, ...]) -> tuple:
+        return (torch.is_inference_mode_enabled(), *((p.dtype, p.device, p.shape) for p in params))
+
+    def _cache_matches(self, params: tuple[Tensor, ...]) -> bool:
+        """Whether the cached kernel was built from parameters bit-for-bit equal to ``params`` (NaN included)."""
+        if self._kernel_cache is None:
+            return False
+        key, saved, _ = self._kernel_cache
+        return key == self._cache_key(params) and all(
+            torch.equal(_bits(p), _bits(s)) for p, s in zip(params, saved, strict=True)
+        )
 
     def train(self, mode: bool = True) -> _DclsNd:
         self._kernel_cache = None
@@ -264,9 +289,17 @@ class _DclsNd(nn.Module):
         if padding is None and all(lo == hi for lo, hi in self.padding):
             padding, conv_padding_mode = tuple(lo for lo, _ in self.padding), self.padding_mode
         conv = _CONV_MODULE[self.n_dims](
-            self.in_channels, self.out_channels, self.kernel_size, self.stride,
-            padding if padding is not None else 0, 1, self.groups, self.bias is not None,
-            conv_padding_mode, device=kernel.device, dtype=kernel.dtype,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            padding if padding is not None else 0,
+            1,
+            self.groups,
+            self.bias is not None,
+            conv_padding_mode,
+            device=kernel.device,
+            dtype=kernel.dtype,
         )
         conv.weight.copy_(kernel)
         if self.bias is not None:
@@ -277,8 +310,10 @@ class _DclsNd(nn.Module):
         return nn.Sequential(_Pad(self._pad_arg(), mode), conv)
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}, "
-             f"dilated_kernel_size={self.dilated_kernel_size}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}, "
+            f"dilated_kernel_size={self.dilated_kernel_size}"
+        )
         if self.dense_kernel_size:
             s += f", dense_kernel_size={self.dense_kernel_size}, learned_axes={self.learned_axes}"
         s += f", stride={self.stride}, padding={self.padding}, interpolation={self.interpolation!r}"
@@ -331,9 +366,20 @@ class _DclsNMd(_DclsNd):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_count, dilated_kernel_size, stride, padding, groups, bias,
-            padding_mode, interpolation, dense_kernel_size=dense_kernel_size, learned_axes=learned_axes,
-            device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_count,
+            dilated_kernel_size,
+            stride,
+            padding,
+            groups,
+            bias,
+            padding_mode,
+            interpolation,
+            dense_kernel_size=dense_kernel_size,
+            learned_axes=learned_axes,
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -393,8 +439,11 @@ def share_positions(layers: Sequence[_DclsNd], sigma: bool = True) -> None:
         return
     first = layers[0]
     for layer in layers[1:]:
-        if (layer.positions.shape != first.positions.shape or layer.interpolation != first.interpolation
-                or layer.dilated_kernel_size != first.dilated_kernel_size):
+        if (
+            layer.positions.shape != first.positions.shape
+            or layer.interpolation != first.interpolation
+            or layer.dilated_kernel_size != first.dilated_kernel_size
+        ):
             raise ValueError(
                 f"cannot share positions between layers with positions {tuple(first.positions.shape)}, "
                 f"{first.interpolation!r}, size {first.dilated_kernel_size} and {tuple(layer.positions.shape)}, "

@@ -16,6 +16,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 INTERPOLATIONS = ("bilinear", "triangle", "gauss")
@@ -32,12 +33,34 @@ def check_interpolation(interpolation: str) -> str:
 
 
 def _gauss_cutoff(dtype: torch.dtype, n_axes: int) -> float:
-    """Largest exponent kept for a Gaussian tail.
+    """Largest (shifted) exponent kept for a Gaussian tail.
 
     exp(-z) below the smallest normal float is a denormal, and CPUs process denormals 10-100x
-    slower; products of n_axes profiles must stay normal too. The tail cut is below float eps.
+    slower; products of n_axes profiles must stay normal too. A tail is cut relative to its
+    element's peak (see :func:`_gauss_shift`), so what is dropped is below float eps of that element.
     """
     return 0.9 * -math.log(torch.finfo(dtype).tiny) / n_axes
+
+
+@torch.no_grad()
+def _gauss_shift(coords: list[Tensor], sigma: Tensor, sizes: tuple[int, ...]) -> tuple[list[Tensor], Tensor]:
+    """Per-axis exponent shifts s_a with Σ_a s_a = min(Z_min, -ln ε), and ε·exp(Σ_a s_a).
+
+    Z_min is the smallest summed exponent Σ_a x_a²/2w_a² of an element over the grid. The formula
+    w·e^{-Z}/(ε + Σ e^{-Z}) equals w·e^{-(Z-S)}/(ε·e^{S} + Σ e^{-(Z-S)}) for any S, so shifting keeps the
+    kernel exact while each profile's largest kept term is near 1: tails are then cut relative to the
+    element's own peak (or to ε when the element lies far outside the grid), in every dimension.
+    S does not change the value, so it is held constant for autograd.
+    """
+    zmin = []
+    for m, (coord, size) in enumerate(zip(coords, sizes)):
+        nearest = coord.round().clamp(0, size - 1)
+        zmin.append(((coord - nearest) / (SIGMA0["gauss"] + sigma[m].abs())).square() * 0.5)
+    total = torch.stack(zmin).sum(0)
+    limit = -math.log(EPS)
+    scale = torch.where(total > limit, limit / total, 1.0)
+    shifts = [z * scale for z in zmin]
+    return shifts, EPS * torch.exp(total.clamp(max=limit))
 
 
 class _Profile(torch.autograd.Function):
@@ -49,14 +72,18 @@ class _Profile(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, coord: Tensor, sigma: Tensor, size: int, interpolation: str, cutoff: float) -> Tensor:
+    def forward(
+        ctx, coord: Tensor, sigma: Tensor, size: int, interpolation: str, cutoff: float, shift: Tensor | None
+    ) -> Tensor:
         x = coord.unsqueeze(-1) - torch.arange(size, device=coord.device, dtype=coord.dtype)
         width = (SIGMA0[interpolation] + sigma.abs()).unsqueeze(-1)
         if interpolation == "triangle":
             phi = torch.relu(width - x.abs())
         else:
-            z = (x / width).square_().mul_(0.5)
-            phi = torch.exp(-z.clamp(max=cutoff)).masked_fill_(z >= cutoff, 0.0)
+            u = x.div_(width)
+            neg_z = u.square_().mul_(-0.5) if shift is None else torch.addcmul(shift.unsqueeze(-1), u, u, value=-0.5)
+            # exp of a clamped exponent never reaches denormals; threshold_ zeroes the cut tail in one fused pass
+            phi = F.threshold_(neg_z.clamp_(min=-cutoff).exp_(), 2 * math.exp(-cutoff), 0.0)
         ctx.save_for_backward(coord, sigma, phi)
         ctx.interpolation = interpolation
         return phi
@@ -75,12 +102,17 @@ class _Profile(torch.autograd.Function):
             grad_coord = -g.sum(-1)
             grad_width = (g * x).sum(-1) / width.squeeze(-1)
         grad_sigma = torch.where(sigma >= 0, grad_width, -grad_width)
-        return grad_coord, grad_sigma, None, None, None
+        return grad_coord, grad_sigma, None, None, None, None
 
 
-def profile(interpolation: str, coord: Tensor, size: int, sigma: Tensor, n_axes: int = 1) -> Tensor:
-    """Triangle/gauss profile of elements at grid coordinate ``coord`` (position + floor(size/2))."""
-    return _Profile.apply(coord, sigma, size, interpolation, _gauss_cutoff(coord.dtype, n_axes))
+def profile(
+    interpolation: str, coord: Tensor, size: int, sigma: Tensor, n_axes: int = 1, shift: Tensor | None = None
+) -> Tensor:
+    """Triangle/gauss profile of elements at grid coordinate ``coord`` (position + floor(size/2)).
+
+    A Gaussian profile is exp(-(z - shift)) (no shift: exp(-z)), cut where the exponent exceeds the cutoff.
+    """
+    return _Profile.apply(coord, sigma, size, interpolation, _gauss_cutoff(coord.dtype, n_axes), shift)
 
 
 def construct_kernel(
@@ -98,13 +130,17 @@ def construct_kernel(
     """
     if interpolation == "bilinear":
         return _scatter_bilinear(weight, positions, sizes, learned_axes)
+    coords = [positions[m] + size // 2 for m, size in enumerate(sizes)]
+    shifts, eps = [None] * len(sizes), EPS
+    if interpolation == "gauss":
+        shifts, eps = _gauss_shift(coords, sigma, sizes)
     profiles = [
-        profile(interpolation, positions[m] + size // 2, size, sigma[m], len(sizes)) for m, size in enumerate(sizes)
+        profile(interpolation, coords[m], size, sigma[m], len(sizes), shifts[m]) for m, size in enumerate(sizes)
     ]
     mass = profiles[0].sum(-1)
     for p in profiles[1:]:
         mass = mass * p.sum(-1)
-    return _combine(weight / (mass + EPS), profiles, learned_axes)
+    return _combine(weight / (mass + eps), profiles, learned_axes)
 
 
 def construct_rounded_kernel(
@@ -172,8 +208,7 @@ def _combine(scale: Tensor, profiles: list[Tensor], learned_axes: tuple[int, ...
     learned = _LETTERS[: len(profiles)]
     dense_iter, learned_iter = iter(dense), iter(learned)
     out = "".join(
-        next(learned_iter) if axis in learned_axes else next(dense_iter)
-        for axis in range(n_dense + len(profiles))
+        next(learned_iter) if axis in learned_axes else next(dense_iter) for axis in range(n_dense + len(profiles))
     )
     operands = [f"ab{dense}k"] + [f"ab{dense}k{letter}" for letter in learned]
     return torch.einsum(",".join(operands) + "->ab" + out, scale, *profiles)
