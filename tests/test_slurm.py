@@ -333,7 +333,7 @@ def test_preemption_guard_signal_meanings():
     guard hands the stop signal to the handler that was there before, and restores every handler."""
     import signal
 
-    from dcls_vision.launch.preemption import NONE, SAVE, STOP, PreemptionGuard
+    from dcls_vision.engine.preemption import NONE, SAVE, STOP, PreemptionGuard
 
     calls = []
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
