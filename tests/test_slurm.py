@@ -22,7 +22,9 @@ import pytest
 import torch
 
 from dcls_vision.engine.checkpoint import load_checkpoint
-from dcls_vision.launch.submit import LaunchError, parse_args, submit, wait_for
+from dcls_vision.launch.jobs import submit
+from dcls_vision.launch.options import LaunchError, parse_args
+from dcls_vision.launch.slurm import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=quickstart", "data.train_subset=512", "data.val_subset=256", "trainer.batch_size=16",
