@@ -52,3 +52,13 @@ def test_config_dir_in_a_non_editable_install(tmp_path):
     assert {"config.yaml", "eval.yaml", "experiment", "model", "downstream"} <= set(ast.literal_eval(names))
     shipped = {p.relative_to(found) for p in Path(found).rglob("*") if p.is_file() and p.suffix in (".yaml", ".py")}
     assert shipped == {p.relative_to(ROOT / "configs") for p in (ROOT / "configs").rglob("*") if p.is_file()}
+
+
+def test_fashion_folder_default_data_config_comes_from_the_package_configs():
+    """``python -m dcls_vision.robustness.fashion_folder`` without --checkpoint: configs/data/fashion_mnist.yaml."""
+    import argparse
+
+    from dcls_vision.robustness.fashion_folder import _data_cfg
+
+    cfg = _data_cfg(argparse.Namespace(checkpoint=None, data_root="somewhere", val_subset=3))
+    assert cfg["name"] == "fashion_mnist" and cfg["root"] == "somewhere" and cfg["val_subset"] == 3
