@@ -22,7 +22,7 @@ import submitit
 
 from .options import LaunchError, LaunchOptions
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # its git commit goes into launch.json
+PACKAGE_DIR = Path(__file__).resolve().parent  # its git commit (when it is a checkout) goes into launch.json
 
 
 class JobFailed(LaunchError):
