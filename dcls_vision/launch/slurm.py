@@ -130,19 +130,8 @@ def exit_wait_s(dist_timeout_s: int) -> int:
     return min(300, max(30, dist_timeout_s))
 
 
-def queue(
-    job_fn: Any,
-    opts: LaunchOptions,
-    run_dir: Path,
-    default_name: str,
-    argv: list[str],
-    overrides: list[str],
-    resubmit_hint: str,
-) -> Launch:
-    """Queue ``job_fn`` (a submitit Checkpointable) with ``opts``; logs under ``run_dir/slurm/<job id>/``, and
-    ``launch.json`` / ``command.sh`` (``python -m dcls_vision.launch ARGV``) in ``run_dir``."""
-    created = not run_dir.exists()
-    folder = run_dir / "slurm"
+def _executor(opts: LaunchOptions, folder: Path, default_name: str) -> submitit.AutoExecutor:
+    """A submitit SLURM executor with ``opts``' resources; the job requeues itself (``--requeue``)."""
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=opts.max_requeues)
     slurm_params: dict[str, Any] = {
         "slurm_partition": opts.partition,
@@ -163,14 +152,20 @@ def queue(
         timeout_min=opts.time_min,
         **{k: v for k, v in slurm_params.items() if v is not None},
     )
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):  # submitit echoes sbatch's stderr; we report it in one line
-            job = executor.submit(job_fn)
-    except submitit.core.utils.FailedJobError as e:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise LaunchError(_explain_rejection(str(e) or captured.getvalue(), opts)) from None
+    return executor
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and ``os.replace``: a crash leaves the old file or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_records(
+    job: Any, opts: LaunchOptions, run_dir: Path, argv: list[str], overrides: list[str], resubmit_hint: str
+) -> dict[str, str]:
+    """``launch.json`` (what was submitted, where its logs go) and ``command.sh`` (how to submit it again)."""
     root = Path.cwd()
     files = {
         "run_dir": str(run_dir),
@@ -193,15 +188,41 @@ def queue(
         **files,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "launch.json").write_text(json.dumps(record, indent=2) + "\n")
+    _write_text(run_dir / "launch.json", json.dumps(record, indent=2) + "\n")
     cmd = shlex.join([sys.executable, "-m", "dcls_vision.launch", *argv])
-    (run_dir / "command.sh").write_text(
+    _write_text(
+        run_dir / "command.sh",
         "#!/usr/bin/env bash\n"
         f"# Job {job.job_id}, submitted {record['submitted_at']}. Rerunning this submits the same job again;\n"
         f"# {resubmit_hint}.\n"
-        f"cd {shlex.quote(str(root))}\n{cmd}\n"
+        f"cd {shlex.quote(str(root))}\n{cmd}\n",
     )
     (run_dir / "command.sh").chmod(0o755)
+    return files
+
+
+def queue(
+    job_fn: Any,
+    opts: LaunchOptions,
+    run_dir: Path,
+    default_name: str,
+    argv: list[str],
+    overrides: list[str],
+    resubmit_hint: str,
+) -> Launch:
+    """Queue ``job_fn`` (a submitit Checkpointable) with ``opts``; logs under ``run_dir/slurm/<job id>/``, and
+    ``launch.json`` / ``command.sh`` (``python -m dcls_vision.launch ARGV``) in ``run_dir``."""
+    created = not run_dir.exists()
+    executor = _executor(opts, run_dir / "slurm", default_name)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):  # submitit echoes sbatch's stderr; we report it in one line
+            job = executor.submit(job_fn)
+    except submitit.core.utils.FailedJobError as e:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise LaunchError(_explain_rejection(str(e) or captured.getvalue(), opts)) from None
+    files = _write_records(job, opts, run_dir, argv, overrides, resubmit_hint)
     return Launch(job=job, run_dir=run_dir, files=files)
 
 
