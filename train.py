@@ -28,7 +28,7 @@ def _remove_if_empty(run_dir: Path) -> None:
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from dcls_vision.engine import ConfigError, NonFiniteLossError, train
-    from dcls_vision.launch.preemption import EXIT_PREEMPTED, Preempted
+    from dcls_vision.engine.preemption import EXIT_PREEMPTED, Preempted
 
     with open_dict(cfg):  # pin the run dir Hydra created (a later ${now:} would differ)
         cfg.trainer.output_dir = HydraConfig.get().runtime.output_dir

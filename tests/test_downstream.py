@@ -716,7 +716,7 @@ def test_downstream_job_resumes_when_requeued(tmp_path):
 
 
 def test_slurm_launch_rejects_bad_downstream_arguments(capsys):
-    from dcls_vision.launch.submit import main
+    from dcls_vision.launch.cli import main
 
     if shutil.which("sbatch") is None:
         pytest.skip("sbatch not installed (bash slurm/install.sh)")

@@ -22,7 +22,9 @@ import pytest
 import torch
 
 from dcls_vision.engine.checkpoint import load_checkpoint
-from dcls_vision.launch.submit import LaunchError, parse_args, submit, wait_for
+from dcls_vision.launch.jobs import submit
+from dcls_vision.launch.options import LaunchError, parse_args
+from dcls_vision.launch.slurm import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=quickstart", "data.train_subset=512", "data.val_subset=256", "trainer.batch_size=16",
@@ -333,7 +335,7 @@ def test_preemption_guard_signal_meanings():
     guard hands the stop signal to the handler that was there before, and restores every handler."""
     import signal
 
-    from dcls_vision.launch.preemption import NONE, SAVE, STOP, PreemptionGuard
+    from dcls_vision.engine.preemption import NONE, SAVE, STOP, PreemptionGuard
 
     calls = []
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from dcls_vision.launch.preemption import STOP, Preempted, PreemptionGuard
+from dcls_vision.engine.preemption import STOP, Preempted, PreemptionGuard
 from dcls_vision.ops import clamp_positions_, dcls_parameters
 
 from . import checkpoint as ckpt

@@ -2,6 +2,6 @@
 
 import sys
 
-from dcls_vision.launch.submit import main
+from dcls_vision.launch.cli import main
 
 sys.exit(main())

@@ -19,7 +19,8 @@ from typing import Any
 
 import submitit
 
-from .submit import Launch, LaunchError, LaunchOptions, _set_threads, preflight, queue, require_sbatch
+from .options import LaunchError, LaunchOptions
+from .slurm import Launch, preflight, queue, require_sbatch, set_threads
 
 
 def to_argv(args: argparse.Namespace) -> list[str]:
@@ -49,7 +50,7 @@ class DownstreamJob(submitit.helpers.Checkpointable):
 
         from dcls_vision.downstream.train import main
 
-        _set_threads()
+        set_threads()
         runner = main(self.train_argv)
         metrics = {k[len("val/"):]: float(v.current()) for k, v in runner.message_hub.log_scalars.items()
                    if k.startswith("val/")}

@@ -17,7 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .submit import LaunchError, LaunchOptions, preflight
+from .options import LaunchError, LaunchOptions
+from .slurm import preflight
 
 
 def launcher_options(launcher: DictConfig) -> LaunchOptions:

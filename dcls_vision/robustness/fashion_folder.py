@@ -46,7 +46,9 @@ def _data_cfg(args: argparse.Namespace) -> dict[str, Any]:
         return dict(state["config"]["data"])
     from omegaconf import OmegaConf
 
-    default = Path(__file__).resolve().parents[2] / "configs" / "data" / "fashion_mnist.yaml"
+    from dcls_vision.utils.paths import config_dir
+
+    default = config_dir() / "data" / "fashion_mnist.yaml"
     cfg = OmegaConf.to_container(OmegaConf.load(default))
     cfg.update({"root": args.data_root, "val_subset": args.val_subset})
     return cfg
