@@ -40,9 +40,20 @@ def _cfg(*overrides: str):
 def run_dir(tmp_path_factory) -> Path:
     """A real 1-epoch quickstart training (128 images, 8 steps, EMA on): last.pth, best.pth, best_ema.pth."""
     out = tmp_path_factory.mktemp("run")
-    cfg = _cfg("data.train_subset=128", "data.val_subset=32", "data.num_workers=0", "trainer.batch_size=16",
-               "sched=constant", "trainer.epochs=1", "trainer.ema.enabled=true", "trainer.ema.decay=0.5", "logger.wandb=false",
-               "logger.progress=false", *EXTRA, f"trainer.output_dir={out}")
+    cfg = _cfg(
+        "data.train_subset=128",
+        "data.val_subset=32",
+        "data.num_workers=0",
+        "trainer.batch_size=16",
+        "sched=constant",
+        "trainer.epochs=1",
+        "trainer.ema.enabled=true",
+        "trainer.ema.decay=0.5",
+        "logger.wandb=false",
+        "logger.progress=false",
+        *EXTRA,
+        f"trainer.output_dir={out}",
+    )
     train(cfg)
     return out
 
@@ -142,8 +153,7 @@ def test_plain_state_dict_needs_a_model_name(run_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="stores no model config; allowed: pass model_name=") as info:
         load_model(tmp_path / "mm.pth")
     assert info.value.reason == "no_config"
-    loaded = load_model(tmp_path / "mm.pth", model_name="dcls_quickstart", num_classes=10, in_chans=1, dim=16,
-                        depth=2)
+    loaded = load_model(tmp_path / "mm.pth", model_name="dcls_quickstart", num_classes=10, in_chans=1, dim=16, depth=2)
     assert (loaded.provenance.format, loaded.provenance.key, loaded.weights) == ("wrapped", "state_dict", "model")
     assert _same_weights(loaded.model, weights) and loaded.in_chans == 1 and loaded.num_classes == 10
 
@@ -172,8 +182,9 @@ def test_downstream_backbone_reads_through_the_factory(tmp_path):
     kwargs = {"dims": [16, 32, 64, 128], "depths": [1, 1, 2, 1], "dcls_dilated_kernel_size": 9, "dcls_kernel_count": 10}
     cfg = {"model": {"name": "convnext_tiny_dcls", "kwargs": kwargs}, "data": {"num_classes": 4, "in_chans": 3}}
     model, ema = build_model(cfg, 4, 3), build_model(cfg, 4, 3)
-    prefixed = {name: {f"module.{k}": v for k, v in m.state_dict().items()} for name, m in (("model", model),
-                                                                                           ("ema", ema))}
+    prefixed = {
+        name: {f"module.{k}": v for k, v in m.state_dict().items()} for name, m in (("model", model), ("ema", ema))
+    }
     atomic_save({**prefixed, "optimizer": {}, "config": cfg}, tmp_path / "last.pth")
     bb = DclsBackbone(model_kwargs=kwargs, checkpoint=str(tmp_path / "last.pth"), checkpoint_key="ema")
     bb.init_weights()

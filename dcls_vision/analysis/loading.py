@@ -38,8 +38,9 @@ def load(model: str | None = None, checkpoint: str | None = None, ema: bool = Fa
     raise AnalysisError("no model given; allowed: --model NAME (timm name) or --checkpoint PATH (file or run dir)")
 
 
-def example_input(loaded: LoadedModel, batch: int = 1, img_size: int | None = None,
-                  device: str | torch.device = "cpu", seed: int = 0) -> torch.Tensor:
+def example_input(
+    loaded: LoadedModel, batch: int = 1, img_size: int | None = None, device: str | torch.device = "cpu", seed: int = 0
+) -> torch.Tensor:
     """A reproducible standard-normal batch of the model's input shape."""
     h, w = (img_size, img_size) if img_size else loaded.img_size
     g = torch.Generator().manual_seed(seed)

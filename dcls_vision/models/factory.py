@@ -119,9 +119,16 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able summary the analysis reports carry."""
-        return {"name": self.name, "source": self.source, "num_classes": self.num_classes, "in_chans": self.in_chans,
-                "img_size": list(self.img_size), "epoch": self.epoch, "weights": self.weights,
-                "format": self.provenance.format}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "img_size": list(self.img_size),
+            "epoch": self.epoch,
+            "weights": self.weights,
+            "format": self.provenance.format,
+        }
 
 
 # ------------------------------------------------------------------------------------- build_model
@@ -180,8 +187,9 @@ def _read_ours(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mappi
         weights, key = "ema", "ema"
     epoch = obj.get("epoch", obj.get("next_epoch"))
     metrics = obj.get("metrics") if "optimizer" not in obj else None  # best*.pth: figures of these weights
-    info = CheckpointInfo(path, "ours", key, weights, dict(obj["config"]), None if epoch is None else int(epoch),
-                          metrics)
+    info = CheckpointInfo(
+        path, "ours", key, weights, dict(obj["config"]), None if epoch is None else int(epoch), metrics
+    )
     return obj[key], info
 
 
@@ -223,9 +231,11 @@ CHECKPOINT_FORMATS: list[CheckpointFormat] = [
         "ours",
         "ours: a train.py run's last.pth, best.pth, best_ema.pth or epoch_XXXX.pth (a dict with 'model' and "
         "'config' entries)",
-        lambda obj, path: isinstance(obj, Mapping)
-        and isinstance(obj.get("model"), Mapping)
-        and isinstance(obj.get("config"), Mapping),
+        lambda obj, path: (
+            isinstance(obj, Mapping)
+            and isinstance(obj.get("model"), Mapping)
+            and isinstance(obj.get("config"), Mapping)
+        ),
         _read_ours,
     ),
     CheckpointFormat(
@@ -234,8 +244,9 @@ CHECKPOINT_FORMATS: list[CheckpointFormat] = [
         lambda obj, path: _wrapped_key(obj) is not None,
         _read_wrapped,
     ),
-    CheckpointFormat("plain", "plain: a bare state dict (needs model_name=)", lambda obj, path: _is_state_dict(obj),
-                     _read_plain),
+    CheckpointFormat(
+        "plain", "plain: a bare state dict (needs model_name=)", lambda obj, path: _is_state_dict(obj), _read_plain
+    ),
 ]
 
 
@@ -263,21 +274,30 @@ def read_checkpoint(
     path, readers = Path(path), _formats(formats)
     allowed = "; ".join(f.description for f in readers)
     if not path.is_file():
-        raise ModelLoadError(f"checkpoint={str(path)!r} does not exist; allowed: a file in a format read here: "
-                             f"{allowed}", "missing", path)
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r} does not exist; allowed: a file in a format read here: {allowed}",
+            "missing",
+            path,
+        )
     try:
         obj = load_checkpoint(path, map_location=map_location)
     except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ModelLoadError(f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({first}); "
-                             f"allowed: {allowed}", "unreadable", path) from err
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({first}); allowed: {allowed}",
+            "unreadable",
+            path,
+        ) from err
     for fmt in readers:
         if fmt.detect(obj, path):
             state, info = fmt.read(obj, path, use_ema)
             return {strip_prefix(k): v for k, v in state.items()}, info
     found = f"keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
-    raise ModelLoadError(f"checkpoint={str(path)!r} is in none of the checkpoint formats read here (found {found}); "
-                         f"allowed: {allowed}", "unknown_format", path)
+    raise ModelLoadError(
+        f"checkpoint={str(path)!r} is in none of the checkpoint formats read here (found {found}); allowed: {allowed}",
+        "unknown_format",
+        path,
+    )
 
 
 # ------------------------------------------------------------------------------------- load_model
@@ -289,8 +309,12 @@ def resolve_checkpoint(source: str | os.PathLike, use_ema: bool = False) -> Path
     for name in (LAST, BEST_EMA if use_ema else BEST):
         if (path / name).is_file():
             return path / name
-    raise ModelLoadError(f"checkpoint={str(source)!r} is a directory without {LAST} or {BEST}; allowed: a checkpoint "
-                         "file or a run dir holding one", "missing", path)
+    raise ModelLoadError(
+        f"checkpoint={str(source)!r} is a directory without {LAST} or {BEST}; allowed: a checkpoint "
+        "file or a run dir holding one",
+        "missing",
+        path,
+    )
 
 
 def _is_timm_spec(source: str | os.PathLike) -> bool:
@@ -309,8 +333,9 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise ModelLoadError(f"model spec {spec!r}: {item!r} is not key=value; allowed: name:key=value,key=value",
-                                 "bad_spec")
+            raise ModelLoadError(
+                f"model spec {spec!r}: {item!r} is not key=value; allowed: name:key=value,key=value", "bad_spec"
+            )
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -328,10 +353,15 @@ def _data_from_run(config: Mapping[str, Any]) -> DataConfig:
     data = config.get("data") or {}
     size = int(data.get("test_img_size") or data.get("img_size") or 224)
     crop = data.get("crop_pct")
-    return DataConfig(int(data.get("num_classes") or 1000), int(data.get("in_chans") or 3), (size, size),
-                      None if crop is None else float(crop), data.get("interpolation"),
-                      tuple(float(v) for v in data.get("mean") or IMAGENET_MEAN),
-                      tuple(float(v) for v in data.get("std") or IMAGENET_STD))
+    return DataConfig(
+        int(data.get("num_classes") or 1000),
+        int(data.get("in_chans") or 3),
+        (size, size),
+        None if crop is None else float(crop),
+        data.get("interpolation"),
+        tuple(float(v) for v in data.get("mean") or IMAGENET_MEAN),
+        tuple(float(v) for v in data.get("std") or IMAGENET_STD),
+    )
 
 
 def _data_from_timm(model: nn.Module, in_chans: int | None = None) -> DataConfig:
@@ -342,8 +372,15 @@ def _data_from_timm(model: nn.Module, in_chans: int | None = None) -> DataConfig
     if len(mean) != in_chans:
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     crop = cfg.get("crop_pct")
-    return DataConfig(int(getattr(model, "num_classes", 0)), in_chans, (int(input_size[1]), int(input_size[2])),
-                      None if crop is None else float(crop), cfg.get("interpolation"), mean, std)
+    return DataConfig(
+        int(getattr(model, "num_classes", 0)),
+        in_chans,
+        (int(input_size[1]), int(input_size[2])),
+        None if crop is None else float(crop),
+        cfg.get("interpolation"),
+        mean,
+        std,
+    )
 
 
 def _from_timm(spec: str, overrides: dict[str, Any]) -> LoadedModel:
@@ -356,21 +393,29 @@ def _from_timm(spec: str, overrides: dict[str, Any]) -> LoadedModel:
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"cannot build model {spec!r}: {e}", "bad_spec") from e
     data = _data_from_timm(model, kwargs.get("in_chans"))
-    return LoadedModel(model.eval(), spec, {"name": name, "kwargs": kwargs}, data, "init",
-                       Provenance(f"timm:{spec}", "timm"))
+    return LoadedModel(
+        model.eval(), spec, {"name": name, "kwargs": kwargs}, data, "init", Provenance(f"timm:{spec}", "timm")
+    )
 
 
 def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     run_model = (info.config or {}).get("model")
     if isinstance(run_model, Mapping):
         if model_name is not None and model_name != run_model.get("name"):
-            raise ModelLoadError(f"model_name={model_name!r} but checkpoint={str(info.path)!r} was trained as "
-                                 f"{run_model.get('name')!r}; allowed: model_name=None", "mismatch", info.path)
+            raise ModelLoadError(
+                f"model_name={model_name!r} but checkpoint={str(info.path)!r} was trained as "
+                f"{run_model.get('name')!r}; allowed: model_name=None",
+                "mismatch",
+                info.path,
+            )
         cfg = dict(run_model)
     elif model_name is None:
-        raise ModelLoadError(f"checkpoint={str(info.path)!r} ({info.format} format) stores no model config; allowed: "
-                             "pass model_name=<timm name> (and num_classes=, in_chans= if not timm's defaults)",
-                             "no_config", info.path)
+        raise ModelLoadError(
+            f"checkpoint={str(info.path)!r} ({info.format} format) stores no model config; allowed: "
+            "pass model_name=<timm name> (and num_classes=, in_chans= if not timm's defaults)",
+            "no_config",
+            info.path,
+        )
     else:
         cfg = {"name": model_name}
     if overrides:
@@ -383,8 +428,11 @@ def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> 
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ModelLoadError(f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config "
-                             f"({first})", "mismatch", path) from err
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({first})",
+            "mismatch",
+            path,
+        ) from err
 
 
 def load_model(
@@ -416,5 +464,14 @@ def load_model(
     _load_weights(model, state, info.path)
     data = run_data if run_data is not None else _data_from_timm(model, in_chans)
     config = OmegaConf.create(info.config) if info.config else None
-    return LoadedModel(model.eval(), str(model_cfg["name"]), model_cfg, data, info.weights,
-                       Provenance(str(info.path), info.format, info.key), config, info.epoch, info.metrics)
+    return LoadedModel(
+        model.eval(),
+        str(model_cfg["name"]),
+        model_cfg,
+        data,
+        info.weights,
+        Provenance(str(info.path), info.format, info.key),
+        config,
+        info.epoch,
+        info.metrics,
+    )
