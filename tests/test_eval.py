@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from dcls_vision.data.fashion_mnist import DEFAULT_SOURCE
 from dcls_vision.engine import train
 from dcls_vision.engine.checkpoint import atomic_save, load_checkpoint
-from dcls_vision.engine.trainer import build_model
+from dcls_vision.models.factory import build_model
 from dcls_vision.robustness import (
     ALEXNET_ERRORS,
     IMAGENET_C,
@@ -560,7 +560,7 @@ def test_config_errors_name_the_key(run, tmp_path):
         assert message in str(info.value), str(info.value)
     not_ckpt = tmp_path / "weights.pth"
     torch.save({"state_dict": {}}, not_ckpt)
-    with pytest.raises(EvalConfigError, match="has no 'model' and 'config' entries"):
+    with pytest.raises(EvalConfigError, match="in none of the checkpoint formats read here .*'model' and 'config'"):
         run_eval(_eval_cfg(tmp_path / "y", f"checkpoint={not_ckpt}"))
 
 

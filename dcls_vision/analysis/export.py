@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dcls_vision.engine.checkpoint import atomic_save, load_checkpoint
 from dcls_vision.ops import convert_to_conv
+from dcls_vision.utils.io import atomic_save, load_checkpoint
 
 from .errors import AnalysisError
 

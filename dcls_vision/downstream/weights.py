@@ -1,6 +1,7 @@
 """Backbone weights from a checkpoint written by our trainer (or a plain timm/mmengine state dict).
 
-Why a loader of its own: mmengine's ``Pretrained`` init knows neither the trainer's layout (``model`` /
+Files are read by the model factory's checkpoint reader (one place for formats, EMA and ``module.`` prefixes).
+Why a mapping of its own: mmengine's ``Pretrained`` init knows neither the trainer's layout (``model`` /
 ``ema`` keys of ``last.pth``; ``best_ema.pth`` holds the EMA weights under ``model``) nor timm's key forms,
 and it would load classifier heads and stems with the wrong channel count silently or not at all.
 Loading is ``weights_only=True`` (no code execution). No mm package is needed here.
@@ -17,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dcls_vision.engine.checkpoint import load_checkpoint
+from dcls_vision.models.factory import ModelLoadError, strip_prefix
+from dcls_vision.models.factory import read_checkpoint as factory_read_checkpoint
 
 CHECKPOINT_KEYS = ("model", "ema")
-_PREFIXES = ("module.", "_orig_mod.")
 _HEAD_PREFIXES = ("head.", "head_", "fc.", "classifier.", "norm_pre.", "pre_logits.")
 _FEATURE_NET_RE = re.compile(r"^(stem|stages)_(\d+)\.")  # timm FeatureListNet names -> model names
 
@@ -28,52 +29,24 @@ _FEATURE_NET_RE = re.compile(r"^(stem|stages)_(\d+)\.")  # timm FeatureListNet n
 def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The state dict stored under ``key`` and the run's resolved config (``{}`` if none).
 
-    Accepts the trainer's ``last.pth`` (``model`` or ``ema``), ``best.pth`` / ``best_ema.pth`` (``model``),
-    an mmengine/timm file with ``state_dict``, or a bare state dict.
+    Read by the model factory's reader (:func:`dcls_vision.models.factory.read_checkpoint`): the trainer's
+    ``last.pth`` (``model`` or ``ema``), ``best.pth`` / ``best_ema.pth`` (``best_ema.pth``'s weights are EMA ones
+    under either key), an mmengine/timm file with ``state_dict``, or a bare state dict.
     """
     if key not in CHECKPOINT_KEYS:
         raise ValueError(f"checkpoint_key={key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint={str(path)!r} does not exist; allowed: a last.pth, best.pth, "
-            "best_ema.pth written by the trainer, or a state-dict file"
-        )
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"checkpoint={str(path)!r} holds a {type(ckpt).__name__}; allowed: a dict")
-    config = dict(ckpt.get("config") or {}) if isinstance(ckpt.get("config", None), Mapping) else {}
-    if any(k in ckpt for k in CHECKPOINT_KEYS):
-        state = ckpt.get(key)
-        if state is None:
-            have = [k for k in CHECKPOINT_KEYS if ckpt.get(k) is not None]
+    try:
+        state, info = factory_read_checkpoint(path, use_ema=key == "ema")
+    except ModelLoadError as err:
+        if err.reason == "missing":
+            raise FileNotFoundError(str(err)) from err
+        if err.reason == "no_ema":
             raise ValueError(
-                f"checkpoint_key={key!r} has no weights in {path.name} (best*.pth hold one set under "
-                f"'model'; a run without EMA saves ema=None); allowed for this file: {', '.join(have)}"
-            )
-        return dict(state), config
-    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
-        if key != "model":
-            raise ValueError(f"checkpoint_key={key!r} is not in {path.name} (a plain state dict); allowed: model")
-        return dict(ckpt["state_dict"]), config
-    if ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
-        if key != "model":
-            raise ValueError(f"checkpoint_key={key!r} is not in {path.name} (a plain state dict); allowed: model")
-        return dict(ckpt), config
-    raise ValueError(
-        f"checkpoint={str(path)!r} has none of the keys {', '.join(CHECKPOINT_KEYS)}, state_dict; "
-        "allowed: a trainer checkpoint or a state dict"
-    )
-
-
-def _strip(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-    return name
+                f"checkpoint_key={key!r} has no weights in {Path(path).name} (best*.pth hold one set under "
+                "'model'; a run without EMA saves ema=None; a state dict holds one set); allowed for this file: model"
+            ) from err
+        raise
+    return state, dict(info.config or {})
 
 
 def map_state_dict(
@@ -100,7 +73,7 @@ def map_state_dict(
     report: dict[str, list[str]] = {"dropped": [], "skipped": [], "adapted": [], "unexpected": [], "mismatched": []}
     mapped_names: set[str] = set()
     for raw, value in state.items():
-        name = _strip(raw)
+        name = strip_prefix(raw)
         if name not in wanted:
             name = _FEATURE_NET_RE.sub(r"\1.\2.", name)
         if name not in wanted:

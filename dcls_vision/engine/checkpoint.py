@@ -1,8 +1,7 @@
-"""Atomic, ``weights_only``-loadable checkpoints and RNG state capture.
+"""The trainer's checkpoint files: epoch copies, temp-file clean-up and RNG state capture.
 
-Files are written to a temporary file in the target directory, fsynced, then ``os.replace``d, so a run
-killed at any moment leaves either the previous or the new file, never a torn one. Contents are tensors
-and primitive containers only, so ``torch.load(path, weights_only=True)`` works (no pickled objects).
+The atomic write and the safe (``weights_only=True``) read live one layer down in :mod:`dcls_vision.utils.io`
+(the model factory and the downstream backbones use them too); they are re-exported here for the trainer.
 """
 
 from __future__ import annotations
@@ -10,49 +9,28 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-LAST, BEST, BEST_EMA = "last.pth", "best.pth", "best_ema.pth"
+from dcls_vision.utils.io import BEST, BEST_EMA, LAST, atomic_save, load_checkpoint
+
+__all__ = [
+    "BEST",
+    "BEST_EMA",
+    "LAST",
+    "atomic_save",
+    "clean_temp_files",
+    "epoch_checkpoints",
+    "load_checkpoint",
+    "prune_epoch_checkpoints",
+    "rng_state",
+    "set_rng_state",
+]
+
 _EPOCH_RE = re.compile(r"^epoch_(\d{4,})\.pth$")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file in the same dir + fsync + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``: no code execution)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def epoch_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dcls_vision.engine.preemption import STOP, Preempted, PreemptionGuard
+from dcls_vision.models.factory import build_model
 from dcls_vision.ops import clamp_positions_, dcls_parameters
 
 from . import checkpoint as ckpt
@@ -96,18 +97,6 @@ def _container(node: Any) -> dict[str, Any]:
     if node is None:
         return {}
     return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
-
-
-def build_model(cfg: DictConfig, num_classes: int, in_chans: int) -> nn.Module:
-    import timm
-
-    import dcls_vision.models  # noqa: F401  (registers the DCLS models)
-
-    kwargs = _container(cfg.model.get("kwargs"))
-    drop_path = cfg.model.get("drop_path_rate")
-    if drop_path is not None:
-        kwargs["drop_path_rate"] = drop_path
-    return timm.create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 def _amp_context(device: torch.device, dtype: str | None) -> contextlib.AbstractContextManager:

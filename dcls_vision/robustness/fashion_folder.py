@@ -38,7 +38,7 @@ def export_val_folder(data_cfg: Mapping[str, Any], out: Path) -> int:
 
 def _data_cfg(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint:
-        from dcls_vision.engine.checkpoint import load_checkpoint
+        from dcls_vision.utils.io import load_checkpoint
 
         state = load_checkpoint(args.checkpoint)
         if "config" not in state:

@@ -1,0 +1,477 @@
+"""Config → model and checkpoint → model, in one place.
+
+:func:`build_model` is how a run config becomes a network (the trainer's call): ``timm.create_model`` of
+``model.name`` with ``model.kwargs`` and ``model.drop_path_rate``. :func:`load_model` gives a ready model (eval
+mode) from any source: one of our checkpoints (rebuilt from the run config stored in it), a run dir, a bare or
+wrapped state dict (with ``model_name=``) or a timm model spec, with its data config, which weights were loaded
+and where they came from. Files are read with ``weights_only=True`` by the first matching reader of
+:data:`CHECKPOINT_FORMATS`; teaching the factory a new source (published releases) is appending a reader.
+This module sits in the models layer: it imports ops/utils/timm, never engine, data or anything above.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from dcls_vision.utils.io import BEST, BEST_EMA, LAST, load_checkpoint
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".tar")
+
+
+class ModelLoadError(ValueError):
+    """A source that cannot become a model; the message is one line naming the file/value and what is allowed.
+
+    ``reason`` lets callers that speak another option vocabulary (``--ema``, ``checkpoint_key``) rephrase:
+    ``missing``, ``unreadable``, ``unknown_format``, ``no_ema``, ``no_config``, ``mismatch``, ``bad_spec``.
+    """
+
+    def __init__(self, message: str, reason: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.path = reason, path
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class DataConfig:
+    """What feeding the model needs: classes, channels, eval size, crop, interpolation, normalisation."""
+
+    num_classes: int
+    in_chans: int
+    img_size: tuple[int, int]
+    crop_pct: float | None
+    interpolation: str | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a state dict came from: file, format, entry, weights label and what the file says about them."""
+
+    path: Path
+    format: str  # a CheckpointFormat name
+    key: str | None  # the file entry holding the weights ("model", "ema", "state_dict"; None: the file itself)
+    weights: str  # "model" or "ema"
+    config: dict[str, Any] | None = None  # the run's resolved config (our checkpoints)
+    epoch: int | None = None
+    metrics: dict[str, Any] | None = None  # best*.pth: the trainer's val figures for these weights
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the weights of a :class:`LoadedModel` came from."""
+
+    source: str  # the checkpoint path, or "timm:<spec>"
+    format: str  # "ours", "wrapped", "plain" or "timm"
+    key: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its data config, which weights it holds and their provenance."""
+
+    model: nn.Module
+    name: str  # model.name of the run, or the timm spec
+    model_cfg: dict[str, Any]  # name, kwargs (, drop_path_rate): what build_model was given
+    data: DataConfig
+    weights: str  # "model", "ema", or "init" (a freshly initialised timm model)
+    provenance: Provenance
+    config: DictConfig | None = None  # the training run's resolved config (our checkpoints)
+    epoch: int | None = None
+    stored_metrics: dict[str, Any] | None = None  # best.pth / best_ema.pth: the trainer's val figures
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.provenance.source
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.data.in_chans
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.data.img_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.data.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.data.std
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-able summary the analysis reports carry."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "img_size": list(self.img_size),
+            "epoch": self.epoch,
+            "weights": self.weights,
+            "format": self.provenance.format,
+        }
+
+
+# ------------------------------------------------------------------------------------- build_model
+def _plain(node: Any) -> dict[str, Any]:
+    if node is None:
+        return {}
+    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
+
+
+def build_model(model_cfg: Mapping[str, Any], num_classes: int, in_chans: int) -> nn.Module:
+    """The network of a run config: ``timm.create_model(name, **kwargs, drop_path_rate=...)``.
+
+    ``model_cfg`` is the model group (``name``, ``kwargs``, ``drop_path_rate``) or a whole run config holding it
+    under ``model`` (the trainer passes its config).
+    """
+    inner = model_cfg.get("model")
+    node = inner if isinstance(inner, Mapping) else model_cfg
+    kwargs = _plain(node.get("kwargs"))
+    drop_path = node.get("drop_path_rate")
+    if drop_path is not None:
+        kwargs["drop_path_rate"] = drop_path
+    return timm.create_model(str(node["name"]), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+# ------------------------------------------------------------------------------- checkpoint formats
+def strip_prefix(name: str) -> str:
+    """``name`` without ``module.`` / ``_orig_mod.`` wrapper prefixes (DDP, torch.compile), however nested."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def _no_ema(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"use_ema=true but checkpoint={str(path)!r} holds no EMA weights ({why}); allowed: use_ema=false, or "
+        "last.pth / best_ema.pth of a run with trainer.ema.enabled=true",
+        "no_ema",
+        path,
+    )
+
+
+def _read_ours(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    """The trainer's files. ``best_ema.pth`` holds EMA weights under ``model`` (``save_best``): labelled "ema"."""
+    weights, key = ("ema" if path.name == BEST_EMA else "model"), "model"
+    if use_ema and weights != "ema":
+        if obj.get("ema") is None:
+            raise _no_ema(path, "trained with trainer.ema.enabled=false, or a best.pth: one set under 'model'")
+        weights, key = "ema", "ema"
+    epoch = obj.get("epoch", obj.get("next_epoch"))
+    metrics = obj.get("metrics") if "optimizer" not in obj else None  # best*.pth: figures of these weights
+    info = CheckpointInfo(
+        path, "ours", key, weights, dict(obj["config"]), None if epoch is None else int(epoch), metrics
+    )
+    return obj[key], info
+
+
+def _wrapped_key(obj: Any) -> str | None:
+    if not isinstance(obj, Mapping):
+        return None
+    return next((k for k in ("state_dict", "model") if _is_state_dict(obj.get(k))), None)
+
+
+def _read_wrapped(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    """A state dict under ``state_dict`` (timm, mmengine) or ``model`` (without a run config), maybe with ``ema``."""
+    key, weights = _wrapped_key(obj), "model"
+    if use_ema:
+        if not _is_state_dict(obj.get("ema")):
+            raise _no_ema(path, f"a state dict under {key!r} without an 'ema' entry")
+        key, weights = "ema", "ema"
+    config = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
+    return obj[key], CheckpointInfo(path, "wrapped", key, weights, None if config is None else dict(config))
+
+
+def _read_plain(obj: Mapping[str, Tensor], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    if use_ema:
+        raise _no_ema(path, "a bare state dict: one set of weights")
+    return obj, CheckpointInfo(path, "plain", None, "model")
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One kind of checkpoint file: ``detect(obj, path)`` says if a loaded file is one, ``read`` takes its weights."""
+
+    name: str
+    description: str  # for the error that lists the formats understood
+    detect: Callable[[Any, Path], bool]
+    read: Callable[[Any, Path, bool], tuple[Mapping[str, Tensor], CheckpointInfo]]
+
+
+CHECKPOINT_FORMATS: list[CheckpointFormat] = [
+    CheckpointFormat(
+        "ours",
+        "ours: a train.py run's last.pth, best.pth, best_ema.pth or epoch_XXXX.pth (a dict with 'model' and "
+        "'config' entries)",
+        lambda obj, path: (
+            isinstance(obj, Mapping)
+            and isinstance(obj.get("model"), Mapping)
+            and isinstance(obj.get("config"), Mapping)
+        ),
+        _read_ours,
+    ),
+    CheckpointFormat(
+        "wrapped",
+        "wrapped: a state dict under 'state_dict' or 'model' (timm, mmengine; needs model_name=)",
+        lambda obj, path: _wrapped_key(obj) is not None,
+        _read_wrapped,
+    ),
+    CheckpointFormat(
+        "plain", "plain: a bare state dict (needs model_name=)", lambda obj, path: _is_state_dict(obj), _read_plain
+    ),
+]
+
+
+def _formats(names: Sequence[str] | None) -> list[CheckpointFormat]:
+    if names is None:
+        return list(CHECKPOINT_FORMATS)
+    known = {f.name: f for f in CHECKPOINT_FORMATS}
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"formats={list(names)!r}: {bad[0]!r} is not a checkpoint format; allowed: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    use_ema: bool = False,
+    map_location: str | torch.device = "cpu",
+    formats: Sequence[str] | None = None,
+) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """The (EMA) state dict of a checkpoint file, wrapper prefixes stripped, and what the file says about it.
+
+    Read with ``weights_only=True``; the first of :data:`CHECKPOINT_FORMATS` (or of ``formats``) that detects
+    the file reads it. Raises :class:`ModelLoadError` naming the file and the formats understood.
+    """
+    path, readers = Path(path), _formats(formats)
+    allowed = "; ".join(f.description for f in readers)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r} does not exist; allowed: a file in a format read here: {allowed}",
+            "missing",
+            path,
+        )
+    try:
+        obj = load_checkpoint(path, map_location=map_location)
+    except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({first}); allowed: {allowed}",
+            "unreadable",
+            path,
+        ) from err
+    for fmt in readers:
+        if fmt.detect(obj, path):
+            state, info = fmt.read(obj, path, use_ema)
+            return {strip_prefix(k): v for k, v in state.items()}, info
+    found = f"keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    raise ModelLoadError(
+        f"checkpoint={str(path)!r} is in none of the checkpoint formats read here (found {found}); allowed: {allowed}",
+        "unknown_format",
+        path,
+    )
+
+
+# ------------------------------------------------------------------------------------- load_model
+def resolve_checkpoint(source: str | os.PathLike, use_ema: bool = False) -> Path:
+    """A checkpoint file, or a run dir's ``last.pth`` (else ``best_ema.pth`` with ``use_ema``, ``best.pth``)."""
+    path = Path(source)
+    if not path.is_dir():
+        return path  # a missing file is reported by read_checkpoint, with the formats understood
+    for name in (LAST, BEST_EMA if use_ema else BEST):
+        if (path / name).is_file():
+            return path / name
+    raise ModelLoadError(
+        f"checkpoint={str(source)!r} is a directory without {LAST} or {BEST}; allowed: a checkpoint "
+        "file or a run dir holding one",
+        "missing",
+        path,
+    )
+
+
+def _is_timm_spec(source: str | os.PathLike) -> bool:
+    """``timm:...``, or a string that is neither an existing path nor shaped like one (no ``/``, no .pth)."""
+    if not isinstance(source, str):
+        return False
+    if source.startswith("timm:"):
+        return True
+    return not (os.path.exists(source) or os.sep in source or source.endswith(_FILE_SUFFIXES))
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name:key=value,key=value"`` (values parsed as JSON when they can be) -> (name, kwargs)."""
+    name, _, rest = spec.removeprefix("timm:").partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ModelLoadError(
+                f"model spec {spec!r}: {item!r} is not key=value; allowed: name:key=value,key=value", "bad_spec"
+            )
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    if not timm.is_model(name):
+        raise ModelLoadError(
+            f"model {name!r} is not a registered timm model; allowed: a timm.list_models() name such as "
+            "convnext_tiny, convnext_tiny_dcls, convnext_tiny_dcls_gauss, dcls_quickstart",
+            "bad_spec",
+        )
+    return name, kwargs
+
+
+def _data_from_run(config: Mapping[str, Any]) -> DataConfig:
+    data = config.get("data") or {}
+    size = int(data.get("test_img_size") or data.get("img_size") or 224)
+    crop = data.get("crop_pct")
+    return DataConfig(
+        int(data.get("num_classes") or 1000),
+        int(data.get("in_chans") or 3),
+        (size, size),
+        None if crop is None else float(crop),
+        data.get("interpolation"),
+        tuple(float(v) for v in data.get("mean") or IMAGENET_MEAN),
+        tuple(float(v) for v in data.get("std") or IMAGENET_STD),
+    )
+
+
+def _data_from_timm(model: nn.Module, in_chans: int | None = None) -> DataConfig:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+    in_chans = int(in_chans or input_size[0])
+    mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    if len(mean) != in_chans:
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    crop = cfg.get("crop_pct")
+    return DataConfig(
+        int(getattr(model, "num_classes", 0)),
+        in_chans,
+        (int(input_size[1]), int(input_size[2])),
+        None if crop is None else float(crop),
+        cfg.get("interpolation"),
+        mean,
+        std,
+    )
+
+
+def _from_timm(spec: str, overrides: dict[str, Any]) -> LoadedModel:
+    """A freshly initialised timm model (weights "init"): the analysis tools' ``--model``."""
+    spec = spec.removeprefix("timm:")
+    name, kwargs = parse_model_spec(spec)
+    kwargs = {**kwargs, **overrides}
+    try:
+        model = timm.create_model(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"cannot build model {spec!r}: {e}", "bad_spec") from e
+    data = _data_from_timm(model, kwargs.get("in_chans"))
+    return LoadedModel(
+        model.eval(), spec, {"name": name, "kwargs": kwargs}, data, "init", Provenance(f"timm:{spec}", "timm")
+    )
+
+
+def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    run_model = (info.config or {}).get("model")
+    if isinstance(run_model, Mapping):
+        if model_name is not None and model_name != run_model.get("name"):
+            raise ModelLoadError(
+                f"model_name={model_name!r} but checkpoint={str(info.path)!r} was trained as "
+                f"{run_model.get('name')!r}; allowed: model_name=None",
+                "mismatch",
+                info.path,
+            )
+        cfg = dict(run_model)
+    elif model_name is None:
+        raise ModelLoadError(
+            f"checkpoint={str(info.path)!r} ({info.format} format) stores no model config; allowed: "
+            "pass model_name=<timm name> (and num_classes=, in_chans= if not timm's defaults)",
+            "no_config",
+            info.path,
+        )
+    else:
+        cfg = {"name": model_name}
+    if overrides:
+        cfg["kwargs"] = {**_plain(cfg.get("kwargs")), **overrides}
+    return cfg
+
+
+def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({first})",
+            "mismatch",
+            path,
+        ) from err
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    use_ema: bool = False,
+    map_location: str | torch.device = "cpu",
+    model_name: str | None = None,
+    formats: Sequence[str] | None = None,
+    **overrides: Any,
+) -> LoadedModel:
+    """A model in eval mode from a checkpoint file, a run dir or a timm spec (``"timm:name:k=v"`` or a bare name).
+
+    Checkpoints are rebuilt with :func:`build_model` from the run config they store (``model_name=`` for state
+    dicts without one) and their weights (``use_ema``: the EMA ones) loaded strictly. ``overrides``: more
+    ``timm.create_model`` kwargs (``num_classes`` / ``in_chans`` replace the run's). ``formats`` restricts the
+    readers (eval.py needs ``("ours",)``: its data config comes from the run).
+    """
+    if _is_timm_spec(source):
+        return _from_timm(str(source), overrides)
+    state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema, map_location, formats)
+    num_classes, in_chans = overrides.pop("num_classes", None), overrides.pop("in_chans", None)
+    model_cfg = _model_cfg(info, model_name, overrides)
+    run_data = _data_from_run(info.config) if info.config else None
+    if run_data is not None:
+        num_classes, in_chans = num_classes or run_data.num_classes, in_chans or run_data.in_chans
+        run_data = replace(run_data, num_classes=int(num_classes), in_chans=int(in_chans))
+    model = build_model(model_cfg, int(num_classes or 1000), int(in_chans or 3))
+    _load_weights(model, state, info.path)
+    data = run_data if run_data is not None else _data_from_timm(model, in_chans)
+    config = OmegaConf.create(info.config) if info.config else None
+    return LoadedModel(
+        model.eval(),
+        str(model_cfg["name"]),
+        model_cfg,
+        data,
+        info.weights,
+        Provenance(str(info.path), info.format, info.key),
+        config,
+        info.epoch,
+        info.metrics,
+    )
