@@ -383,7 +383,7 @@ def test_imagefolder_checkpoint_val_matches_trainer_evaluate(folders, tmp_path, 
     (one default for both, issue 15 item 9)."""
     from dcls_vision.data import build_datasets
     from dcls_vision.engine.loader import EpochLoader
-    from dcls_vision.engine.trainer import evaluate
+    from dcls_vision.engine.evaluate import evaluate
 
     clean, _ = folders
     for split in ("train", "val"):

@@ -9,7 +9,8 @@ from .config import ConfigError, validate_config
 from .distributed import init_distributed
 from .optim import apply_lr_scale, create_optimizer, create_scheduler, param_groups
 from .repulsive import repulsive_loss, repulsive_term
-from .trainer import NonFiniteLossError, Trainer, evaluate, train
+from .evaluate import evaluate
+from .trainer import NonFiniteLossError, Trainer, train
 
 __all__ = [
     "ConfigError",
