@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # run by torchrun (see test_dist_bn_*): make the worktree importable
     sys.path.insert(0, str(ROOT))
 
-from dcls_vision.engine import ConfigError, train, validate_config  # noqa: E402
-from dcls_vision.engine import checkpointing  # noqa: E402
+from dcls_vision.engine import ConfigError, checkpointing, train, validate_config  # noqa: E402
 from dcls_vision.engine import trainer as trainer_mod  # noqa: E402
 from dcls_vision.engine.checkpoint import load_checkpoint  # noqa: E402
 

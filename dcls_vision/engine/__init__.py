@@ -7,9 +7,9 @@ integration reuses them); ``train(cfg)`` takes a composed Hydra/OmegaConf config
 from .checkpoint import atomic_save, load_checkpoint
 from .config import ConfigError, validate_config
 from .distributed import init_distributed
+from .evaluate import evaluate
 from .optim import apply_lr_scale, create_optimizer, create_scheduler, param_groups
 from .repulsive import repulsive_loss, repulsive_term
-from .evaluate import evaluate
 from .trainer import NonFiniteLossError, Trainer, train
 
 __all__ = [

@@ -41,9 +41,15 @@ def build_mixup(cfg: DictConfig, num_classes: int) -> Any:
     mixup, cutmix = float(aug.get("mixup", 0.0) or 0.0), float(aug.get("cutmix", 0.0) or 0.0)
     if mixup <= 0 and cutmix <= 0:
         return None
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=float(aug.get("mixup_prob", 1.0)),
-                 switch_prob=float(aug.get("switch_prob", 0.5)), mode=aug.get("mixup_mode", "batch"),
-                 label_smoothing=float(aug.get("label_smoothing", 0.0) or 0.0), num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        prob=float(aug.get("mixup_prob", 1.0)),
+        switch_prob=float(aug.get("switch_prob", 0.5)),
+        mode=aug.get("mixup_mode", "batch"),
+        label_smoothing=float(aug.get("label_smoothing", 0.0) or 0.0),
+        num_classes=num_classes,
+    )
 
 
 def build_loss(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple[Any, nn.Module]:
@@ -79,18 +85,28 @@ def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.dev
     train_ds, val_ds, num_classes = build_datasets(cfg.data, cfg.aug)
     workers = int(cfg.data.get("num_workers", 0) or 0)
     pin = device.type == "cuda"
-    train_loader = EpochLoader(train_ds, int(tcfg.batch_size), train=True, num_replicas=world_size, rank=rank,
-                               seed=seed, num_workers=workers, pin_memory=pin)
+    train_loader = EpochLoader(
+        train_ds,
+        int(tcfg.batch_size),
+        train=True,
+        num_replicas=world_size,
+        rank=rank,
+        seed=seed,
+        num_workers=workers,
+        pin_memory=pin,
+    )
     val_bs = int(tcfg.get("val_batch_size") or tcfg.batch_size)
-    val_loader = EpochLoader(val_ds, val_bs, train=False, num_replicas=world_size, rank=rank, seed=seed,
-                             num_workers=workers, pin_memory=pin)
+    val_loader = EpochLoader(
+        val_ds, val_bs, train=False, num_replicas=world_size, rank=rank, seed=seed, num_workers=workers, pin_memory=pin
+    )
     # a last group of fewer than ``accum`` micro-batches is still an update (timm's train.py does the same)
     batches_per_epoch = train_loader.batches_per_epoch()
     updates_per_epoch = -(-batches_per_epoch // accum)
     if updates_per_epoch < 1:
         raise ConfigError(
             f"trainer.batch_size={tcfg.batch_size} (x accum={accum} x world={world_size}) is larger than the "
-            f"training set ({len(train_ds)} samples); allowed: a smaller batch, accum or more data")
+            f"training set ({len(train_ds)} samples); allowed: a smaller batch, accum or more data"
+        )
     return Loaders(train_loader, val_loader, int(num_classes), batches_per_epoch, updates_per_epoch)
 
 
@@ -105,10 +121,16 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> tor
     for key in ("betas", "eps"):
         if ocfg.get(key) is not None:
             opt_kwargs[key] = tuple(ocfg[key]) if key == "betas" else float(ocfg[key])
-    return create_optimizer(model, opt=ocfg.name, lr=lr, weight_decay=float(ocfg.weight_decay),
-                            pos_lr_scale=float(ocfg.get("pos_lr_scale", POSITION_LR_SCALE)),
-                            layer_decay=ocfg.get("layer_decay"),
-                            momentum=float(ocfg.get("momentum", 0.9)), **opt_kwargs)
+    return create_optimizer(
+        model,
+        opt=ocfg.name,
+        lr=lr,
+        weight_decay=float(ocfg.weight_decay),
+        pos_lr_scale=float(ocfg.get("pos_lr_scale", POSITION_LR_SCALE)),
+        layer_decay=ocfg.get("layer_decay"),
+        momentum=float(ocfg.get("momentum", 0.9)),
+        **opt_kwargs,
+    )
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int) -> Any:
@@ -116,10 +138,17 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: i
     scfg = cfg.sched
     sched_kwargs = _container(scfg.get("kwargs"))
     return create_scheduler(
-        optimizer, scfg.name, epochs, updates_per_epoch, warmup_epochs=scfg.get("warmup_epochs", 0),
-        warmup_lr=float(scfg.get("warmup_lr", 0.0)), min_lr=float(scfg.get("min_lr", 0.0)),
-        cooldown_epochs=int(scfg.get("cooldown_epochs", 0)), step_on_epochs=bool(scfg.get("step_on_epochs", False)),
-        **sched_kwargs)
+        optimizer,
+        scfg.name,
+        epochs,
+        updates_per_epoch,
+        warmup_epochs=scfg.get("warmup_epochs", 0),
+        warmup_lr=float(scfg.get("warmup_lr", 0.0)),
+        min_lr=float(scfg.get("min_lr", 0.0)),
+        cooldown_epochs=int(scfg.get("cooldown_epochs", 0)),
+        step_on_epochs=bool(scfg.get("step_on_epochs", False)),
+        **sched_kwargs,
+    )
 
 
 def build_logger_cfg(cfg: DictConfig) -> dict[str, Any] | None:
@@ -127,8 +156,12 @@ def build_logger_cfg(cfg: DictConfig) -> dict[str, Any] | None:
     lcfg = cfg.logger
     if not lcfg.get("wandb", False):
         return None
-    return {"mode": lcfg.get("wandb_mode"), "project": lcfg.get("project"), "entity": lcfg.get("entity"),
-            "name": lcfg.get("name") or cfg.get("experiment_name")}
+    return {
+        "mode": lcfg.get("wandb_mode"),
+        "project": lcfg.get("project"),
+        "entity": lcfg.get("entity"),
+        "name": lcfg.get("name") or cfg.get("experiment_name"),
+    }
 
 
 __all__ = [

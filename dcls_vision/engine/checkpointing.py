@@ -31,8 +31,7 @@ class TrainState:
     next_epoch: int = 0
     next_batch: int = 0  # micro-batches already done in ``next_epoch`` (mid-epoch checkpoints)
     global_step: int = 0  # optimizer updates so far
-    best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1, "ema_top1": -1.0,
-                                                          "ema_epoch": -1})
+    best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1, "ema_top1": -1.0, "ema_epoch": -1})
 
 
 @dataclass
@@ -80,9 +79,19 @@ def setup_run_dir(requested: Path, rank: int) -> Path:
 class CheckpointManager:
     """Saves and restores one run's training state in its run dir (``rank``/``world`` of this process)."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, rank: int, world: int, model: nn.Module,
-                 ema: ModelEma | None, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler, sampler: dict[str, int]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        rank: int,
+        world: int,
+        model: nn.Module,
+        ema: ModelEma | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler,
+        sampler: dict[str, int],
+    ) -> None:
         self.run_dir, self.cfg, self.rank, self.world = run_dir, cfg, rank, world
         self.model, self.ema, self.optimizer, self.scheduler, self.scaler = model, ema, optimizer, scheduler, scaler
         self.sampler = sampler  # seed and batch_size of the train sampler
@@ -106,8 +115,13 @@ class CheckpointManager:
             "global_step": state.global_step,
             "best": dict(state.best),
             "rng": rngs,
-            "sampler": {"seed": self.sampler["seed"], "epoch": state.next_epoch, "start_batch": state.next_batch,
-                        "batch_size": self.sampler["batch_size"], "world_size": self.world},
+            "sampler": {
+                "seed": self.sampler["seed"],
+                "epoch": state.next_epoch,
+                "start_batch": state.next_batch,
+                "batch_size": self.sampler["batch_size"],
+                "world_size": self.world,
+            },
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "wandb_id": wandb_id,
         }
@@ -133,8 +147,15 @@ class CheckpointManager:
     def save_best(self, name: str, weights: dict[str, Tensor], epoch: int, metrics: dict[str, Any]) -> None:
         """``best.pth`` / ``best_ema.pth``: weights, epoch, metrics and config (rank 0)."""
         if self.rank == 0:
-            ckpt.atomic_save({"model": weights, "epoch": epoch, "metrics": metrics,
-                              "config": OmegaConf.to_container(self.cfg, resolve=True)}, self.run_dir / name)
+            ckpt.atomic_save(
+                {
+                    "model": weights,
+                    "epoch": epoch,
+                    "metrics": metrics,
+                    "config": OmegaConf.to_container(self.cfg, resolve=True),
+                },
+                self.run_dir / name,
+            )
 
     def resume(self) -> Resumed:
         """Load the checkpoint :func:`choose_resume_source` picks (run dir ``last.pth`` > ``trainer.resume``).
@@ -159,8 +180,12 @@ class CheckpointManager:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        counters = TrainState(next_epoch=int(state["next_epoch"]), next_batch=int(state["next_batch"]),
-                              global_step=int(state["global_step"]), best=dict(state["best"]))
+        counters = TrainState(
+            next_epoch=int(state["next_epoch"]),
+            next_batch=int(state["next_batch"]),
+            global_step=int(state["global_step"]),
+            best=dict(state["best"]),
+        )
         self.scheduler.step_update(counters.global_step)
         rngs = state.get("rng") or []
         rng = rngs[self.rank] if len(rngs) == self.world else None

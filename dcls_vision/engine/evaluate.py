@@ -23,8 +23,15 @@ def amp_context(device: torch.device, dtype: str | None) -> contextlib.AbstractC
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: EpochLoader, device: torch.device, amp: str | None = None,
-             channels_last: bool = False, logger: RunLogger | None = None, desc: str = "val") -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: EpochLoader,
+    device: torch.device,
+    amp: str | None = None,
+    channels_last: bool = False,
+    logger: RunLogger | None = None,
+    desc: str = "val",
+) -> dict[str, float]:
     """Top-1/top-5 (%) and CE loss over the whole val set; counts are summed over ranks, so exact."""
     was_training = model.training
     model.eval()
@@ -46,9 +53,15 @@ def evaluate(model: nn.Module, loader: EpochLoader, device: torch.device, amp: s
         k = min(5, out.shape[1])
         top = out.topk(k, dim=1).indices
         hit = top.eq(y[:, None])
-        stats += torch.stack([hit[:, 0].sum().double(), hit.any(1).sum().double(), torch.tensor(len(y), device=device,
-                             dtype=torch.float64), nn.functional.cross_entropy(out, y, reduction="sum").double(),
-                             torch.ones((), dtype=torch.float64, device=device)])
+        stats += torch.stack(
+            [
+                hit[:, 0].sum().double(),
+                hit.any(1).sum().double(),
+                torch.tensor(len(y), device=device, dtype=torch.float64),
+                nn.functional.cross_entropy(out, y, reduction="sum").double(),
+                torch.ones((), dtype=torch.float64, device=device),
+            ]
+        )
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -57,8 +70,13 @@ def evaluate(model: nn.Module, loader: EpochLoader, device: torch.device, amp: s
     model.train(was_training)
     n = max(stats[2].item(), 1.0)
     expected = float(len(loader.loader.dataset))
-    return {"top1": 100.0 * stats[0].item() / n, "top5": 100.0 * stats[1].item() / n, "loss": stats[3].item() / n,
-            "samples": int(stats[2].item()), "skipped": int(max(0.0, expected - stats[2].item()))}
+    return {
+        "top1": 100.0 * stats[0].item() / n,
+        "top5": 100.0 * stats[1].item() / n,
+        "loss": stats[3].item() / n,
+        "samples": int(stats[2].item()),
+        "skipped": int(max(0.0, expected - stats[2].item())),
+    }
 
 
 __all__ = ["amp_context", "evaluate"]

@@ -22,9 +22,9 @@ from dcls_vision.data import SkipBadImageFolder, build_datasets
 from dcls_vision.data.paths import resolve_path
 from dcls_vision.engine.config import amp_dtype
 from dcls_vision.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
+from dcls_vision.engine.evaluate import evaluate
 from dcls_vision.engine.loader import EpochLoader
 from dcls_vision.engine.runlog import RunLogger
-from dcls_vision.engine.evaluate import evaluate
 
 from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, coverage_note, severity_folder_names
 from .classes import ClassListError, checkpoint_classes, class_folders, subset_logit_indices
