@@ -22,6 +22,7 @@ from dcls_vision.engine.checkpoint import (
     set_rng_state,
 )
 from dcls_vision.engine.ema import ModelEma
+from dcls_vision.engine.optim import POSITION_LR_SCALE, param_rule, timm_layer_decay
 from dcls_vision.engine.repulsive import repulsive_loss, repulsive_term
 from dcls_vision.ops import Dcls2d, dcls_parameters, share_positions
 
@@ -99,6 +100,41 @@ def test_optimizer_lr_after_scheduler_step(opt, layer_decay):
     else:
         assert _group_of(optimizer, stem_w)["lr"] == pytest.approx(value)
 
+
+
+def test_param_groups_with_layer_ids_is_the_downstream_rule():
+    """What the mmengine constructor (downstream/optim.py) asks of the shared param_groups, without mmengine:
+    ids from a layer_id_fn, scales from a layer_scale_fn, no model.no_weight_decay(), groups sorted by (id, kind).
+    Positions/σ get POSITION_LR_SCALE × their layer's scale and weight decay 0, through the same param_rule."""
+    model = _quickstart()
+    ids = {"stem": 0, "stages": 1, "norm": 3, "head": 3}
+    layer_of = lambda name: 2 if name.startswith("stages.1") else ids[name.split(".")[0]]  # noqa: E731
+    groups = param_groups(model, lr=1.0, weight_decay=0.05, layer_id_fn=layer_of,
+                          layer_scale_fn=lambda lid: 0.5 ** (3 - lid), no_weight_decay=(), sort_by_layer=True)
+    names = [g["name"] for g in groups]
+    assert names == sorted(names, key=lambda n: (int(n.split("_")[1]), n.split("_", 2)[2]))
+    assert all(n.startswith("layer_") for n in names)
+    dcls = dcls_parameters(model)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_id) == len(list(model.parameters()))
+    for kind in ("positions", "sigma"):
+        for p in dcls[kind]:
+            g = by_id[id(p)]
+            layer = int(g["name"].split("_")[1])
+            assert g["name"].endswith(kind) and g["weight_decay"] == 0.0
+            assert g["lr_scale"] == POSITION_LR_SCALE * 0.5 ** (3 - layer)
+    w = model.stages[1].mlp.fc1.weight
+    assert (by_id[id(w)]["name"], by_id[id(w)]["lr_scale"], by_id[id(w)]["weight_decay"]) == ("layer_2_decay", 0.5,
+                                                                                               0.05)
+    assert param_rule("x.bias", torch.zeros(3, 3), 0.05, None, ()) == ("no_decay", 0.0, 1.0)
+    assert param_rule("x.w", torch.zeros(3, 3), 0.05, "sigma", ()) == ("sigma", 0.0, POSITION_LR_SCALE)
+    assert param_rule("x.w", torch.zeros(3, 3), 0.05, None, {"x.w"}) == ("no_decay", 0.0, 1.0)
+    assert param_rule("x.w", torch.zeros(3, 3), 0.05, None, ()) == ("decay", 0.05, 1.0)
+    # the trainer's layer_decay path is the same function with timm's ids: identical to passing them explicitly
+    via_decay = param_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    explicit = param_groups(model, 1.0, 0.05, *timm_layer_decay(model, 0.5))
+    strip = lambda gs: [(g["name"], g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in gs]  # noqa: E731
+    assert strip(via_decay) == strip(explicit)
 
 def test_optimizer_respects_group_weight_decay():
     """A step with zero gradients must leave wd-0 tensors (positions) untouched, and shrink decayed weights."""

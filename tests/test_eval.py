@@ -382,8 +382,8 @@ def test_imagefolder_checkpoint_val_matches_trainer_evaluate(folders, tmp_path, 
     same top-1 as the trainer's own ``evaluate`` on ``build_datasets``' val split; also with data.crop_pct null
     (one default for both, issue 15 item 9)."""
     from dcls_vision.data import build_datasets
+    from dcls_vision.engine.evaluate import evaluate
     from dcls_vision.engine.loader import EpochLoader
-    from dcls_vision.engine.trainer import evaluate
 
     clean, _ = folders
     for split in ("train", "val"):

@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dcls_vision.engine import NonFiniteLossError, train
+from dcls_vision.engine import builders as builders_mod
 from dcls_vision.engine import trainer as trainer_mod
 from dcls_vision.engine.checkpoint import load_checkpoint
 from dcls_vision.ops import dcls_layers, dcls_parameters
@@ -168,7 +169,7 @@ def test_clamp_after_optimizer_step(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     run_dir = tmp_path / "nan"
-    real = trainer_mod.build_criterion
+    real = builders_mod.build_criterion
     calls = {"n": 0}
 
     class NanAfterFirstEpoch(torch.nn.Module):
@@ -181,7 +182,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             value = self.crit(out, target)
             return value * float("nan") if calls["n"] > 8 + 2 else value  # 8 steps in epoch 1, NaN at step 3
 
-    monkeypatch.setattr(trainer_mod, "build_criterion", NanAfterFirstEpoch)
+    monkeypatch.setattr(builders_mod, "build_criterion", NanAfterFirstEpoch)
     with pytest.raises(NonFiniteLossError, match=r"loss=nan at epoch 2 step 3 \(global step 11\)") as info:
         train(_cfg(run_dir, "trainer.ckpt_interval_steps=1"))
     assert "last good checkpoint kept" in str(info.value)

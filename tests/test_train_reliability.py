@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # run by torchrun (see test_dist_bn_*): make the worktree importable
     sys.path.insert(0, str(ROOT))
 
-from dcls_vision.engine import ConfigError, train, validate_config  # noqa: E402
+from dcls_vision.engine import ConfigError, checkpointing, train, validate_config  # noqa: E402
 from dcls_vision.engine import trainer as trainer_mod  # noqa: E402
 from dcls_vision.engine.checkpoint import load_checkpoint  # noqa: E402
 
@@ -69,17 +69,17 @@ def _epochs(run_dir: Path) -> list[int]:
 def test_resume_source_precedence(tmp_path):
     own = tmp_path / "run" / "last.pth"
     seed = tmp_path / "seed.pth"
-    assert trainer_mod.choose_resume_source(own, [("trainer.resume", None)]) == (None, None)
-    path, note = trainer_mod.choose_resume_source(own, [("trainer.resume", str(seed)), ("init", "x.pth")])
+    assert checkpointing.choose_resume_source(own, [("trainer.resume", None)]) == (None, None)
+    path, note = checkpointing.choose_resume_source(own, [("trainer.resume", str(seed)), ("init", "x.pth")])
     assert path == seed and note == f"resuming from trainer.resume={seed} (the run dir has no last.pth yet)"
     own.parent.mkdir()
     own.write_bytes(b"")
-    path, note = trainer_mod.choose_resume_source(own, [("trainer.resume", str(seed))])
+    path, note = checkpointing.choose_resume_source(own, [("trainer.resume", str(seed))])
     assert path == own
     assert note == f"resuming from run dir {own} (trainer.resume={seed} ignored: the run dir already has a checkpoint)"
-    assert trainer_mod.choose_resume_source(own, [("trainer.resume", str(own))])[1] == f"resuming from run dir {own}"
+    assert checkpointing.choose_resume_source(own, [("trainer.resume", str(own))])[1] == f"resuming from run dir {own}"
     # trainer.auto_resume=false: the run dir is not consulted, trainer.resume wins
-    assert trainer_mod.choose_resume_source(None, [("trainer.resume", str(seed))])[0] == seed
+    assert checkpointing.choose_resume_source(None, [("trainer.resume", str(seed))])[0] == seed
 
 
 def test_requeued_run_with_trainer_resume_continues_its_run_dir(tmp_path):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcls_vision.engine.optim import POSITION_LR_SCALE
 from dcls_vision.models.dclsify import stage_of
 from dcls_vision.ops import DclsLayer, dcls_layers
 
@@ -133,7 +134,7 @@ def speed_curves(run_dir: str | Path) -> dict[str, Any]:
     if config.is_file():
         from omegaconf import OmegaConf
 
-        pos_lr_scale = OmegaConf.load(config).get("optim", {}).get("pos_lr_scale", 5.0)
+        pos_lr_scale = OmegaConf.load(config).get("optim", {}).get("pos_lr_scale", POSITION_LR_SCALE)
     return {
         "epochs": [int(r["epoch"]) + 1 for r in records],
         "lr": [r.get("lr") for r in records],

@@ -6,11 +6,12 @@ only their 5× LR: ``.P`` tensors get ``no_decay_dcls`` groups with weight decay
 is overwritten by the layer's decay scale (DESIGN.md §1, §2). Here the groups are those of ConvNeXt's recipe
 (see :mod:`.layer_decay`), split by identity (``dcls_parameters``, shared tensors once) into ``decay``
 (``weight_decay``), ``no_decay`` (ndim ≤ 1 and biases: 0) and ``positions`` / ``sigma`` (``pos_lr_scale`` × the
-layer's LR, weight decay 0), exactly as the trainer's :func:`dcls_vision.engine.optim.param_groups` does for
-classification.
+layer's LR, weight decay 0) by the trainer's own :func:`dcls_vision.engine.optim.param_groups` (the rule lives in
+:func:`~dcls_vision.engine.optim.param_rule`), given the backbone's layer ids.
 
 ``paramwise_cfg`` keys: ``decay_rate`` (default 1.0 = no decay), ``decay_type`` (``layer_wise`` /
-``stage_wise``), ``num_layers`` (default from the backbone: 6 for T / S18, 12 for S / B), ``pos_lr_scale`` (5.0).
+``stage_wise``), ``num_layers`` (default from the backbone: 6 for T / S18, 12 for S / B), ``pos_lr_scale`` (default
+:data:`~dcls_vision.engine.optim.POSITION_LR_SCALE`).
 A stage-shared positions tensor gets the id of the first block that uses it (as the trainer does).
 """
 
@@ -22,7 +23,7 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from torch import nn
 
-from dcls_vision.ops import dcls_parameters
+from dcls_vision.engine.optim import POSITION_LR_SCALE, param_groups
 
 from . import layer_decay
 
@@ -50,7 +51,7 @@ class DclsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 f"paramwise_cfg.num_layers={num!r} is invalid; allowed: an int >= 4, or None (from the "
                 "backbone's depths)"
             )
-        scale = cfg.setdefault("pos_lr_scale", 5.0)
+        scale = cfg.setdefault("pos_lr_scale", POSITION_LR_SCALE)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
             raise ValueError(f"paramwise_cfg.pos_lr_scale={scale!r} is invalid; allowed: a float > 0")
         super().__init__(optim_wrapper_cfg, paramwise_cfg=None)
@@ -70,33 +71,25 @@ class DclsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         num_layers = cfg["num_layers"]
         if num_layers is None:
             num_layers = backbone.default_num_layers() if has_ids else 0
-        special = {id(p): kind for kind, ps in dcls_parameters(module).items() for p in ps}
-        groups: dict[tuple[int, str], dict[str, Any]] = {}
-        for name, p in module.named_parameters():  # a shared tensor is yielded once
-            if not p.requires_grad:
-                continue
+
+        def layer_id_fn(name: str) -> int:
             if has_ids and name.startswith("backbone."):
-                lid = backbone.layer_id(name[len("backbone.") :], decay_type, num_layers)
-            else:
-                lid = num_layers + 1
-            if id(p) in special:
-                kind, wd, mult = special[id(p)], 0.0, pos_scale
-            elif p.ndim <= 1 or name.endswith(".bias"):
-                kind, wd, mult = "no_decay", 0.0, 1.0
-            else:
-                kind, wd, mult = "decay", float(self.base_wd or 0.0), 1.0
-            key = (lid, kind)
-            if key not in groups:
-                scale = layer_decay.lr_scale(lid, rate, num_layers) * mult
-                groups[key] = {
-                    "params": [],
-                    "lr": self.base_lr * scale,
-                    "weight_decay": wd,
-                    "lr_scale": scale,
-                    "group_name": f"layer_{lid}_{kind}",
-                }
-            groups[key]["params"].append(p)
-        ordered = [groups[k] for k in sorted(groups)]
+                return backbone.layer_id(name[len("backbone.") :], decay_type, num_layers)
+            return num_layers + 1
+
+        ordered = param_groups(
+            module,
+            self.base_lr,
+            float(self.base_wd or 0.0),
+            layer_id_fn=layer_id_fn,
+            layer_scale_fn=lambda lid: layer_decay.lr_scale(lid, rate, num_layers),
+            pos_lr_scale=pos_scale,
+            no_weight_decay=(),
+            sort_by_layer=True,
+        )
+        for g in ordered:  # mmengine's convention: ``lr`` already scaled, the name under ``group_name``
+            g["lr"] = self.base_lr * g["lr_scale"]
+            g["group_name"] = g.pop("name")
         summary = ", ".join(
             f"{g['group_name']}: {len(g['params'])} tensors lr×{g['lr_scale']:.4g} wd {g['weight_decay']}"
             for g in ordered

@@ -7,9 +7,10 @@ integration reuses them); ``train(cfg)`` takes a composed Hydra/OmegaConf config
 from .checkpoint import atomic_save, load_checkpoint
 from .config import ConfigError, validate_config
 from .distributed import init_distributed
+from .evaluate import evaluate
 from .optim import apply_lr_scale, create_optimizer, create_scheduler, param_groups
 from .repulsive import repulsive_loss, repulsive_term
-from .trainer import NonFiniteLossError, Trainer, evaluate, train
+from .trainer import NonFiniteLossError, Trainer, train
 
 __all__ = [
     "ConfigError",

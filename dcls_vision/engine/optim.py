@@ -1,23 +1,27 @@
 """Optimizer parameter groups that keep the DCLS training rules, and timm optimizer/scheduler factories.
 
-DCLS rules (DESIGN.md §2): positions and σ get ``lr × pos_lr_scale`` (default 5) and weight decay 0, also
-under layer-wise LR decay (where the reference code silently loses the 5×). Groups carry ``lr_scale``,
-which timm schedulers (and :func:`apply_lr_scale` for other schedulers) multiply into ``lr``.
+DCLS rules (DESIGN.md §2): positions and σ get ``lr × pos_lr_scale`` (default :data:`POSITION_LR_SCALE` = 5) and
+weight decay 0, also under layer-wise LR decay (where the reference code silently loses the 5×); :func:`param_rule`
+is the one place deciding it, for the trainer and the mmengine constructor (``dcls_vision.downstream.optim``).
+Groups carry ``lr_scale``, which timm schedulers (and :func:`apply_lr_scale` for other schedulers) multiply into ``lr``.
 
-:func:`param_groups` has no Hydra dependency: the mmdet/mmseg integration reuses it.
+:func:`param_groups` has no Hydra or mmengine dependency: the mmdet/mmseg constructor reuses it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dcls_vision.ops import dcls_parameters
 
 OPTIMIZERS = ("adamw", "adam", "lamb", "lambw", "sgd", "momentum", "nesterov", "lars", "rmsproptf", "nadamw", "lion")
+POSITION_LR_SCALE = 5.0
+"""LR multiplier of DCLS positions and σ (thesis: 5× the LR of their layer, weight decay 0; docs/design.md)."""
+
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt", "none")
 
 
@@ -31,57 +35,90 @@ def _layer_map(model: nn.Module) -> dict[str, int]:
     return auto_group_layers(model)
 
 
+def param_rule(
+    name: str,
+    p: Tensor,
+    weight_decay: float,
+    dcls_kind: str | None,
+    no_weight_decay: Collection[str],
+    pos_lr_scale: float = POSITION_LR_SCALE,
+) -> tuple[str, float, float]:
+    """The DCLS rule for one parameter: ``(group kind, weight decay, lr multiplier)``.
+
+    The one place that decides it, for classification and mmdet/mmseg fine-tuning alike: positions and σ
+    (``dcls_kind``, from :func:`dcls_parameters`) get ``pos_lr_scale`` × their layer's LR and weight decay 0;
+    ndim ≤ 1 tensors, biases and ``no_weight_decay`` names no decay; everything else ``weight_decay``.
+    """
+    if dcls_kind is not None:
+        return dcls_kind, 0.0, pos_lr_scale
+    if p.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay:
+        return "no_decay", 0.0, 1.0
+    return "decay", weight_decay, 1.0
+
+
+def timm_layer_decay(
+    model: nn.Module, layer_decay: float, min_scale: float = 0.0
+) -> tuple[Callable[[str], int], Callable[[int], float]]:
+    """``(layer_id_fn, layer_scale_fn)`` for timm/BEiT layer decay: ``layer_decay ** (max_layer − layer_id)``.
+
+    Layer ids come from timm's group_matcher; a name it does not cover gets the last layer (scale 1).
+    """
+    layer_of = _layer_map(model)
+    num_layers = max(layer_of.values()) + 1 if layer_of else 1
+    scales = [max(min_scale, layer_decay ** (num_layers - 1 - i)) for i in range(num_layers)]
+    return (lambda name: layer_of.get(name, num_layers - 1)), scales.__getitem__
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
     weight_decay: float,
-    pos_lr_scale: float = 5.0,
+    layer_id_fn: Callable[[str], int] | None = None,
+    layer_scale_fn: Callable[[int], float] | None = None,
+    pos_lr_scale: float = POSITION_LR_SCALE,
     layer_decay: float | None = None,
     no_weight_decay: Collection[str] | None = None,
     layer_decay_min_scale: float = 0.0,
+    sort_by_layer: bool = False,
 ) -> list[dict[str, Any]]:
-    """Split ``model``'s trainable parameters into optimizer groups.
+    """Split ``model``'s trainable parameters into one optimizer group per (layer id, kind).
 
-    - DCLS positions/σ (found by identity via :func:`dcls_parameters`, shared tensors once): weight decay 0,
-      ``lr_scale = pos_lr_scale × layer_scale``.
-    - ndim ≤ 1 tensors (norms, biases) and ``model.no_weight_decay()`` names (or ``no_weight_decay``): no decay.
-    - everything else: ``weight_decay``.
-    - with ``layer_decay``: ``layer_scale = layer_decay ** (max_layer − layer_id)`` (timm/BEiT convention).
+    Kinds and their weight decay / LR multiplier come from :func:`param_rule` (positions/σ found by identity,
+    shared tensors once). ``lr_scale = layer_scale_fn(layer id) × multiplier``. Layer ids come from
+    ``layer_id_fn(name)`` (e.g. a backbone's ``layer_id`` in :mod:`dcls_vision.downstream.optim`) or, with
+    ``layer_decay``, from timm's group_matcher (:func:`timm_layer_decay`); with neither, one layer of scale 1.
+    ``no_weight_decay`` defaults to ``model.no_weight_decay()``.
 
-    Every group has ``lr`` (the base LR, unscaled), ``lr_scale``, ``weight_decay`` and ``name``. timm
-    schedulers set ``lr = value × lr_scale``; without one, call :func:`apply_lr_scale` once.
+    Every group has ``lr`` (the base LR, unscaled), ``lr_scale``, ``weight_decay`` and ``name`` (prefixed
+    ``layer_<id>_`` when there are layer ids). timm schedulers set ``lr = value × lr_scale``; without one,
+    call :func:`apply_lr_scale` once. Groups are in first-seen order, or by (layer id, kind) if ``sort_by_layer``.
     """
-    dcls = dcls_parameters(model)
-    special = {id(p): kind for kind, params in dcls.items() for p in params}
+    special = {id(p): kind for kind, params in dcls_parameters(model).items() for p in params}
     if no_weight_decay is None:
         no_weight_decay = set(getattr(model, "no_weight_decay", lambda: set())())
     no_weight_decay = set(no_weight_decay)
-
-    layer_of: dict[str, int] = {}
-    scales: list[float] = [1.0]
-    if layer_decay is not None:
-        layer_of = _layer_map(model)
-        num_layers = max(layer_of.values()) + 1 if layer_of else 1
-        scales = [max(layer_decay_min_scale, layer_decay ** (num_layers - 1 - i)) for i in range(num_layers)]
+    if layer_id_fn is None and layer_decay is not None:
+        layer_id_fn, layer_scale_fn = timm_layer_decay(model, layer_decay, layer_decay_min_scale)
+    layer_scale_fn = layer_scale_fn or (lambda _layer: 1.0)
 
     groups: dict[tuple[int, str], dict[str, Any]] = {}
     for name, p in model.named_parameters():  # named_parameters() yields a shared tensor once
         if not p.requires_grad:
             continue
-        layer = layer_of.get(name, len(scales) - 1)
-        if id(p) in special:
-            kind, wd, scale = special[id(p)], 0.0, pos_lr_scale
-        elif p.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay:
-            kind, wd, scale = "no_decay", 0.0, 1.0
-        else:
-            kind, wd, scale = "decay", weight_decay, 1.0
+        layer = layer_id_fn(name) if layer_id_fn is not None else 0
+        kind, wd, mult = param_rule(name, p, weight_decay, special.get(id(p)), no_weight_decay, pos_lr_scale)
         key = (layer, kind)
         if key not in groups:
-            prefix = f"layer_{layer}_" if layer_decay is not None else ""
-            groups[key] = {"params": [], "lr": lr, "lr_scale": scales[layer] * scale, "weight_decay": wd,
-                           "name": prefix + kind}
+            prefix = f"layer_{layer}_" if layer_id_fn is not None else ""
+            groups[key] = {
+                "params": [],
+                "lr": lr,
+                "lr_scale": layer_scale_fn(layer) * mult,
+                "weight_decay": wd,
+                "name": prefix + kind,
+            }
         groups[key]["params"].append(p)
-    return list(groups.values())
+    return [groups[k] for k in sorted(groups)] if sort_by_layer else list(groups.values())
 
 
 def apply_lr_scale(optimizer: torch.optim.Optimizer, lr: float | None = None) -> None:
@@ -96,7 +133,7 @@ def create_optimizer(
     opt: str,
     lr: float,
     weight_decay: float,
-    pos_lr_scale: float = 5.0,
+    pos_lr_scale: float = POSITION_LR_SCALE,
     layer_decay: float | None = None,
     momentum: float = 0.9,
     **kwargs: Any,
@@ -129,9 +166,16 @@ def create_scheduler(
     if sched == "none":
         sched, warmup_epochs = "constant", 0
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=sched, num_epochs=epochs, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr,
-        min_lr=min_lr, cooldown_epochs=cooldown_epochs, step_on_epochs=step_on_epochs,
-        updates_per_epoch=updates_per_epoch, **kwargs,
+        optimizer,
+        sched=sched,
+        num_epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=warmup_lr,
+        min_lr=min_lr,
+        cooldown_epochs=cooldown_epochs,
+        step_on_epochs=step_on_epochs,
+        updates_per_epoch=updates_per_epoch,
+        **kwargs,
     )
     return scheduler
 
@@ -139,7 +183,13 @@ def create_scheduler(
 def group_summary(optimizer: torch.optim.Optimizer) -> list[Mapping[str, Any]]:
     """Per group: name, #tensors, #elements, lr, lr_scale, weight_decay (for logs and tests)."""
     return [
-        {"name": g.get("name", str(i)), "tensors": len(g["params"]), "numel": sum(p.numel() for p in g["params"]),
-         "lr": g["lr"], "lr_scale": g.get("lr_scale", 1.0), "weight_decay": g["weight_decay"]}
+        {
+            "name": g.get("name", str(i)),
+            "tensors": len(g["params"]),
+            "numel": sum(p.numel() for p in g["params"]),
+            "lr": g["lr"],
+            "lr_scale": g.get("lr_scale", 1.0),
+            "weight_decay": g["weight_decay"],
+        }
         for i, g in enumerate(optimizer.param_groups)
     ]

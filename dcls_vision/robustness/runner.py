@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on any subset of ImageNet val, -C, -C-bar, -A, -R and -Sketch (thesis Table 2.5).
 
-Each split goes through the trainer's own :func:`~dcls_vision.engine.trainer.evaluate` (exact counts summed over
+Each split goes through the trainer's own :func:`~dcls_vision.engine.evaluate.evaluate` (exact counts summed over
 torchrun ranks, unreadable images skipped and counted, progress bars on rank 0). A benchmark whose folder is not
 set, missing or empty gets a one-line message and the others still run; a partial ImageNet-C(-bar) folder is
 evaluated on what is there and flagged as partial, and so is one with unusable splits (each skipped and named).
@@ -22,9 +22,9 @@ from dcls_vision.data import SkipBadImageFolder, build_datasets
 from dcls_vision.data.paths import resolve_path
 from dcls_vision.engine.config import amp_dtype
 from dcls_vision.engine.distributed import barrier, broadcast_object, cleanup, init_distributed
+from dcls_vision.engine.evaluate import evaluate
 from dcls_vision.engine.loader import EpochLoader
 from dcls_vision.engine.runlog import RunLogger
-from dcls_vision.engine.trainer import evaluate
 
 from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, coverage_note, severity_folder_names
 from .classes import ClassListError, checkpoint_classes, class_folders, subset_logit_indices

@@ -1,0 +1,176 @@
+"""What a training run is built from, out of its config: loaders, criterion, mixup, optimizer and scheduler.
+
+Each builder takes the composed Hydra config (and what it needs from the run: world size, rank, device, model) and
+returns timm/torch objects; :class:`~dcls_vision.engine.trainer.Trainer` only wires them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .config import ConfigError
+from .loader import EpochLoader
+from .optim import POSITION_LR_SCALE, create_optimizer, create_scheduler
+
+
+def build_criterion(cfg: DictConfig, mixup_active: bool) -> nn.Module:
+    """Training loss, as timm's train.py picks it (mixup → soft targets; BCE optional)."""
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    smoothing = float(cfg.aug.get("label_smoothing", 0.0) or 0.0)
+    if cfg.trainer.get("loss", "ce") == "bce":
+        thresh = cfg.trainer.get("bce_target_thresh", None)
+        return BinaryCrossEntropy(smoothing=0.0 if mixup_active else smoothing, target_threshold=thresh)
+    if mixup_active:
+        return SoftTargetCrossEntropy()
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def build_mixup(cfg: DictConfig, num_classes: int) -> Any:
+    """timm's Mixup/CutMix from ``aug``, or None when both alphas are 0."""
+    from timm.data import Mixup
+
+    aug = cfg.aug
+    mixup, cutmix = float(aug.get("mixup", 0.0) or 0.0), float(aug.get("cutmix", 0.0) or 0.0)
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        prob=float(aug.get("mixup_prob", 1.0)),
+        switch_prob=float(aug.get("switch_prob", 0.5)),
+        mode=aug.get("mixup_mode", "batch"),
+        label_smoothing=float(aug.get("label_smoothing", 0.0) or 0.0),
+        num_classes=num_classes,
+    )
+
+
+def build_loss(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple[Any, nn.Module]:
+    """``(mixup or None, criterion on device)``; the criterion takes soft targets when mixup is on."""
+    mixup = build_mixup(cfg, num_classes)
+    return mixup, build_criterion(cfg, mixup is not None).to(device)
+
+
+def _container(node: Any) -> dict[str, Any]:
+    """A plain dict from an optional DictConfig/dict node."""
+    if node is None:
+        return {}
+    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
+
+
+@dataclass
+class Loaders:
+    """Train/val loaders and the epoch arithmetic that follows from them."""
+
+    train: EpochLoader
+    val: EpochLoader
+    num_classes: int
+    batches_per_epoch: int  # micro-batches per rank
+    updates_per_epoch: int  # optimizer steps, a last shorter group included
+
+
+def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.device, accum: int) -> Loaders:
+    """Datasets and their rank-sharded loaders; a batch larger than the training set is a config error."""
+    from dcls_vision.data import build_datasets
+
+    tcfg = cfg.trainer
+    seed = int(tcfg.seed)
+    train_ds, val_ds, num_classes = build_datasets(cfg.data, cfg.aug)
+    workers = int(cfg.data.get("num_workers", 0) or 0)
+    pin = device.type == "cuda"
+    train_loader = EpochLoader(
+        train_ds,
+        int(tcfg.batch_size),
+        train=True,
+        num_replicas=world_size,
+        rank=rank,
+        seed=seed,
+        num_workers=workers,
+        pin_memory=pin,
+    )
+    val_bs = int(tcfg.get("val_batch_size") or tcfg.batch_size)
+    val_loader = EpochLoader(
+        val_ds, val_bs, train=False, num_replicas=world_size, rank=rank, seed=seed, num_workers=workers, pin_memory=pin
+    )
+    # a last group of fewer than ``accum`` micro-batches is still an update (timm's train.py does the same)
+    batches_per_epoch = train_loader.batches_per_epoch()
+    updates_per_epoch = -(-batches_per_epoch // accum)
+    if updates_per_epoch < 1:
+        raise ConfigError(
+            f"trainer.batch_size={tcfg.batch_size} (x accum={accum} x world={world_size}) is larger than the "
+            f"training set ({len(train_ds)} samples); allowed: a smaller batch, accum or more data"
+        )
+    return Loaders(train_loader, val_loader, int(num_classes), batches_per_epoch, updates_per_epoch)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> torch.optim.Optimizer:
+    """timm optimizer over the DCLS parameter groups; ``optim.lr`` is scaled by global batch / ``lr_base_batch``."""
+    ocfg = cfg.optim
+    lr = float(ocfg.lr)
+    base_batch = ocfg.get("lr_base_batch")
+    if base_batch:
+        lr = lr * global_batch / int(base_batch)
+    opt_kwargs = _container(ocfg.get("kwargs"))
+    for key in ("betas", "eps"):
+        if ocfg.get(key) is not None:
+            opt_kwargs[key] = tuple(ocfg[key]) if key == "betas" else float(ocfg[key])
+    return create_optimizer(
+        model,
+        opt=ocfg.name,
+        lr=lr,
+        weight_decay=float(ocfg.weight_decay),
+        pos_lr_scale=float(ocfg.get("pos_lr_scale", POSITION_LR_SCALE)),
+        layer_decay=ocfg.get("layer_decay"),
+        momentum=float(ocfg.get("momentum", 0.9)),
+        **opt_kwargs,
+    )
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int) -> Any:
+    """timm scheduler from ``sched``, stepped per optimizer update."""
+    scfg = cfg.sched
+    sched_kwargs = _container(scfg.get("kwargs"))
+    return create_scheduler(
+        optimizer,
+        scfg.name,
+        epochs,
+        updates_per_epoch,
+        warmup_epochs=scfg.get("warmup_epochs", 0),
+        warmup_lr=float(scfg.get("warmup_lr", 0.0)),
+        min_lr=float(scfg.get("min_lr", 0.0)),
+        cooldown_epochs=int(scfg.get("cooldown_epochs", 0)),
+        step_on_epochs=bool(scfg.get("step_on_epochs", False)),
+        **sched_kwargs,
+    )
+
+
+def build_logger_cfg(cfg: DictConfig) -> dict[str, Any] | None:
+    """The wandb settings for :class:`~dcls_vision.engine.runlog.RunLogger`, or None without wandb."""
+    lcfg = cfg.logger
+    if not lcfg.get("wandb", False):
+        return None
+    return {
+        "mode": lcfg.get("wandb_mode"),
+        "project": lcfg.get("project"),
+        "entity": lcfg.get("entity"),
+        "name": lcfg.get("name") or cfg.get("experiment_name"),
+    }
+
+
+__all__ = [
+    "Loaders",
+    "build_criterion",
+    "build_loaders",
+    "build_logger_cfg",
+    "build_loss",
+    "build_mixup",
+    "build_optimizer",
+    "build_scheduler",
+]

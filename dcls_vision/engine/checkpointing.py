@@ -1,0 +1,195 @@
+"""A run dir's checkpoints: what goes into them, atomic ``last``/``best`` saves, and where a run resumes from.
+
+``last.pth`` holds everything a run needs to continue exactly (model, EMA, optimizer, scheduler, scaler,
+counters, every rank's RNG state, sampler position, resolved config); ``epoch_XXXX.pth`` are hard links to it,
+pruned to ``trainer.keep_last``; ``best.pth`` / ``best_ema.pth`` hold weights, epoch, metrics and config only.
+All writes are rank 0's and atomic (:func:`~dcls_vision.engine.checkpoint.atomic_save`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .distributed import barrier, broadcast_object
+from .ema import ModelEma
+
+
+@dataclass
+class TrainState:
+    """Counters and best metrics that go into every checkpoint."""
+
+    next_epoch: int = 0
+    next_batch: int = 0  # micro-batches already done in ``next_epoch`` (mid-epoch checkpoints)
+    global_step: int = 0  # optimizer updates so far
+    best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1, "ema_top1": -1.0, "ema_epoch": -1})
+
+
+@dataclass
+class Resumed:
+    """What :meth:`CheckpointManager.resume` restored: where from, why, the counters, this rank's RNG state."""
+
+    state: TrainState
+    path: Path | None = None
+    note: str | None = None
+    rng: dict[str, Any] | None = None  # set for a full checkpoint written by the same world size
+    wandb_id: str | None = None
+
+
+def choose_resume_source(run_dir_last: Path | None, seeds: list[tuple[str, Any]]) -> tuple[Path | None, str | None]:
+    """The checkpoint a run starts from, and one line saying why.
+
+    The run dir's own ``last.pth`` wins once it exists: a requeued or re-run job must continue its own
+    progress, not restart from ``trainer.resume`` every time. ``seeds`` (``(config key, path)`` in priority
+    order, e.g. ``trainer.resume`` then an init checkpoint) only seed a run dir that has no checkpoint yet.
+    """
+    given = [(key, Path(str(value))) for key, value in seeds if value]
+    if run_dir_last is not None and run_dir_last.is_file():
+        ignored = ", ".join(f"{key}={path}" for key, path in given if path.resolve() != run_dir_last.resolve())
+        why = f" ({ignored} ignored: the run dir already has a checkpoint)" if ignored else ""
+        return run_dir_last, f"resuming from run dir {run_dir_last}{why}"
+    if given:
+        key, path = given[0]
+        return path, f"resuming from {key}={path} (the run dir has no {ckpt.LAST} yet)"
+    return None, None
+
+
+def setup_run_dir(requested: Path, rank: int) -> Path:
+    """Rank 0's run dir for all ranks (Hydra's ``${now:}`` may differ by a second between ranks)."""
+    run_dir = Path(broadcast_object(str(requested.resolve()) if rank == 0 else None))
+    if rank != 0 and requested.resolve() != run_dir and requested.is_dir():
+        if all(p.name == ".hydra" or p.suffix == ".log" for p in requested.iterdir()):  # Hydra's, for this rank
+            shutil.rmtree(requested, ignore_errors=True)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_temp_files(run_dir)
+    barrier()
+    return run_dir
+
+
+class CheckpointManager:
+    """Saves and restores one run's training state in its run dir (``rank``/``world`` of this process)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        rank: int,
+        world: int,
+        model: nn.Module,
+        ema: ModelEma | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler,
+        sampler: dict[str, int],
+    ) -> None:
+        self.run_dir, self.cfg, self.rank, self.world = run_dir, cfg, rank, world
+        self.model, self.ema, self.optimizer, self.scheduler, self.scaler = model, ema, optimizer, scheduler, scaler
+        self.sampler = sampler  # seed and batch_size of the train sampler
+
+    def state_dict(self, state: TrainState, wandb_id: str | None) -> dict[str, Any]:
+        """Everything ``last.pth`` holds; collective (every rank's RNG state is gathered)."""
+        rngs = [ckpt.rng_state()]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        return {
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": state.next_epoch - (0 if state.next_batch else 1),
+            "next_epoch": state.next_epoch,
+            "next_batch": state.next_batch,
+            "global_step": state.global_step,
+            "best": dict(state.best),
+            "rng": rngs,
+            "sampler": {
+                "seed": self.sampler["seed"],
+                "epoch": state.next_epoch,
+                "start_batch": state.next_batch,
+                "batch_size": self.sampler["batch_size"],
+                "world_size": self.world,
+            },
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "wandb_id": wandb_id,
+        }
+
+    def save_last(self, state: TrainState, wandb_id: str | None, epoch_file: int | None = None) -> None:
+        """``last.pth`` (+ ``epoch_XXXX.pth`` hard link, pruned to ``keep_last``); collective (RNG gather)."""
+        saved = self.state_dict(state, wandb_id)
+        if self.rank != 0:
+            return
+        last = ckpt.atomic_save(saved, self.run_dir / ckpt.LAST)
+        keep = int(self.cfg.trainer.get("keep_last", 0))
+        if epoch_file is not None and keep > 0:
+            target = self.run_dir / f"epoch_{epoch_file:04d}.pth"
+            tmp = target.with_name(f".{target.name}.link.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(last, tmp)
+            except OSError:
+                shutil.copyfile(last, tmp)
+            os.replace(tmp, target)
+            ckpt.prune_epoch_checkpoints(self.run_dir, keep)
+
+    def save_best(self, name: str, weights: dict[str, Tensor], epoch: int, metrics: dict[str, Any]) -> None:
+        """``best.pth`` / ``best_ema.pth``: weights, epoch, metrics and config (rank 0)."""
+        if self.rank == 0:
+            ckpt.atomic_save(
+                {
+                    "model": weights,
+                    "epoch": epoch,
+                    "metrics": metrics,
+                    "config": OmegaConf.to_container(self.cfg, resolve=True),
+                },
+                self.run_dir / name,
+            )
+
+    def resume(self) -> Resumed:
+        """Load the checkpoint :func:`choose_resume_source` picks (run dir ``last.pth`` > ``trainer.resume``).
+
+        A weights-only file (``best*.pth``) is a warm start from epoch 1; a full one restores everything.
+        """
+        tcfg = self.cfg.trainer
+        own = self.run_dir / ckpt.LAST if tcfg.get("auto_resume", True) else None
+        path, note = choose_resume_source(own, [("trainer.resume", tcfg.get("resume"))])
+        if path is None:
+            return Resumed(TrainState(), note=note)
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        if "optimizer" not in state:  # best.pth / best_ema.pth: weights only, a warm start from epoch 1
+            if self.ema is not None:
+                self.ema.set(self.model)
+            return Resumed(TrainState(), path, note)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        counters = TrainState(
+            next_epoch=int(state["next_epoch"]),
+            next_batch=int(state["next_batch"]),
+            global_step=int(state["global_step"]),
+            best=dict(state["best"]),
+        )
+        self.scheduler.step_update(counters.global_step)
+        rngs = state.get("rng") or []
+        rng = rngs[self.rank] if len(rngs) == self.world else None
+        return Resumed(counters, path, note, rng, state.get("wandb_id"))
+
+
+__all__ = ["CheckpointManager", "Resumed", "TrainState", "choose_resume_source", "setup_run_dir"]
