@@ -17,6 +17,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from dcls_vision.robustness.schema import register_eval_config
+
+register_eval_config()  # configs/eval.yaml extends dcls_vision/robustness/schema.py
+
 
 def _remove_if_empty(out_dir: Path) -> None:
     """Drop the dir Hydra made for a config that failed validation (only Hydra's own files in it)."""

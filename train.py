@@ -17,6 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from dcls_vision.engine.schema import register_configs
+
+register_configs()  # configs/*.yaml extend the schemas of dcls_vision/engine/schema.py
+
 
 def _remove_if_empty(run_dir: Path) -> None:
     """Drop the run dir Hydra made for a config that failed validation (only Hydra's own files in it)."""

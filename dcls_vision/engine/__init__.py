@@ -9,7 +9,10 @@ from .config import ConfigError, validate_config
 from .distributed import init_distributed
 from .optim import apply_lr_scale, create_optimizer, create_scheduler, param_groups
 from .repulsive import repulsive_loss, repulsive_term
+from .schema import register_configs
 from .trainer import NonFiniteLossError, Trainer, evaluate, train
+
+register_configs()  # the config schemas, before any Hydra composition
 
 __all__ = [
     "ConfigError",
@@ -23,6 +26,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "param_groups",
+    "register_configs",
     "repulsive_loss",
     "repulsive_term",
     "train",
