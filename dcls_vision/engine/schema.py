@@ -14,8 +14,6 @@ from typing import Any
 
 from omegaconf import MISSING
 
-DATA_NAMES = ("fashion_mnist", "imagefolder")  # dcls_vision.data.builder.NAMES
-
 
 @dataclass
 class ModelConfig:
