@@ -17,6 +17,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from dcls_vision.engine.config import one_line_composition_errors, release_composition_errors
+from dcls_vision.robustness.schema import register_eval_config
+
+register_eval_config()  # configs/eval.yaml extends dcls_vision/robustness/schema.py
+
 
 def _remove_if_empty(out_dir: Path) -> None:
     """Drop the dir Hydra made for a config that failed validation (only Hydra's own files in it)."""
@@ -29,6 +34,7 @@ def _remove_if_empty(out_dir: Path) -> None:
 def main(cfg: DictConfig) -> None:
     from dcls_vision.robustness import EvalConfigError, run_eval
 
+    release_composition_errors()
     hydra_cfg = HydraConfig.get()
     with open_dict(cfg):  # pin the dir Hydra created (a later ${now:} would differ)
         cfg.output_dir = hydra_cfg.runtime.output_dir
@@ -46,4 +52,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_composition_errors("EvalConfigError"):  # a wrong-type/unknown override: one line, exit 2
+        main()

@@ -17,6 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from dcls_vision.engine.config import one_line_composition_errors, release_composition_errors
+from dcls_vision.engine.schema import register_configs
+
+register_configs()  # configs/*.yaml extend the schemas of dcls_vision/engine/schema.py
+
 
 def _remove_if_empty(run_dir: Path) -> None:
     """Drop the run dir Hydra made for a config that failed validation (only Hydra's own files in it)."""
@@ -30,6 +35,7 @@ def main(cfg: DictConfig) -> None:
     from dcls_vision.engine import ConfigError, NonFiniteLossError, train
     from dcls_vision.engine.preemption import EXIT_PREEMPTED, Preempted
 
+    release_composition_errors()
     with open_dict(cfg):  # pin the run dir Hydra created (a later ${now:} would differ)
         cfg.trainer.output_dir = HydraConfig.get().runtime.output_dir
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN  # -m: the launcher reports each job's error
@@ -58,4 +64,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_composition_errors("ConfigError"):  # a wrong-type/unknown override: one line, exit 2
+        main()

@@ -1,18 +1,30 @@
-"""Every experiment composes, validates, and carries its thesis recipe (DESIGN.md §3)."""
+"""Every experiment composes, validates, and carries its thesis recipe; the schemas changed no value but one."""
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from dcls_vision.engine import validate_config
+from dcls_vision.robustness.schema import register_eval_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
+ALL_EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+BEFORE = json.loads((Path(__file__).parent / "fixtures" / "configs_before_schemas.json").read_text())
+# Thesis: the repulsive loss (weight 1 from epoch 20) is used for the bilinear DCLS models only.
+BILINEAR_DCLS = ["convnext_tiny_dcls", "convnext_small_dcls", "convnext_base_dcls", "convformer_s18_dcls",
+                 "resnet50_dcls", "resnet50_dcls_k6"]
 CONVNEXT_RECIPE = ["convnext_tiny", "convnext_small", "convnext_base", "convnext_tiny_dcls", "convnext_small_dcls",
                    "convnext_base_dcls", "convnext_tiny_dcls_gauss", "convformer_s18", "convformer_s18_dcls",
                    "convformer_s18_dcls_gauss"]
@@ -59,7 +71,7 @@ def test_convnext_recipe(name):
     assert cfg.trainer.ema.enabled and cfg.trainer.ema.decay == 0.9999
     assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
     assert cfg.aug.auto_augment == "rand-m9-mstd0.5-inc1"
-    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (1.0, 20)
+    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (float(name in BILINEAR_DCLS), 20)
     assert cfg.optim.pos_lr_scale == 5.0
     expected_dp = {"small": 0.4, "base": 0.5}.get(name.split("_")[1], 0.2 if "convformer" in name else 0.1)
     assert cfg.model.drop_path_rate == expected_dp
@@ -89,3 +101,71 @@ def test_any_value_is_overridable():
     cfg = _compose("experiment=convnext_tiny_dcls", "optim.lr=1e-3", "trainer.accum=1", "+model.kwargs.foo=1",
                    "trainer.output_dir=/tmp/x")
     assert (cfg.optim.lr, cfg.trainer.accum, cfg.model.kwargs.foo, cfg.trainer.output_dir) == (1e-3, 1, 1, "/tmp/x")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _before(name: str | None) -> dict:
+    expected = dict(BEFORE["default"])
+    expected.update(BEFORE["experiments"][name] if name else {})
+    return {k: v for k, v in expected.items() if v != "<absent>"}
+
+
+def _typed(flat: dict) -> dict:
+    return {k: (type(v).__name__, v) for k, v in flat.items()}  # 20 != 20.0 here: types must not change
+
+
+@pytest.mark.parametrize("name", [None, *ALL_EXPERIMENTS])
+def test_composition_equals_the_yaml_only_configs_but_for_repulsive_weight(name):
+    cfg = _compose(*([f"experiment={name}"] if name else []))
+    now = _flat(OmegaConf.to_container(cfg, resolve=False))
+    before = _before(name)
+    assert before.pop("trainer.repulsive.weight") == 1.0  # YAML said 1.0 for every experiment, gauss/baselines too
+    assert now.pop("trainer.repulsive.weight") == float(name in BILINEAR_DCLS)
+    assert _typed(now) == _typed(before)
+
+
+def test_eval_config_composition_is_unchanged():
+    register_eval_config()  # as eval.py does before composing
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval")
+    assert _typed(_flat(OmegaConf.to_container(cfg, resolve=False))) == _typed(BEFORE["eval"])
+
+
+@pytest.mark.parametrize("name", ALL_EXPERIMENTS)
+def test_repulsive_loss_is_on_for_bilinear_dcls_from_epoch_20_only(name):
+    rep = _compose(f"experiment={name}").trainer.repulsive
+    assert (rep.weight, rep.start_epoch) == ((1.0, 20) if name in BILINEAR_DCLS else (0.0, 20)), name
+    assert _compose().trainer.repulsive.weight == 0.0  # the schema default: off
+
+
+def test_typos_and_wrong_types_fail_at_composition_but_kwargs_stay_open():
+    from hydra.errors import ConfigCompositionException
+
+    for bad in ("trainer.epoch=3", "trainer.epochs=abc", "model.kwargs.dim=8"):  # kwargs: add keys with +
+        with pytest.raises(ConfigCompositionException):
+            _compose("experiment=quickstart", bad)
+    cfg = _compose("experiment=quickstart", "+model.kwargs.dim=8", "+optim.kwargs.foo=[1,2]")
+    assert (cfg.model.kwargs.dim, list(cfg.optim.kwargs.foo)) == (8, [1, 2])
+
+
+@pytest.mark.parametrize("override,line", [
+    ("trainer.epochs=abc", "ConfigError: trainer.epochs='abc' has the wrong type; allowed: an integer"),
+    ("data.name=imagenet", "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder"),
+])
+def test_cli_config_errors_are_one_line_exit_2(tmp_path, override, line):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=quickstart", override,
+                           f"trainer.output_dir={tmp_path / 'run'}", "logger.wandb=false"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1:]) == (2, [line]), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

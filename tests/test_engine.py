@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
 from torch import nn
 
 import dcls_vision.models  # noqa: F401  (registers dcls_quickstart)
@@ -21,9 +22,11 @@ from dcls_vision.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from dcls_vision.engine.config import composition_error_line
 from dcls_vision.engine.ema import ModelEma
 from dcls_vision.engine.optim import POSITION_LR_SCALE, param_rule, timm_layer_decay
 from dcls_vision.engine.repulsive import repulsive_loss, repulsive_term
+from dcls_vision.engine.schema import Config, FashionMNISTDataConfig
 from dcls_vision.ops import Dcls2d, dcls_parameters, share_positions
 
 
@@ -233,7 +236,8 @@ def _cfg(**over):
                     "keep_last": 1, "ckpt_interval_steps": 0},
         "logger": {"wandb": False, "wandb_mode": None, "log_interval": 10},
     }
-    cfg = OmegaConf.create(base)
+    schema = OmegaConf.structured(Config(data=FashionMNISTDataConfig()))  # the defaults, typed, as composed
+    cfg = OmegaConf.merge(schema, base)
     for key, value in over.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
@@ -245,9 +249,8 @@ def test_valid_config_passes():
 
 @pytest.mark.parametrize("key,value,fragment", [
     ("optim.lr", -1.0, "optim.lr=-1.0 must be > 0"),
-    ("optim.lr", 0, "optim.lr=0 must be > 0"),
+    ("optim.lr", 0, "optim.lr=0.0 must be > 0"),  # the schema makes it a float
     ("trainer.epochs", 0, "trainer.epochs=0 must be >= 1"),
-    ("trainer.epochs", 1.5, "trainer.epochs=1.5 must be an integer"),
     ("model.name", "no_such_net", "model.name='no_such_net' is not a registered timm model"),
     ("optim.name", "adamz", "optim.name='adamz' is not a timm optimizer"),
     ("sched.name", "cosinus", "sched.name='cosinus' is not supported; allowed: cosine"),
@@ -263,6 +266,7 @@ def test_valid_config_passes():
     ("data.root", "???", "data.root=??? is required"),
     ("data.source", "/no/such/dir", "data.source='/no/such/dir' does not exist"),
     ("data.test_img_size", 0, "data.test_img_size=0 must be >= 1"),
+    ("data.name", "imagenet", "data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder"),
     ("logger.wandb_mode", "sometimes", "logger.wandb_mode='sometimes' is not supported"),
 ])
 def test_config_errors_name_key_value_and_rule(key, value, fragment):
@@ -270,6 +274,16 @@ def test_config_errors_name_key_value_and_rule(key, value, fragment):
         validate_config(_cfg(**{key: value}))
     msg = str(info.value)
     assert fragment in msg and "\n" not in msg
+
+
+def test_type_errors_are_one_line_naming_key_value_and_type():
+    with pytest.raises(ValidationError) as info:  # the schema's types reject it (Hydra: at composition)
+        _cfg(**{"trainer.epochs": 1.5})
+    assert composition_error_line(info.value) == "trainer.epochs=1.5 has the wrong type; allowed: an integer"
+    with pytest.raises(ConfigAttributeError) as info:
+        _cfg().trainer.epoch = 3
+    line = composition_error_line(info.value)
+    assert line.startswith("trainer.epoch is not a config key; allowed: epochs, batch_size,") and "\n" not in line
 
 
 def test_imagefolder_root_must_exist(tmp_path):

@@ -39,6 +39,7 @@ TINY = [
     "trainer.epochs=2",
     "trainer.ema.enabled=true",
     "trainer.ema.decay=0.9",
+    "trainer.repulsive.weight=1.0",  # the quickstart net is gauss: off by default
     "trainer.repulsive.start_epoch=1",
     "trainer.keep_last=1",
     "sched.warmup_epochs=1",

@@ -10,7 +10,10 @@ from .distributed import init_distributed
 from .evaluate import evaluate
 from .optim import apply_lr_scale, create_optimizer, create_scheduler, param_groups
 from .repulsive import repulsive_loss, repulsive_term
+from .schema import register_configs
 from .trainer import NonFiniteLossError, Trainer, train
+
+register_configs()  # the config schemas, before any Hydra composition
 
 __all__ = [
     "ConfigError",
@@ -24,6 +27,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "param_groups",
+    "register_configs",
     "repulsive_loss",
     "repulsive_term",
     "train",

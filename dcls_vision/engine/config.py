@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from collections.abc import Callable, Iterable
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from dcls_vision.data.builder import NAMES as DATA_NAMES
 
 from .optim import SCHEDULERS
 
@@ -29,30 +35,24 @@ def amp_dtype(value: Any) -> str | None:
     return AMP_DTYPES[key]
 
 
-def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+def _get(cfg: DictConfig, key: str) -> Any:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if OmegaConf.is_dict(parent) and leaf in parent.keys() and OmegaConf.is_missing(parent, leaf):
         raise ConfigError(f"{key}=??? is required (set it on the command line: {key}=...)")
-    return OmegaConf.select(cfg, key, default=default)
+    return OmegaConf.select(cfg, key)
 
 
-def _num(cfg: DictConfig, key: str, ok: Callable[[float], bool], rule: str, *, integer: bool = False,
-         optional: bool = False, default: Any = None) -> Any:
-    value = _get(cfg, key, default)
-    if value is None and optional:
-        return None
-    wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
-    if wrong_type or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{key}={value!r} must be {kind} {rule}" + (" or null" if optional else ""))
-    if not ok(value):
+def _num(cfg: DictConfig, key: str, ok: Callable[[float], bool], rule: str) -> Any:
+    """Range check; the schema (dcls_vision/engine/schema.py) already made the value a number (or null)."""
+    value = _get(cfg, key)
+    if value is not None and not ok(value):
         raise ConfigError(f"{key}={value!r} must be {rule}")
     return value
 
 
-def _choice(cfg: DictConfig, key: str, allowed: Iterable[str], default: Any = None) -> Any:
-    value = _get(cfg, key, default)
+def _choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> Any:
+    value = _get(cfg, key)
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
@@ -69,15 +69,15 @@ def _check_model(cfg: DictConfig) -> None:
         dcls = [m for m in timm.list_models() if "dcls" in m or "quickstart" in m]
         raise ConfigError(f"model.name={name!r} is not a registered timm model; allowed: any timm model, "
                           f"e.g. {', '.join(dcls[:12]) or 'resnet50, convnext_tiny'}")
-    _num(cfg, "model.drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1)", optional=True)
+    _num(cfg, "model.drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1) or null")
 
 
 def _check_data(cfg: DictConfig) -> None:
-    _get(cfg, "data.name")
+    _choice(cfg, "data.name", DATA_NAMES)
     root = _get(cfg, "data.root")
     if root is None:
         raise ConfigError("data.root=None is required; allowed: a directory path")
-    if _get(cfg, "data.name") in ("imagefolder", "imagenet"):
+    if _get(cfg, "data.name") == "imagefolder":
         for sub in ("train_dir", "val_dir"):
             split = _get(cfg, f"data.{sub}")
             path = Path(root) / split if split is not None else Path(root)
@@ -88,9 +88,10 @@ def _check_data(cfg: DictConfig) -> None:
     if source and not Path(os.path.expanduser(str(source))).exists():
         raise ConfigError(f"data.source={source!r} does not exist; allowed: an existing path")
     for key in ("data.train_subset", "data.val_subset"):
-        _num(cfg, key, lambda v: v >= 1, ">= 1", integer=True, optional=True)
-    for key in ("data.img_size", "data.test_img_size"):
-        _num(cfg, key, lambda v: v >= 1, ">= 1", integer=True, optional=True)
+        _num(cfg, key, lambda v: v >= 1, ">= 1 or null")
+    for key in ("data.img_size", "data.test_img_size", "data.in_chans"):
+        _num(cfg, key, lambda v: v >= 1, ">= 1")
+    _num(cfg, "data.num_workers", lambda v: v >= 0, ">= 0")
 
 
 def _check_optim(cfg: DictConfig) -> None:
@@ -103,57 +104,57 @@ def _check_optim(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.name={name!r} is not a timm optimizer; allowed: adamw, lamb, sgd, momentum, "
                           f"... (timm.optim.list_optimizers())")
     _num(cfg, "optim.lr", lambda v: v > 0, "> 0")
-    _num(cfg, "optim.weight_decay", lambda v: v >= 0, ">= 0", default=0.0)
-    _num(cfg, "optim.pos_lr_scale", lambda v: v > 0, "> 0", default=5.0)
-    _num(cfg, "optim.layer_decay", lambda v: 0 < v <= 1, "in (0, 1]", optional=True)
-    _num(cfg, "optim.lr_base_batch", lambda v: v >= 1, ">= 1", integer=True, optional=True)
+    _num(cfg, "optim.weight_decay", lambda v: v >= 0, ">= 0")
+    _num(cfg, "optim.pos_lr_scale", lambda v: v > 0, "> 0")
+    _num(cfg, "optim.layer_decay", lambda v: 0 < v <= 1, "in (0, 1] or null")
+    _num(cfg, "optim.lr_base_batch", lambda v: v >= 1, ">= 1 or null")
 
 
 def _check_sched(cfg: DictConfig) -> None:
     _choice(cfg, "sched.name", SCHEDULERS)
     epochs = _get(cfg, "trainer.epochs")
-    _num(cfg, "sched.warmup_epochs", lambda v: 0 <= v <= epochs, f"in [0, trainer.epochs={epochs}]", default=0)
-    _num(cfg, "sched.min_lr", lambda v: v >= 0, ">= 0", default=0.0)
-    _num(cfg, "sched.warmup_lr", lambda v: v >= 0, ">= 0", default=0.0)
+    _num(cfg, "sched.warmup_epochs", lambda v: 0 <= v <= epochs, f"in [0, trainer.epochs={epochs}]")
+    _num(cfg, "sched.min_lr", lambda v: v >= 0, ">= 0")
+    _num(cfg, "sched.warmup_lr", lambda v: v >= 0, ">= 0")
+    _num(cfg, "sched.cooldown_epochs", lambda v: v >= 0, ">= 0")
 
 
 def _check_aug(cfg: DictConfig) -> None:
     for key in ("aug.mixup", "aug.cutmix"):
-        _num(cfg, key, lambda v: v >= 0, ">= 0 (0 disables)", default=0.0)
+        _num(cfg, key, lambda v: v >= 0, ">= 0 (0 disables)")
     for key in ("aug.mixup_prob", "aug.switch_prob", "aug.reprob", "aug.hflip"):
-        _num(cfg, key, lambda v: 0 <= v <= 1, "in [0, 1]", optional=True)
-    _num(cfg, "aug.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)", default=0.0)
+        _num(cfg, key, lambda v: 0 <= v <= 1, "in [0, 1]")
+    _num(cfg, "aug.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
+    _num(cfg, "aug.pad_crop", lambda v: v >= 0, ">= 0 (0 disables)")
 
 
 def _check_trainer(cfg: DictConfig) -> None:
     import torch
 
-    _num(cfg, "trainer.epochs", lambda v: v >= 1, ">= 1", integer=True)
-    _num(cfg, "trainer.batch_size", lambda v: v >= 1, ">= 1", integer=True)
-    _num(cfg, "trainer.accum", lambda v: v >= 1, ">= 1", integer=True, default=1)
-    _num(cfg, "trainer.keep_last", lambda v: v >= 0, ">= 0", integer=True, default=0)
-    _num(cfg, "trainer.ckpt_interval_steps", lambda v: v >= 0, ">= 0 (0 = off)", integer=True, default=0)
-    _num(cfg, "trainer.max_epochs_per_run", lambda v: v >= 1, ">= 1", integer=True, optional=True)
-    _num(cfg, "trainer.clip_grad", lambda v: v > 0, "> 0", optional=True)
-    _num(cfg, "trainer.seed", lambda v: v >= 0, ">= 0", integer=True, default=0)
-    _num(cfg, "trainer.dist_timeout_s", lambda v: v >= 1, ">= 1 (seconds)", integer=True, default=1800)
-    _num(cfg, "trainer.repulsive.weight", lambda v: v >= 0, ">= 0 (0 disables)", default=0.0)
-    _num(cfg, "trainer.repulsive.start_epoch", lambda v: v >= 0, ">= 0", integer=True, default=0)
-    _choice(cfg, "trainer.clip_mode", CLIP_MODES, default="norm")
-    _choice(cfg, "trainer.loss", LOSSES, default="ce")
-    sync_bn = _get(cfg, "trainer.sync_bn", False)
-    if not isinstance(sync_bn, bool):
-        raise ConfigError(f"trainer.sync_bn={sync_bn!r} is not supported; allowed: true, false")
-    dist_bn = _get(cfg, "trainer.dist_bn", "reduce")
+    _num(cfg, "trainer.epochs", lambda v: v >= 1, ">= 1")
+    _num(cfg, "trainer.batch_size", lambda v: v >= 1, ">= 1")
+    _num(cfg, "trainer.val_batch_size", lambda v: v >= 1, ">= 1 or null")
+    _num(cfg, "trainer.accum", lambda v: v >= 1, ">= 1")
+    _num(cfg, "trainer.keep_last", lambda v: v >= 0, ">= 0")
+    _num(cfg, "trainer.ckpt_interval_steps", lambda v: v >= 0, ">= 0 (0 = off)")
+    _num(cfg, "trainer.max_epochs_per_run", lambda v: v >= 1, ">= 1 or null")
+    _num(cfg, "trainer.clip_grad", lambda v: v > 0, "> 0 or null (off)")
+    _num(cfg, "trainer.seed", lambda v: v >= 0, ">= 0")
+    _num(cfg, "trainer.dist_timeout_s", lambda v: v >= 1, ">= 1 (seconds)")
+    _num(cfg, "trainer.repulsive.weight", lambda v: v >= 0, ">= 0 (0 disables)")
+    _num(cfg, "trainer.repulsive.start_epoch", lambda v: v >= 0, ">= 0")
+    _choice(cfg, "trainer.clip_mode", CLIP_MODES)
+    _choice(cfg, "trainer.loss", LOSSES)
+    dist_bn = _get(cfg, "trainer.dist_bn")
     if dist_bn not in DIST_BN:
         raise ConfigError(f"trainer.dist_bn={dist_bn!r} is not supported; allowed: reduce, broadcast, '' (off)")
     amp = _get(cfg, "trainer.amp")
     key = "none" if amp in (None, False) else str(amp).lower()
     if key not in AMP_DTYPES:
         raise ConfigError(f"trainer.amp={amp!r} is not supported; allowed: none, bf16, fp16")
-    if _get(cfg, "trainer.ema.enabled", False):
+    if _get(cfg, "trainer.ema.enabled"):
         _num(cfg, "trainer.ema.decay", lambda v: 0 < v < 1, "in (0, 1)")
-    device = str(_get(cfg, "trainer.device", "auto"))
+    device = str(_get(cfg, "trainer.device"))
     try:
         dev = torch.device("cpu" if device == "auto" else device)
     except RuntimeError:
@@ -173,7 +174,7 @@ def _check_logger(cfg: DictConfig) -> None:
     mode = _get(cfg, "logger.wandb_mode")
     if mode is not None and mode not in WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={mode!r} is not supported; allowed: {', '.join(WANDB_MODES)}, null")
-    _num(cfg, "logger.log_interval", lambda v: v >= 1, ">= 1", integer=True, default=50)
+    _num(cfg, "logger.log_interval", lambda v: v >= 1, ">= 1")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -188,3 +189,71 @@ def validate_config(cfg: DictConfig) -> None:
     _check_logger(cfg)
     _check_data(cfg)
     _check_model(cfg)
+
+
+_TYPE_WORDS = (("to Integer", "an integer"), ("to Float", "a number"), ("valid bool", "true or false"),
+               ("ListConfig, list or tuple", "a list, e.g. [a,b]"), ("DictConfig", "a mapping, e.g. {a: 1}"),
+               ("to String", "a string"), ("Enum", "one of the enum's names"))
+
+
+def composition_error_line(err: BaseException) -> str | None:
+    """One line ``key=value problem; allowed: ...`` for a schema type error or unknown key, else None.
+
+    Hydra raises these while composing (a ``trainer.epochs=abc`` override, a typo'd key); the OmegaConf error
+    that caused it carries the key, the value and the schema type (dcls_vision/engine/schema.py).
+    """
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    while err is not None and not isinstance(err, (ValidationError, ConfigAttributeError, ConfigKeyError)):
+        err = err.__cause__
+    if err is None or not getattr(err, "full_key", None):
+        return None
+    key, msg = err.full_key, str(getattr(err, "msg", err)).splitlines()[0]
+    if isinstance(err, ValidationError):
+        allowed = next((word for pattern, word in _TYPE_WORDS if pattern in msg), msg)
+        return f"{key}={err.value!r} has the wrong type; allowed: {allowed}"
+    owner = getattr(err, "object_type", None)
+    if dataclasses.is_dataclass(owner):
+        keys = ", ".join(f.name for f in dataclasses.fields(owner))
+        return f"{key} is not a config key; allowed: {keys} (dcls_vision/engine/schema.py {owner.__name__})"
+    return f"{key} is not in the config; allowed: +{key}=... to add a key to this open mapping"
+
+
+_FULL_ERROR_SET_HERE: list[bool] = [False]  # HYDRA_FULL_ERROR set by one_line_composition_errors, not the user
+
+
+@contextlib.contextmanager
+def one_line_composition_errors(label: str = "ConfigError") -> Iterator[None]:
+    """Wrap a ``@hydra.main`` call: a composition error becomes one ``label: key=value ...`` line and exit 2.
+
+    Hydra prints such errors over several lines and exits 1; with HYDRA_FULL_ERROR it raises them instead, so it
+    is set here, and the task function calls :func:`release_composition_errors` first: errors of the run itself
+    keep Hydra's usual report. A user's own HYDRA_FULL_ERROR is left alone (full tracebacks, as asked).
+    """
+    if "HYDRA_FULL_ERROR" not in os.environ:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        _FULL_ERROR_SET_HERE[0] = True
+    try:
+        yield
+    except Exception as e:
+        if not _FULL_ERROR_SET_HERE[0]:  # the user's HYDRA_FULL_ERROR, or raised after composition
+            raise
+        line = composition_error_line(e)
+        if line is not None:
+            print(f"{label}: {line}", file=sys.stderr)
+            sys.exit(2)
+        from hydra.errors import CompactHydraException
+
+        if not isinstance(e, CompactHydraException):
+            raise
+        print(re.sub(r"\s*\n\s*", " ", f"{e} {e.__cause__ or ''}").strip(), file=sys.stderr)  # Hydra's text
+        sys.exit(1)
+    finally:
+        release_composition_errors()
+
+
+def release_composition_errors() -> None:
+    """Composition is over: Hydra reports later errors its usual way (see :func:`one_line_composition_errors`)."""
+    if _FULL_ERROR_SET_HERE[0]:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        _FULL_ERROR_SET_HERE[0] = False

@@ -11,7 +11,10 @@ from .metrics import corruption_summary
 from .model import LoadedModel, SubsetLogits, load_model
 from .report import render_markdown, write_reports
 from .runner import run_eval
+from .schema import register_eval_config
 from .transforms import eval_transform
+
+register_eval_config()  # the eval.yaml schema, before any Hydra composition
 
 __all__ = [
     "ALEXNET_ERRORS",
@@ -27,6 +30,7 @@ __all__ = [
     "corruption_summary",
     "eval_transform",
     "load_model",
+    "register_eval_config",
     "render_markdown",
     "run_eval",
     "subset_logit_indices",

@@ -18,12 +18,12 @@ class EvalConfigError(ConfigError):
     """An eval config value that cannot work (exit code 2 in eval.py)."""
 
 
-def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+def _select(cfg: DictConfig, key: str) -> Any:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if OmegaConf.is_dict(parent) and leaf in parent.keys() and OmegaConf.is_missing(parent, leaf):
         raise EvalConfigError(f"{key}=??? is required (set it on the command line: {key}=...)")
-    value = OmegaConf.select(cfg, key, default=default)
+    value = OmegaConf.select(cfg, key)
     return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
@@ -75,7 +75,7 @@ def validate_eval_config(cfg: DictConfig) -> list[str]:
         )
     if not resolve_path(str(ckpt), "checkpoint").is_file():
         raise EvalConfigError(f"checkpoint={ckpt!r} is not a file; allowed: a .pth written by train.py")
-    if not isinstance(_select(cfg, "use_ema", False), bool):
+    if not isinstance(_select(cfg, "use_ema"), bool):
         raise EvalConfigError(f"use_ema={_select(cfg, 'use_ema')!r} must be true or false")
     benchmarks = _choices(cfg, "benchmarks", list(BENCHMARKS))
     for key in ("c", "cbar"):
@@ -96,7 +96,7 @@ def validate_eval_config(cfg: DictConfig) -> list[str]:
     amp = _select(cfg, "amp")
     if amp is not None and str(amp).lower() not in AMP_DTYPES:
         raise EvalConfigError(f"amp={amp!r} is not supported; allowed: none, bf16, fp16, or null (the checkpoint's)")
-    device = str(_select(cfg, "device", "auto"))
+    device = str(_select(cfg, "device"))
     if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
         raise EvalConfigError(f"device={device!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
     classes = _select(cfg, "classes")

@@ -1,0 +1,210 @@
+"""Typed schemas of the training config: every default lives here, once; configs/*/*.yaml only override.
+
+One dataclass per config group file (``configs/<group>/<option>.yaml`` starts with ``defaults: [base_<...>,
+_self_]``); :func:`register_configs` puts them in Hydra's ConfigStore and must run before any composition
+(``dcls_vision.engine`` calls it at import; train.py calls it before ``@hydra.main``). The types make a
+wrong-type override fail at composition (train.py turns it into one ``ConfigError`` line, exit 2); the range
+and cross-field rules are in :mod:`dcls_vision.engine.config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """``timm.create_model(name, drop_path_rate=..., **kwargs)``; kwargs is open: ``+model.kwargs.dim=16``."""
+
+    name: str = MISSING
+    drop_path_rate: float | None = None  # null = the model's default
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Keys every dataset has; the options (configs/data/*.yaml) set their own values."""
+
+    name: str = MISSING  # fashion_mnist | imagefolder (dcls_vision.data.builder)
+    root: str = MISSING  # relative paths resolve against the directory the program started from
+    train_subset: int | None = None  # int N: deterministic class-stratified subset (seed 0)
+    val_subset: int | None = None
+    num_classes: int | None = None  # null = as found in the dataset (checked against it when set)
+    in_chans: int = 3
+    img_size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    interpolation: str = "bicubic"
+    crop_pct: float | None = None  # eval centre crop; null = 0.875 (data.transforms.DEFAULT_CROP_PCT)
+    num_workers: int = 0
+
+
+@dataclass
+class FashionMNISTDataConfig(DataConfig):
+    """configs/data/fashion_mnist.yaml: the IDX .gz files of the Debian package ``dataset-fashion-mnist``."""
+
+    name: str = "fashion_mnist"
+    source: str = "/usr/share/datasets/fashion-mnist"  # where the four *-ubyte.gz files are
+
+
+@dataclass
+class ImageFolderDataConfig(DataConfig):
+    """configs/data/imagenet.yaml: ``<root>/<train_dir>/<class>/*`` and ``<root>/<val_dir>/<class>/*``."""
+
+    name: str = "imagefolder"
+    train_dir: str = "train"
+    val_dir: str = "val"
+    test_img_size: int | None = None  # validation crop size; null = img_size
+
+
+@dataclass
+class OptimConfig:
+    """timm optimizer; lr is for the global batch of the recipe (``lr_base_batch`` rescales it linearly)."""
+
+    name: str = MISSING  # adamw | lamb | sgd | momentum | any timm.optim.list_optimizers()
+    lr: float = MISSING
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: list[float] | None = None  # null = optimizer default
+    eps: float | None = None
+    pos_lr_scale: float = 5.0  # DCLS positions/sigma: lr x this, weight decay 0 (also under layer_decay)
+    layer_decay: float | None = None  # e.g. 0.7: lr x layer_decay^(depth - layer)
+    lr_base_batch: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SchedConfig:
+    """timm create_scheduler_v2, updated every optimizer step unless step_on_epochs; warm-up in epochs."""
+
+    name: str = MISSING  # cosine | tanh | step | multistep | poly | constant | wsd | rsqrt | none
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    cooldown_epochs: int = 0
+    step_on_epochs: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugConfig:
+    """Train transforms (dcls_vision.data) and mixup / label smoothing (trainer); the default is no augmentation."""
+
+    auto_augment: str | None = None  # e.g. rand-m9-mstd0.5-inc1
+    reprob: float = 0.0  # random erasing probability
+    remode: str = "pixel"
+    hflip: float = 0.0
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    color_jitter: float = 0.0  # ignored by timm when auto_augment is set
+    pad_crop: int = 0  # small images: random shift by up to N px (zero padding)
+    mixup: float = 0.0  # alpha; 0 disables
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = False
+    decay: float = 0.9999
+    warmup: bool = False
+    device: str | None = None  # null = same device as the model
+
+
+@dataclass
+class RepulsiveConfig:
+    """loss += weight * R^2 from start_epoch on. Off by default; the bilinear DCLS experiments set weight 1."""
+
+    weight: float = 0.0
+    start_epoch: int = 20
+
+
+@dataclass
+class TrainerConfig:
+    """Runtime. The global batch is batch_size (per process) x number of processes x accum."""
+
+    epochs: int = 300
+    batch_size: int = 128  # per process (per GPU)
+    val_batch_size: int | None = None  # null = batch_size
+    # gradient accumulation micro-batches per optimizer step (an epoch's leftover micro-batches make a last,
+    # shorter update; loss / its own count)
+    accum: int = 1
+    amp: str | None = "none"  # none | bf16 | fp16 (fp16 uses torch.amp.GradScaler)
+    channels_last: bool = True
+    clip_grad: float | None = None  # null = off
+    clip_mode: str = "norm"  # norm | value | agc
+    loss: str = "ce"  # ce | bce (timm BinaryCrossEntropy)
+    bce_target_thresh: float | None = None
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    repulsive: RepulsiveConfig = field(default_factory=RepulsiveConfig)
+    sync_bn: bool = False  # >1 process: BatchNorm -> torch SyncBatchNorm (CUDA only); then dist_bn is off
+    # >1 process: BN running stats before eval/save: reduce (average over ranks) | broadcast (rank 0's)
+    # | '' (off: each rank keeps its own); timm's distribute_bn
+    dist_bn: str = "reduce"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dist_timeout_s: int = 1800  # a collective waiting longer for a peer (dead/frozen node) fails the job
+    output_dir: str = "outputs/${experiment_name}/${now:%Y-%m-%d_%H-%M-%S}"
+    keep_last: int = 2  # epoch_XXXX.pth files kept (0 = none); last/best/best_ema always kept
+    # a checkpoint that seeds a NEW run dir; once <output_dir>/last.pth exists (auto_resume) that wins,
+    # so a requeued/re-run job continues its own run
+    resume: str | None = None
+    auto_resume: bool = True
+    ckpt_interval_steps: int = 0  # also save last.pth every N optimizer steps mid-epoch (0 = off)
+    max_epochs_per_run: int | None = None  # stop after N epochs in this invocation; resume continues
+
+
+@dataclass
+class LoggerConfig:
+    """Console, metrics.jsonl and W&B."""
+
+    wandb: bool = True  # false disables W&B
+    wandb_mode: str | None = None  # online | offline | disabled; null = $WANDB_MODE, else offline
+    project: str = "dcls-vision"
+    entity: str | None = None
+    name: str = "${experiment_name}"
+    log_interval: int = 50  # optimizer steps between W&B train/loss points
+    progress: bool | None = None  # tqdm bars: null = when stderr is a TTY (rank 0 only)
+
+
+@dataclass
+class Config:
+    """configs/config.yaml: the groups, each filled by its option file."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    sched: SchedConfig = MISSING
+    aug: AugConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    experiment_name: str = "${model.name}"
+
+
+# (group, name, schema): configs/<group>/<option>.yaml starts with ``defaults: [<name>, _self_]``
+SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
+    (None, "base_config", Config),
+    ("model", "base_model", ModelConfig),
+    ("data", "base_fashion_mnist", FashionMNISTDataConfig),
+    ("data", "base_imagefolder", ImageFolderDataConfig),
+    ("optim", "base_optim", OptimConfig),
+    ("sched", "base_sched", SchedConfig),
+    ("aug", "base_aug", AugConfig),
+    ("trainer", "base_trainer", TrainerConfig),
+    ("logger", "base_logger", LoggerConfig),
+)
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent); call before ``compose``/``@hydra.main``."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, name, node in SCHEMAS:
+        cs.store(group=group, name=name, node=node)
