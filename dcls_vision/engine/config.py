@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dcls_vision.utils.errors import UserError
+
 from .optim import SCHEDULERS
 
 AMP_DTYPES = {"none": None, "false": None, "fp32": None, "float32": None,
@@ -19,7 +21,7 @@ WANDB_MODES = ("online", "offline", "disabled", "shared")
 DIST_BN = ("reduce", "broadcast", "")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value that cannot work; the message is one line: ``key=value problem; allowed: ...``."""
 
 

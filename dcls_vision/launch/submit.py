@@ -28,6 +28,8 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from dcls_vision.utils.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 USAGE = """\
@@ -54,7 +56,7 @@ _INT_KEYS = {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task
 _STR_KEYS = ("partition", "account", "qos", "constraint", "job_name", "time", "wait")
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """A launch that cannot work; the message is one line naming the value and what is allowed."""
 
 

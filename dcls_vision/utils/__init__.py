@@ -1,0 +1,1 @@
+"""Bottom-layer helpers with no dependency on the rest of dcls_vision: user errors, checkpoint IO, paths."""
