@@ -14,7 +14,7 @@ from dcls_vision.utils.errors import UserError, error_line, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _one_line_exit_2(args: list[str], tmp_path: Path, *needles: str) -> str:
+def _one_line_exit_2(args: list[str], *needles: str) -> str:
     """Run ``python ARGS`` from the repository root; it must exit 2 with one stderr line holding every needle."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -57,7 +57,9 @@ def test_error_classes_share_the_base_and_runtime_failures_do_not():
 
     for cls in (ConfigError, EvalConfigError, ClassListError, CliError, AnalysisError, LaunchError, AlgorithmError):
         assert issubclass(cls, UserError), cls
-    assert error_line(EvalConfigError("checkpoint='x' is not a file")) == "EvalConfigError: checkpoint='x' is not a file"
+    assert (
+        error_line(EvalConfigError("checkpoint='x' is not a file")) == "EvalConfigError: checkpoint='x' is not a file"
+    )
     for cls in (Preempted, BenchmarkUnavailable):  # a signal, a benchmark to skip: not the user's input
         assert not issubclass(cls, UserError), cls
     from dcls_vision.engine import NonFiniteLossError
@@ -68,33 +70,41 @@ def test_error_classes_share_the_base_and_runtime_failures_do_not():
 # ----------------------------------------------------------------------------------------------- entry points
 def test_train_py_bad_value(tmp_path):
     out = tmp_path / "run"
-    line = _one_line_exit_2(["train.py", "optim.lr=-1", f"trainer.output_dir={out}"], tmp_path, "optim.lr=-1")
+    line = _one_line_exit_2(["train.py", "optim.lr=-1", f"trainer.output_dir={out}"], "optim.lr=-1")
     assert line.startswith("ConfigError: optim.lr=-1 must be > 0")
     assert not out.exists()  # the run dir Hydra made is removed again
 
 
 def test_eval_py_bad_value(tmp_path):
     missing = tmp_path / "missing.pth"
-    line = _one_line_exit_2(["eval.py", f"checkpoint={missing}", f"output_dir={tmp_path / 'out'}"], tmp_path,
-                            str(missing), "is not a file")
+    line = _one_line_exit_2(
+        ["eval.py", f"checkpoint={missing}", f"output_dir={tmp_path / 'out'}"], str(missing), "is not a file"
+    )
     assert line.startswith("EvalConfigError: checkpoint=")
     assert not (tmp_path / "out").exists()
 
 
 def test_tools_script_bad_value(tmp_path):
-    line = _one_line_exit_2(["tools/receptive_field.py", "--threshold", "2", "--out", str(tmp_path)], tmp_path,
-                            "--threshold 2.0", "allowed")
+    line = _one_line_exit_2(
+        ["tools/receptive_field.py", "--threshold", "2", "--out", str(tmp_path)], "--threshold 2.0", "allowed"
+    )
     assert line.startswith("receptive_field.py: error: ")
 
 
 def test_analysis_cli_bad_value(tmp_path):
-    line = _one_line_exit_2(["tools/plot_positions.py", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path)],
-                            tmp_path, repr(str(tmp_path / "nope")), "allowed: a trainer run directory")
+    line = _one_line_exit_2(
+        ["tools/plot_positions.py", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        repr(str(tmp_path / "nope")),
+        "allowed: a trainer run directory",
+    )
     assert line.startswith("plot_positions.py: error: --run-dir ")
 
 
 def test_downstream_cli_bad_value(tmp_path):
     """The launcher is checked before any config or mm package is read, so this runs without mmcv too."""
-    line = _one_line_exit_2(["-m", "dcls_vision.downstream.train", "x.py", "--launcher", "mpi"], tmp_path,
-                            "--launcher 'mpi'", "allowed: auto, none, pytorch, slurm")
+    line = _one_line_exit_2(
+        ["-m", "dcls_vision.downstream.train", "x.py", "--launcher", "mpi"],
+        "--launcher 'mpi'",
+        "allowed: auto, none, pytorch, slurm",
+    )
     assert line.startswith("python -m dcls_vision.downstream.train: error: ")
