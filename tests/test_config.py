@@ -1,4 +1,4 @@
-"""Every experiment composes, validates, and carries its thesis recipe (DESIGN.md §3)."""
+"""Every experiment composes, validates, and carries its thesis recipe (docs/design.md §3)."""
 
 from __future__ import annotations
 

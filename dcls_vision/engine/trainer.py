@@ -1,4 +1,4 @@
-"""The training loop: timm for everything timm does, plus the DCLS rules (DESIGN.md §2).
+"""The training loop: timm for everything timm does, plus the DCLS rules (docs/design.md §2).
 
 Per optimizer step: ``accum`` micro-batches (DDP syncs on the last; an epoch's leftover micro-batches form a
 shorter last group, its loss divided by its own size) → NaN check → unscale (fp16) → clip → step → clamp positions
