@@ -30,25 +30,34 @@ def _remove_if_empty(out_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def _evaluate(cfg: DictConfig, resume_search: Path | None) -> None:
+    """Run the eval; a bad config leaves no output dir behind and propagates to :func:`run_cli`."""
+    from dcls_vision.robustness import run_eval
+    from dcls_vision.utils.errors import UserError
+
+    try:
+        result = run_eval(cfg, resume_search=resume_search)
+    except UserError:
+        _remove_if_empty(Path(cfg.output_dir))
+        raise
+    if not result["evaluated"]:
+        if result["rank"] == 0:
+            print("eval: none of the requested benchmarks could run (see the messages above)", file=sys.stderr)
+        sys.exit(3)
+
+
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from dcls_vision.robustness import EvalConfigError, run_eval
+    from dcls_vision.utils.errors import run_cli
 
     release_composition_errors()
     hydra_cfg = HydraConfig.get()
     with open_dict(cfg):  # pin the dir Hydra created (a later ${now:} would differ)
         cfg.output_dir = hydra_cfg.runtime.output_dir
     default_dir = not any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in hydra_cfg.overrides.task)
-    try:  # the default dir is new each time: resume the newest unfinished run of the same command beside it
-        result = run_eval(cfg, resume_search=Path(cfg.output_dir).parent if default_dir else None)
-    except EvalConfigError as e:
-        _remove_if_empty(Path(cfg.output_dir))
-        print(f"EvalConfigError: {e}", file=sys.stderr)
-        sys.exit(2)
-    if not result["evaluated"]:
-        if result["rank"] == 0:
-            print("eval: none of the requested benchmarks could run (see the messages above)", file=sys.stderr)
-        sys.exit(3)
+    # the default dir is new each time: resume the newest unfinished run of the same command beside it
+    resume_search = Path(cfg.output_dir).parent if default_dir else None
+    run_cli(lambda: _evaluate(cfg, resume_search))  # caught inside the task: Hydra would exit 1 with a traceback
 
 
 if __name__ == "__main__":

@@ -30,23 +30,17 @@ def _remove_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from dcls_vision.engine import ConfigError, NonFiniteLossError, train
+def _train(cfg: DictConfig, multirun: bool) -> None:
+    """Train and print the final line; a bad config leaves no run dir behind and propagates to the caller."""
+    from dcls_vision.engine import NonFiniteLossError, train
     from dcls_vision.engine.preemption import EXIT_PREEMPTED, Preempted
+    from dcls_vision.utils.errors import UserError
 
-    release_composition_errors()
-    with open_dict(cfg):  # pin the run dir Hydra created (a later ${now:} would differ)
-        cfg.trainer.output_dir = HydraConfig.get().runtime.output_dir
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN  # -m: the launcher reports each job's error
     try:
         result = train(cfg)
-    except ConfigError as e:
+    except UserError:
         _remove_if_empty(Path(cfg.trainer.output_dir))
-        if multirun:
-            raise
-        print(f"ConfigError: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise
     except NonFiniteLossError as e:
         if multirun:
             raise
@@ -61,6 +55,19 @@ def main(cfg: DictConfig) -> None:
             line += f" ema_top1={result['ema_top1']:.2f} ema_top5={result['ema_top5']:.2f}"
         line += f" best_top1={result['best_top1']:.2f} run_dir={result['run_dir']}"
         print(line, flush=True)
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from dcls_vision.utils.errors import run_cli
+
+    release_composition_errors()
+    with open_dict(cfg):  # pin the run dir Hydra created (a later ${now:} would differ)
+        cfg.trainer.output_dir = HydraConfig.get().runtime.output_dir
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # -m: the launcher reports each job's error
+        _train(cfg, multirun=True)
+    else:  # the exception must be caught here: Hydra would print a traceback hint and exit 1
+        run_cli(lambda: _train(cfg, multirun=False))
 
 
 if __name__ == "__main__":

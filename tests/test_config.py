@@ -1,4 +1,5 @@
-"""Every experiment composes, validates, and carries its thesis recipe; the schemas changed no value but one."""
+"""Every experiment composes, validates, and carries its thesis recipe (docs/design.md §3); the schemas changed
+no value but one."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from dcls_vision.models.dclsify import dclsify, stage_of
 from dcls_vision.models.zoo import VARIANTS
 from dcls_vision.ops import Dcls2d, convert_to_conv, dcls_layers
 
-# Published counts (DESIGN.md §3) and the tolerance they are quoted to: 0.1 %, or half a unit of the last
+# Published counts (docs/design.md §3) and the tolerance they are quoted to: 0.1 %, or half a unit of the last
 # published digit where that is looser (26.0M is given to 0.1M; ours, 25.96M, rounds to it).
 PUBLISHED = {
     "convnext_tiny_dcls": (28.59e6, 0.001),

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -245,7 +246,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i : i + size]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -286,6 +287,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=64, help="images per task sent to a worker")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments, checked: any bad value ends here with one ``usage``/``error`` message and exit code 2."""
+    p = _parser()
     args = p.parse_args(argv)
     try:
         args.corruptions = corruption_names(args.corruptions)
@@ -313,10 +320,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def _process(args: argparse.Namespace, rels: list[str], bar: Any) -> tuple[int, int, list[str], int]:
+    """Corrupt every image (in-process or in forked workers): counts written, kept, unreadable, dry spatter."""
+    common = (str(args.src), str(args.out))
+    opts = (
+        args.corruptions,
+        args.severities,
+        args.seed,
+        args.format,
+        args.quality,
+        args.upscale_small,
+        args.overwrite,
+        args.resize_crop,
+    )
+    written = kept = dry = 0
+    bad: list[str] = []
+    if args.workers == 1:
+        for chunk in _chunks(rels, args.chunk):
+            w, k, b, d = process_chunk(*common, chunk, *opts)
+            written, kept, bad, dry = written + w, kept + k, bad + b, dry + d
+            bar.update(len(chunk))
+        return written, kept, bad, dry
+    # fork: workers inherit the imported modules; numba compiles glass_blur once per worker
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("fork")) as pool:
+        futures = {pool.submit(process_chunk, *common, chunk, *opts): len(chunk) for chunk in _chunks(rels, args.chunk)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                if fut.exception() is not None:  # e.g. a worker's TooSmall: stop queued chunks too
+                    for other in pending:
+                        other.cancel()
+                    raise fut.exception()
+                w, k, b, d = fut.result()
+                written, kept, bad, dry = written + w, kept + k, bad + b, dry + d
+                bar.update(futures[fut])
+    return written, kept, bad, dry
+
+
+def _missing_package(corruptions: Sequence[str]) -> str | None:
+    """Why the corruption code cannot be imported (with how to fix it), or None when it can."""
     try:
-        if any(c not in CBAR for c in args.corruptions):
+        if any(c not in CBAR for c in corruptions):
             import imagecorruptions  # noqa: F401
         else:
             import dcls_vision.robustness.cbar  # noqa: F401
@@ -326,7 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "imagecorruptions" in str(err)
             else "run from the repository root with dcls_vision importable (PYTHONPATH=. or pip install -e .)"
         )
-        print(f"make_corrupted: {err}; {hint}", file=sys.stderr)
+        return f"{err}; {hint}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = _missing_package(args.corruptions)
+    if missing:
+        print(f"make_corrupted: {missing}", file=sys.stderr)
         return 2
     rels = [str(r) for r in find_images(args.src)]
     if not rels:
@@ -339,45 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{total} outputs -> {args.out} ({args.workers} worker(s))",
         flush=True,
     )
-    common = (str(args.src), str(args.out))
-    opts = (
-        args.corruptions,
-        args.severities,
-        args.seed,
-        args.format,
-        args.quality,
-        args.upscale_small,
-        args.overwrite,
-        args.resize_crop,
-    )
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(rels), unit="img", disable=args.no_progress, dynamic_ncols=True)
-    written = kept = dry = 0
-    bad: list[str] = []
     try:
-        if args.workers == 1:
-            for chunk in _chunks(rels, args.chunk):
-                w, k, b, d = process_chunk(*common, chunk, *opts)
-                written, kept, bad, dry = written + w, kept + k, bad + b, dry + d
-                bar.update(len(chunk))
-        else:
-            # fork: workers inherit the imported modules; numba compiles glass_blur once per worker
-            with ProcessPoolExecutor(args.workers, mp_context=get_context("fork")) as pool:
-                futures = {
-                    pool.submit(process_chunk, *common, chunk, *opts): len(chunk) for chunk in _chunks(rels, args.chunk)
-                }
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in done:
-                        if fut.exception() is not None:  # e.g. a worker's TooSmall: stop queued chunks too
-                            for other in pending:
-                                other.cancel()
-                            raise fut.exception()
-                        w, k, b, d = fut.result()
-                        written, kept, bad, dry = written + w, kept + k, bad + b, dry + d
-                        bar.update(futures[fut])
+        written, kept, bad, dry = _process(args, rels, bar)
     except TooSmall as err:
         bar.close()
         print(f"make_corrupted: {err}", file=sys.stderr)

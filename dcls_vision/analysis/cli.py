@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import AnalysisError
+from dcls_vision.utils.errors import EXIT_USER_ERROR, run_cli
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,7 +19,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def make_parser(prog: str, doc: str | None) -> Parser:
@@ -98,9 +98,6 @@ def write_json(result: dict[str, Any], out_dir: Path, name: str) -> Path:
 
 def run_tool(main: Callable[[argparse.Namespace], dict[str, Any]], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None) -> dict[str, Any]:
-    """Parse ``argv`` and run ``main``; an :class:`AnalysisError` becomes a one-line error with exit code 2."""
+    """Parse ``argv`` and run ``main``; a :class:`UserError` becomes a one-line error with exit code 2."""
     args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except AnalysisError as e:
-        parser.error(str(e))
+    return run_cli(lambda: main(args), prog=parser.prog)

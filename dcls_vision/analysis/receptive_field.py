@@ -150,27 +150,21 @@ def _block_names(model: nn.Module, pattern: str) -> list[str]:
     return [n for n in names if not any(o.startswith(n + ".") for o in names)]  # innermost matches
 
 
-def trace(model: nn.Module, input_shape: tuple[int, int, int, int], blocks: str = DEFAULT_BLOCKS,
-          effective: bool = False, threshold: float = 0.01) -> dict[str, Any]:
-    """One forward pass; the RF, jump and output size of every module whose name matches ``blocks``.
+def _geometry_model(model: nn.Module, effective: bool) -> nn.Module:
+    """The model to trace: a meta copy whose DCLS layers skip kernel construction, unless ``effective``."""
+    if effective:
+        return model
+    model = copy.deepcopy(model).to("meta")
+    for layer in model.modules():
+        if isinstance(layer, DclsLayer):  # geometry only: skip the (slow on meta) kernel construction
+            shape = (*layer.weight.shape[:2], *layer.kernel_size)
+            layer.dense_kernel = functools.partial(torch.empty, shape, device="meta")
+    return model
 
-    Runs on meta tensors (free) unless ``effective`` needs the learned kernels.
-    """
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape={input_shape!r} must be (N, C, H, W): the tracer handles 2-D networks")
-    device = next(model.parameters()).device if effective else torch.device("meta")
-    if not effective:
-        model = copy.deepcopy(model).to("meta")
-        for layer in model.modules():
-            if isinstance(layer, DclsLayer):  # geometry only: skip the (slow on meta) kernel construction
-                shape = (*layer.weight.shape[:2], *layer.kernel_size)
-                layer.dense_kernel = functools.partial(torch.empty, shape, device="meta")
-    model.eval()
-    rows: dict[str, dict[str, Any]] = {}
-    names = _block_names(model, blocks)
-    if not names:
-        raise ValueError(f"no module name matches blocks={blocks!r}; allowed: a regex over model.named_modules()")
-    handles = []
+
+def _register_hooks(model: nn.Module, names: list[str], input_shape: tuple[int, int, int, int], effective: bool,
+                    threshold: float, rows: dict[str, dict[str, Any]]) -> list[Any]:
+    """Forward hooks that carry the spans through convs/pools and record a row per block in ``rows``."""
 
     def spatial_hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
         meta = _get(inputs[0])
@@ -194,6 +188,7 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int], blocks: str 
                               "start": [m.lo for m in meta], "out_shape": list(t.shape[1:])}
         return hook
 
+    handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, DclsLayer) + _POOLS) and (
                 not isinstance(module, DclsLayer) or module.n_dims == 2):
@@ -202,6 +197,25 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int], blocks: str 
             handles.append(module.register_forward_hook(global_hook))
         if name in names:
             handles.append(module.register_forward_hook(block_hook(name)))
+    return handles
+
+
+def trace(model: nn.Module, input_shape: tuple[int, int, int, int], blocks: str = DEFAULT_BLOCKS,
+          effective: bool = False, threshold: float = 0.01) -> dict[str, Any]:
+    """One forward pass; the RF, jump and output size of every module whose name matches ``blocks``.
+
+    Runs on meta tensors (free) unless ``effective`` needs the learned kernels.
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape={input_shape!r} must be (N, C, H, W): the tracer handles 2-D networks")
+    device = next(model.parameters()).device if effective else torch.device("meta")
+    model = _geometry_model(model, effective)
+    model.eval()
+    rows: dict[str, dict[str, Any]] = {}
+    names = _block_names(model, blocks)
+    if not names:
+        raise ValueError(f"no module name matches blocks={blocks!r}; allowed: a regex over model.named_modules()")
+    handles = _register_hooks(model, names, input_shape, effective, threshold, rows)
     x = torch.zeros(input_shape, device=device)
     _set(x, (Span(0.0, 0.0, 1.0), Span(0.0, 0.0, 1.0)))
     try:

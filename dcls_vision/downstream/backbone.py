@@ -41,6 +41,47 @@ def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
     return values
 
 
+def _checked_kwargs(
+    model_name: Any, checkpoint_key: str, drop_path_rate: Any, model_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The backbone's arguments, checked before anything is built; returns the extra timm kwargs."""
+    if not isinstance(model_name, str) or not timm.is_model(model_name):
+        raise ValueError(
+            f"model_name={model_name!r} is not a timm model; allowed: {', '.join(DCLS_MODELS)} "
+            "(or another timm model with stages)"
+        )
+    if checkpoint_key not in CHECKPOINT_KEYS:
+        raise ValueError(f"checkpoint_key={checkpoint_key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}")
+    if not isinstance(drop_path_rate, (int, float)) or not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate={drop_path_rate!r} is invalid; allowed: a float in [0, 1)")
+    kwargs = dict(model_kwargs or {})
+    for reserved in ("num_classes", "features_only", "pretrained", "in_chans", "drop_path_rate"):
+        if reserved in kwargs:
+            raise ValueError(
+                f"model_kwargs[{reserved!r}] is set by the backbone; allowed: pass it as an argument "
+                "(in_chans, drop_path_rate) or drop it"
+            )
+    return kwargs
+
+
+def _checked_stages(
+    body: nn.Module, model_name: str, out_indices: Any, frozen_stages: Any
+) -> tuple[int, tuple[int, ...]]:
+    """Number of stages and the checked ``out_indices`` of a built timm body (which must have ``stages``)."""
+    stages = getattr(body, "stages", None)
+    if not isinstance(stages, nn.Sequential) or not hasattr(body, "forward_intermediates"):
+        raise ValueError(
+            f"model_name={model_name!r} has no 'stages' / forward_intermediates; allowed: {', '.join(DCLS_MODELS)}"
+        )
+    num_stages = len(stages)
+    out = _int_tuple(out_indices, "out_indices")
+    if list(out) != sorted(set(out)) or out[0] < 0 or out[-1] >= num_stages:
+        raise ValueError(f"out_indices={list(out)!r} is invalid; allowed: increasing indices in 0..{num_stages - 1}")
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
+        raise ValueError(f"frozen_stages={frozen_stages!r} is invalid; allowed: an int in -1..{num_stages}")
+    return num_stages, out
+
+
 class DclsBackbone(BaseModule):
     """Multi-scale backbone from a timm DCLS model (``model_name``: one of :data:`DCLS_MODELS` or any timm model
     with ``stages`` and ``forward_intermediates``).
@@ -74,24 +115,7 @@ class DclsBackbone(BaseModule):
         super().__init__(init_cfg=init_cfg)
         import dcls_vision.models  # noqa: F401  (registers the DCLS models with timm)
 
-        if not isinstance(model_name, str) or not timm.is_model(model_name):
-            raise ValueError(
-                f"model_name={model_name!r} is not a timm model; allowed: {', '.join(DCLS_MODELS)} "
-                "(or another timm model with stages)"
-            )
-        if checkpoint_key not in CHECKPOINT_KEYS:
-            raise ValueError(
-                f"checkpoint_key={checkpoint_key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}"
-            )
-        if not isinstance(drop_path_rate, (int, float)) or not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate!r} is invalid; allowed: a float in [0, 1)")
-        kwargs = dict(model_kwargs or {})
-        for reserved in ("num_classes", "features_only", "pretrained", "in_chans", "drop_path_rate"):
-            if reserved in kwargs:
-                raise ValueError(
-                    f"model_kwargs[{reserved!r}] is set by the backbone; allowed: pass it as an argument "
-                    "(in_chans, drop_path_rate) or drop it"
-                )
+        kwargs = _checked_kwargs(model_name, checkpoint_key, drop_path_rate, model_kwargs)
         body = timm.create_model(
             model_name,
             pretrained=False,
@@ -100,23 +124,7 @@ class DclsBackbone(BaseModule):
             drop_path_rate=float(drop_path_rate),
             **kwargs,
         )
-        stages = getattr(body, "stages", None)
-        if not isinstance(stages, nn.Sequential) or not hasattr(body, "forward_intermediates"):
-            raise ValueError(
-                f"model_name={model_name!r} has no 'stages' / forward_intermediates; allowed: {', '.join(DCLS_MODELS)}"
-            )
-        num_stages = len(stages)
-        out = _int_tuple(out_indices, "out_indices")
-        if list(out) != sorted(set(out)) or out[0] < 0 or out[-1] >= num_stages:
-            raise ValueError(
-                f"out_indices={list(out)!r} is invalid; allowed: increasing indices in 0..{num_stages - 1}"
-            )
-        if (
-            isinstance(frozen_stages, bool)
-            or not isinstance(frozen_stages, int)
-            or not -1 <= frozen_stages <= num_stages
-        ):
-            raise ValueError(f"frozen_stages={frozen_stages!r} is invalid; allowed: an int in -1..{num_stages}")
+        num_stages, out = _checked_stages(body, model_name, out_indices, frozen_stages)
         body.prune_intermediate_layers(list(out), prune_norm=True, prune_head=True)
         self.pruned_prefixes = tuple(f"stages.{i}." for i in range(out[-1] + 1, num_stages))
         self.body = body

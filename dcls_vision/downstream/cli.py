@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dcls_vision.utils.errors import UserError, run_cli
+
 LAUNCHERS = ("auto", "none", "pytorch", "slurm")
 # mmengine imports pkg_resources (needed for `mmdet::` base configs; setuptools < 81 is pinned for it).
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
-class CliError(ValueError):
+class CliError(UserError):
     """A bad command-line value: printed as one line, exit code 2."""
 
 
@@ -180,9 +182,9 @@ def ensure_hooks(cfg: Any) -> None:
 
 
 def run(main: Any, argv: Sequence[str] | None) -> Any:
-    """Run ``main(argv)``, turning bad values into one line on stderr and exit code 2."""
-    try:
-        return main(argv)
-    except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    """Run ``main(argv)``; bad values become one line ``PROG: error: ...`` (as argparse's) and exit code 2.
+
+    PROG is the entry module's ``PROG`` (its argparse prog), found also when the module runs as ``__main__``.
+    """
+    prog = getattr(sys.modules.get(main.__module__), "PROG", None) or "dcls_vision.downstream"
+    return run_cli(lambda: main(argv), prog=prog)

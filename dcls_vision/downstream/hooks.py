@@ -1,6 +1,6 @@
 """mmengine hooks for DCLS fine-tuning: position clamping and the repulsive loss.
 
-The public DCLS downstream code never clamps, so positions drift out of the dilated kernel (DESIGN.md §1).
+The public DCLS downstream code never clamps, so positions drift out of the dilated kernel (docs/design.md §2.2).
 """
 
 from __future__ import annotations

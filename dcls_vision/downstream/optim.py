@@ -3,7 +3,7 @@
 The public DCLS detection/segmentation code (the ConvNeXt-dcls fork of ConvNeXt's
 ``LearningRateDecayOptimizerConstructor``, for mmdet and mmseg) keeps weight decay 0 for the positions and loses
 only their 5× LR: ``.P`` tensors get ``no_decay_dcls`` groups with weight decay 0, but the ``scale = 5`` it sets
-is overwritten by the layer's decay scale (DESIGN.md §1, §2). Here the groups are those of ConvNeXt's recipe
+is overwritten by the layer's decay scale (docs/design.md §2.1). Here the groups are those of ConvNeXt's recipe
 (see :mod:`.layer_decay`), split by identity (``dcls_parameters``, shared tensors once) into ``decay``
 (``weight_decay``), ``no_decay`` (ndim ≤ 1 and biases: 0) and ``positions`` / ``sigma`` (``pos_lr_scale`` × the
 layer's LR, weight decay 0) by the trainer's own :func:`dcls_vision.engine.optim.param_groups` (the rule lives in

@@ -17,9 +17,11 @@ from typing import Any
 
 from .cli import CliError, add_common_args, ensure_hooks, load_config, run, setup_distributed
 
+PROG = "python -m dcls_vision.downstream.train"  # argparse prog and the error-line prefix
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dcls_vision.downstream.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("--backbone-checkpoint", help="our trainer's last.pth / best.pth / best_ema.pth")
     parser.add_argument("--checkpoint-key", choices=("model", "ema"), default=None,

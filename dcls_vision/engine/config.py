@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dcls_vision.data.builder import NAMES as DATA_NAMES
+from dcls_vision.utils.errors import UserError
 
 from .optim import SCHEDULERS
 
@@ -25,7 +26,7 @@ WANDB_MODES = ("online", "offline", "disabled", "shared")
 DIST_BN = ("reduce", "broadcast", "")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value that cannot work; the message is one line: ``key=value problem; allowed: ...``."""
 
 

@@ -1,6 +1,6 @@
 """Optimizer parameter groups that keep the DCLS training rules, and timm optimizer/scheduler factories.
 
-DCLS rules (DESIGN.md §2): positions and σ get ``lr × pos_lr_scale`` (default :data:`POSITION_LR_SCALE` = 5) and
+DCLS rules (docs/design.md §2.1): positions and σ get ``lr × pos_lr_scale`` (default :data:`POSITION_LR_SCALE` = 5) and
 weight decay 0, also under layer-wise LR decay (where the reference code silently loses the 5×); :func:`param_rule`
 is the one place deciding it, for the trainer and the mmengine constructor (``dcls_vision.downstream.optim``).
 Groups carry ``lr_scale``, which timm schedulers (and :func:`apply_lr_scale` for other schedulers) multiply into ``lr``.

@@ -1,11 +1,11 @@
-"""The training loop: timm for everything timm does, plus the DCLS rules (DESIGN.md §2).
+"""The training loop: timm for everything timm does, plus the DCLS rules (docs/design.md §2).
 
 Per optimizer step: ``accum`` micro-batches (DDP syncs on the last; an epoch's leftover micro-batches form a
 shorter last group, its loss divided by its own size) → NaN check → unscale (fp16) → clip → step → clamp positions
 → EMA update → scheduler ``step_update``. Validation of model and EMA each epoch; under DDP the BatchNorm running
 stats are first made equal on every rank (``trainer.dist_bn``) so what is evaluated is what is saved.
 Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
-A preemption/time-limit signal (``dcls_vision/launch/preemption.py``) saves ``last.pth`` at the next step
+A preemption/time-limit signal (``dcls_vision/engine/preemption.py``) saves ``last.pth`` at the next step
 boundary on every rank, then raises :class:`Preempted`; the requeued job resumes there.
 
 Pieces: :mod:`.builders` (loaders, optimizer, scheduler, criterion, mixup from the config),

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dcls_vision.utils.errors import UserError
+
 USAGE = """\
 usage: python -m dcls_vision.launch experiment=NAME [SLURM options] [training overrides ...]
        python -m dcls_vision.launch downstream CONFIG [SLURM options] [downstream train arguments ...]
@@ -42,7 +44,7 @@ _INT_KEYS = {
 _STR_KEYS = ("partition", "account", "qos", "constraint", "job_name", "time", "wait")
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """A launch that cannot work; the message is one line naming the value and what is allowed."""
 
 

@@ -25,8 +25,8 @@ from .options import LaunchError, LaunchOptions
 PACKAGE_DIR = Path(__file__).resolve().parent  # its git commit (when it is a checkout) goes into launch.json
 
 
-class JobFailed(LaunchError):
-    """The job ran and failed; the message is its error's last line and where its log is."""
+class JobFailed(RuntimeError):
+    """The job ran and failed (not a user input error: exit 1); the message is its error's last line and its log."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Registered DCLS variants of timm models: ``timm.create_model('convnext_tiny_dcls', ...)`` after import.
 
-Each variant is its timm base model passed through :func:`dclsify` (thesis table, DESIGN.md §3). Keyword
+Each variant is its timm base model passed through :func:`dclsify` (thesis table, docs/design.md §3). Keyword
 arguments ``dcls_interpolation``, ``dcls_dilated_kernel_size``, ``dcls_kernel_count`` and ``dcls_share``
 override the variant's DCLS settings; every other keyword (``num_classes``, ``drop_path_rate``, ``in_chans``,
 ``features_only``, ``out_indices``, ...) goes to timm. ``features_only`` models are converted after timm

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import torch
 
+from dcls_vision.utils.errors import UserError
+
 __all__ = [
     "ALGORITHMS",
     "AlgoSelector",
@@ -45,7 +47,7 @@ ENV_CACHE = "DCLS_DEPTHWISE_CACHE"
 _FORMAT = 1
 
 
-class AlgorithmError(ValueError):
+class AlgorithmError(UserError):
     """A bad DCLS_DEPTHWISE_ALGO value, or no candidate that runs."""
 
 

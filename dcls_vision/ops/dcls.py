@@ -48,6 +48,22 @@ def _bits(t: Tensor) -> Tensor:
     return t.view(_INT_OF_SIZE[t.element_size()]) if t.element_size() in _INT_OF_SIZE else t
 
 
+def _check_counts(in_channels: int, out_channels: int, kernel_count: int, groups: int, padding_mode: str) -> None:
+    """Channel and element counts are integers >= 1, groups divide the channels, the padding mode is known."""
+    for name, value in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("kernel_count", kernel_count),
+        ("groups", groups),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid; allowed: integers >= 1")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode={padding_mode!r} is not supported; allowed: {', '.join(PADDING_MODES)}")
+
+
 class _Pad(nn.Module):
     """F.pad as a module, for exported convolutions with asymmetric (even-kernel) padding."""
 
@@ -88,18 +104,7 @@ class _DclsNd(nn.Module):
     ) -> None:
         super().__init__()
         n, m = self.n_dims, self.n_learned
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("kernel_count", kernel_count),
-            ("groups", groups),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid; allowed: integers >= 1")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode={padding_mode!r} is not supported; allowed: {', '.join(PADDING_MODES)}")
+        _check_counts(in_channels, out_channels, kernel_count, groups, padding_mode)
         self.interpolation = check_interpolation(interpolation)
         self.dilated_kernel_size = _positive(
             _tuple(dilated_kernel_size, m, "dilated_kernel_size"), "dilated_kernel_size", dilated_kernel_size

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from dcls_vision.data.paths import resolve_path
+from dcls_vision.utils.errors import UserError
 
 SUBSETS = ("imagenet_a", "imagenet_r")
 
 
-class ClassListError(ValueError):
+class ClassListError(UserError):
     """The checkpoint's class names cannot be worked out, or a benchmark's classes do not fit them."""
 
 
