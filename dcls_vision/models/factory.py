@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, load_checkpoint
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
@@ -30,7 +31,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".tar")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A source that cannot become a model; the message is one line naming the file/value and what is allowed.
 
     ``reason`` lets callers that speak another option vocabulary (``--ema``, ``checkpoint_key``) rephrase:
