@@ -72,14 +72,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**63
 
 
-def _container(node: Any) -> dict[str, Any]:
-    """A plain dict from an optional DictConfig/dict node."""
-    if node is None:
-        return {}
-    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
-
-
-
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm as ``torch.nn.SyncBatchNorm`` (timm's ``--sync-bn``); its forward has no CPU path."""
     if device.type == "cpu":
