@@ -46,8 +46,10 @@ def _data_cfg(args: argparse.Namespace) -> dict[str, Any]:
         return dict(state["config"]["data"])
     from omegaconf import OmegaConf
 
+    from dcls_vision.engine.schema import load_option
+
     default = Path(__file__).resolve().parents[2] / "configs" / "data" / "fashion_mnist.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(default))
+    cfg = OmegaConf.to_container(load_option(default))
     cfg.update({"root": args.data_root, "val_subset": args.val_subset})
     return cfg
 
