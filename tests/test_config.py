@@ -170,3 +170,12 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, override, line):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stderr.strip().splitlines()[-1:]) == (2, [line]), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("group,option", [("data", "fashion_mnist"), ("data", "imagenet"), ("optim", "sgd")])
+def test_one_option_file_loads_as_hydra_composes_it(group, option):
+    from dcls_vision.engine.schema import load_option  # robustness/fashion_folder.py reads data/ this way
+
+    composed = _compose(f"{group}={option}")[group]
+    assert OmegaConf.to_container(load_option(CONFIG_DIR / group / f"{option}.yaml")) == \
+        OmegaConf.to_container(composed)

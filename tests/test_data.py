@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from dcls_vision.data import build_datasets, collate_skip_bad, reset_skipped, skipped_count, stratified_indices
 from dcls_vision.data.fashion_mnist import DEFAULT_SOURCE
+from dcls_vision.engine.schema import load_option
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 AUG = {"auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "hflip": 0.5,
@@ -22,7 +23,7 @@ needs_fmnist = pytest.mark.skipif(not Path(DEFAULT_SOURCE, "train-images-idx3-ub
 
 
 def fmnist_cfg(root: Path, **overrides: object):
-    cfg = OmegaConf.load(CONFIGS / "fashion_mnist.yaml")
+    cfg = load_option(CONFIGS / "fashion_mnist.yaml")  # as composed: on its schema
     cfg.root = str(root)
     return OmegaConf.merge(cfg, overrides)
 
@@ -98,7 +99,7 @@ def make_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class
 
 
 def folder_cfg(root: Path, **overrides: object):
-    cfg = OmegaConf.load(CONFIGS / "imagenet.yaml")
+    cfg = load_option(CONFIGS / "imagenet.yaml")
     cfg.root, cfg.num_classes, cfg.img_size, cfg.num_workers = str(root), 2, 32, 0
     return OmegaConf.merge(cfg, overrides)
 
@@ -155,7 +156,7 @@ def test_imagefolder_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="holds no images"):
         build_datasets(folder_cfg(tmp_path), {})
     with pytest.raises(ValueError, match="data.root is not set"):
-        build_datasets(OmegaConf.load(CONFIGS / "imagenet.yaml"), {})
+        build_datasets(load_option(CONFIGS / "imagenet.yaml"), {})
 
 
 def test_imagefolder_num_classes_mismatch(tmp_path: Path) -> None:

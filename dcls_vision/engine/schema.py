@@ -10,9 +10,12 @@ and cross-field rules are in :mod:`dcls_vision.engine.config`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .optim import POSITION_LR_SCALE
 
 
 @dataclass
@@ -70,7 +73,7 @@ class OptimConfig:
     momentum: float = 0.9
     betas: list[float] | None = None  # null = optimizer default
     eps: float | None = None
-    pos_lr_scale: float = 5.0  # DCLS positions/sigma: lr x this, weight decay 0 (also under layer_decay)
+    pos_lr_scale: float = POSITION_LR_SCALE  # DCLS positions/sigma: lr x this, weight decay 0 (also under layer_decay)
     layer_decay: float | None = None  # e.g. 0.7: lr x layer_decay^(depth - layer)
     lr_base_batch: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -208,3 +211,16 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for group, name, node in SCHEMAS:
         cs.store(group=group, name=name, node=node)
+
+
+def load_option(path: str | Path) -> DictConfig:
+    """One group option file (e.g. configs/data/fashion_mnist.yaml) merged onto its schema, as Hydra composes it.
+
+    For code that reads a single option without composing the whole config (tests, robustness/fashion_folder.py).
+    """
+    raw = OmegaConf.load(path)
+    bases = [d for d in OmegaConf.to_container(raw.pop("defaults", [])) if d != "_self_"]
+    schemas = {name: node for _, name, node in SCHEMAS}
+    if len(bases) != 1 or bases[0] not in schemas:
+        raise ValueError(f"{path}: defaults={bases!r}; allowed: [<one of {', '.join(schemas)}>, _self_]")
+    return OmegaConf.merge(OmegaConf.structured(schemas[bases[0]]), raw)

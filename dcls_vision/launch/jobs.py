@@ -28,7 +28,7 @@ def compose_config(overrides: list[str], config_dir: Path | None = None) -> Dict
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from dcls_vision.engine.config import ConfigError, validate_config
+    from dcls_vision.engine.config import ConfigError, composition_error_line, validate_config
 
     if any(o.lstrip("+~").startswith("hydra") for o in overrides):
         bad = next(o for o in overrides if o.lstrip("+~").startswith("hydra"))
@@ -40,7 +40,7 @@ def compose_config(overrides: list[str], config_dir: Path | None = None) -> Dict
         with initialize_config_dir(config_dir=str(config_dir or _config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
     except HydraException as e:
-        raise LaunchError(str(e).splitlines()[0]) from e
+        raise LaunchError(composition_error_line(e) or str(e).splitlines()[0]) from e  # schema type/key
     OmegaConf.resolve(cfg)  # ${now:...} once, here
     out = Path(str(cfg.trainer.output_dir)).expanduser().resolve()
     cfg.trainer.output_dir = str(out)

@@ -46,10 +46,11 @@ def _data_cfg(args: argparse.Namespace) -> dict[str, Any]:
         return dict(state["config"]["data"])
     from omegaconf import OmegaConf
 
+    from dcls_vision.engine.schema import load_option
     from dcls_vision.utils.paths import config_dir
 
     default = config_dir() / "data" / "fashion_mnist.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(default))
+    cfg = OmegaConf.to_container(load_option(default))
     cfg.update({"root": args.data_root, "val_subset": args.val_subset})
     return cfg
 
