@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from dcls_vision.utils.errors import EXIT_USER_ERROR, error_line
+
 from .jobs import submit
 from .options import USAGE, LaunchError, parse_args
 from .slurm import JobFailed, wait_for
@@ -52,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"JobFailed: {e}", file=sys.stderr)
         return 1
     except LaunchError as e:
-        print(f"LaunchError: {e}", file=sys.stderr)
-        return 2
+        print(error_line(e), file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

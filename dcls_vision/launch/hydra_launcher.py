@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from dcls_vision.utils.errors import EXIT_USER_ERROR, error_line
+
 from .options import LaunchError, LaunchOptions
 from .slurm import preflight
 
@@ -39,8 +41,8 @@ class SlurmLaunchRecord(Callback):
             preflight(launcher_options(config.hydra.launcher))
         except LaunchError as e:
             # Hydra turns a callback's exception into a warning and goes on; a bad request must stop here
-            print(f"LaunchError: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+            print(error_line(e), file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, *sys.argv]
