@@ -66,8 +66,12 @@ def cluster2():
     if why:
         pytest.skip(why)
     env = {**os.environ, **CLUSTER2_ENV}
-    run = lambda *a, timeout=120: subprocess.run(["bash", str(CLUSTER), *a], cwd=ROOT, capture_output=True,  # noqa: E731
-                                                 text=True, timeout=timeout, env=env)
+
+    def run(*a: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(CLUSTER), *a], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+        )
+
     started = run("status").returncode != 0
     if started:
         proc = run("start", "--nodes", "2", timeout=180)

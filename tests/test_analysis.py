@@ -75,10 +75,21 @@ def _one_line_error(capsys, exc: pytest.ExceptionInfo, *needles: str) -> None:
 def run_dir(tmp_path_factory) -> Path:
     """A real 2-epoch training of a small DCLS quickstart net on a Fashion-MNIST subset."""
     out = tmp_path_factory.mktemp("run")
-    overrides = ["experiment=quickstart", "data.train_subset=256", "data.val_subset=64", "data.num_workers=0",
-                 "+model.kwargs.dim=16", "+model.kwargs.depth=2", "trainer.batch_size=32", "trainer.epochs=2",
-                 "optim.lr=5e-3", "logger.wandb=false", "logger.progress=false", *EXTRA,
-                 f"trainer.output_dir={out}"]
+    overrides = [
+        "experiment=quickstart",
+        "data.train_subset=256",
+        "data.val_subset=64",
+        "data.num_workers=0",
+        "+model.kwargs.dim=16",
+        "+model.kwargs.depth=2",
+        "trainer.batch_size=32",
+        "trainer.epochs=2",
+        "optim.lr=5e-3",
+        "logger.wandb=false",
+        "logger.progress=false",
+        *EXTRA,
+        f"trainer.output_dir={out}",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     train(cfg)
@@ -100,8 +111,9 @@ def fashion_images(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------- CLI basics
 def test_every_tool_has_help():
     for name in TOOL_NAMES:
-        proc = subprocess.run([sys.executable, str(TOOLS / f"{name}.py"), "--help"], capture_output=True,
-                              text=True, timeout=60, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, str(TOOLS / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"usage: {name}.py") and "--out" in proc.stdout
 
@@ -138,9 +150,15 @@ def test_ema_of_a_run_without_ema_is_refused(run_dir, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ FLOPs
 def test_flops_of_plain_convs_equal_hand_formula():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.Conv2d(8, 16, 1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 5, padding=2, groups=8),
+        nn.Conv2d(8, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
     r = analyse(model, (2, 3, 32, 32))
     macs = 16 * 16 * (8 * 3 * 9 + 8 * 25 + 16 * 8) + 16 * 10
     assert r["gmacs"] * 1e9 == pytest.approx(macs)
@@ -187,11 +205,11 @@ def test_receptive_field_of_small_net_by_hand():
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.Conv2d(1, 4, 3, stride=2, padding=1)                        # rf 3, jump 2
-            self.block = nn.Conv2d(4, 4, 5, padding=2)                                  # + 4*2 = 11
-            self.pool = nn.MaxPool2d(2)                                                 # + 1*2 = 13, jump 4
-            self.dcls = Dcls2d(4, 4, 3, 9, groups=4)                                    # + 8*4 = 45
-            self.dilated = nn.Conv2d(4, 4, 3, padding=2, dilation=2, stride=2)          # + 4*4 = 61, jump 8
+            self.stem = nn.Conv2d(1, 4, 3, stride=2, padding=1)  # rf 3, jump 2
+            self.block = nn.Conv2d(4, 4, 5, padding=2)  # + 4*2 = 11
+            self.pool = nn.MaxPool2d(2)  # + 1*2 = 13, jump 4
+            self.dcls = Dcls2d(4, 4, 3, 9, groups=4)  # + 8*4 = 45
+            self.dilated = nn.Conv2d(4, 4, 3, padding=2, dilation=2, stride=2)  # + 4*4 = 61, jump 8
 
         def forward(self, x):
             x = self.stem(x)
@@ -233,7 +251,7 @@ def test_plot_positions_from_run_dir(run_dir, tmp_path, capsys):
     speed = r["speed"]
     assert speed["epochs"] == [1, 2] and speed["lr"] == [m["lr"] for m in metrics]
     assert speed["pos_lr_scale"] == 5.0
-    (name, values), = speed["speed"].items()
+    ((name, values),) = speed["speed"].items()
     assert values == [m["pos_delta"][name] for m in metrics] and all(v > 0 for v in values)
 
     state = load_checkpoint(run_dir / "last.pth")["model"]
@@ -289,8 +307,11 @@ def test_erf_cli_on_checkpoint(run_dir, fashion_images, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------- export
 def test_export_cli_on_checkpoint(run_dir, tmp_path, capsys):
     out = tmp_path / "export"
-    r = _run("export", ["--checkpoint", str(run_dir / "best.pth"), "--onnx-exporter", "torchscript",
-                        "--out", str(out)], capsys)
+    r = _run(
+        "export",
+        ["--checkpoint", str(run_dir / "best.pth"), "--onnx-exporter", "torchscript", "--out", str(out)],
+        capsys,
+    )
     assert r["all_within_atol"] and r["check_batch"] == 3 and r["trace_batch"] == 2
     assert set(r["formats"]) == {"conv", "torchscript", "onnx"}
     for fmt in r["formats"].values():
@@ -313,8 +334,14 @@ def test_onnx_dynamo_exporter(run_dir, tmp_path):
     from dcls_vision.analysis.loading import example_input, from_checkpoint
 
     loaded = from_checkpoint(run_dir / "last.pth")
-    r = export_mod.export_and_verify(loaded.model, example_input(loaded, 2), example_input(loaded, 5, seed=1),
-                                     tmp_path, ("onnx",), onnx_exporter="dynamo")
+    r = export_mod.export_and_verify(
+        loaded.model,
+        example_input(loaded, 2),
+        example_input(loaded, 5, seed=1),
+        tmp_path,
+        ("onnx",),
+        onnx_exporter="dynamo",
+    )
     assert r["all_within_atol"] and r["formats"]["onnx"]["max_abs_diff"] < 1e-4
     assert "conv" not in r["formats"] and not (tmp_path / "model_conv.pth").exists()
 
@@ -334,8 +361,26 @@ def test_peak_memory_helpers():
 
 def test_throughput_cli_side_by_side(tmp_path, capsys):
     out = tmp_path / "tp"
-    r = _run("throughput", ["--models", "dcls_quickstart", "dcls_quickstart_baseline", "--batch-sizes", "2", "8",
-                            "--warmup", "1", "--repeats", "2", "--threads", "1", "--out", str(out)], capsys)
+    r = _run(
+        "throughput",
+        [
+            "--models",
+            "dcls_quickstart",
+            "dcls_quickstart_baseline",
+            "--batch-sizes",
+            "2",
+            "8",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert [m["model"] for m in r["models"]] == ["dcls_quickstart", "dcls_quickstart_baseline"]
     for m in r["models"]:
         for mode in ("infer", "train"):

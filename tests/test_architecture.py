@@ -54,3 +54,13 @@ def test_import_contracts_catch_violations(tmp_path, module, line, expected):
         f.write(f"\n{line}\n")
     proc = _lint_imports(tmp_path)
     assert proc.returncode != 0 and expected in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]], ids=["ruff-check", "ruff-format"])
+def test_ruff_clean(args):
+    """The tree is lint-clean and in ruff's format (pyproject.toml's settings); a failure prints what to fix."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (
+        f"ruff {' '.join(args)} failed (run `ruff {' '.join(args).replace('--check ', '')}`):\n"
+        + (proc.stdout + proc.stderr)
+    )

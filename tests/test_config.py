@@ -24,11 +24,26 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") 
 ALL_EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 BEFORE = json.loads((Path(__file__).parent / "fixtures" / "configs_before_schemas.json").read_text())
 # Thesis: the repulsive loss (weight 1 from epoch 20) is used for the bilinear DCLS models only.
-BILINEAR_DCLS = ["convnext_tiny_dcls", "convnext_small_dcls", "convnext_base_dcls", "convformer_s18_dcls",
-                 "resnet50_dcls", "resnet50_dcls_k6"]
-CONVNEXT_RECIPE = ["convnext_tiny", "convnext_small", "convnext_base", "convnext_tiny_dcls", "convnext_small_dcls",
-                   "convnext_base_dcls", "convnext_tiny_dcls_gauss", "convformer_s18", "convformer_s18_dcls",
-                   "convformer_s18_dcls_gauss"]
+BILINEAR_DCLS = [
+    "convnext_tiny_dcls",
+    "convnext_small_dcls",
+    "convnext_base_dcls",
+    "convformer_s18_dcls",
+    "resnet50_dcls",
+    "resnet50_dcls_k6",
+]
+CONVNEXT_RECIPE = [
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_tiny_dcls",
+    "convnext_small_dcls",
+    "convnext_base_dcls",
+    "convnext_tiny_dcls_gauss",
+    "convformer_s18",
+    "convformer_s18_dcls",
+    "convformer_s18_dcls_gauss",
+]
 A3_RECIPE = ["resnet50", "resnet50_dcls", "resnet50_dcls_k6"]
 
 
@@ -51,8 +66,9 @@ def _experiment(name: str):
 
 
 def test_every_thesis_row_has_an_experiment():
-    assert set(CONVNEXT_RECIPE + A3_RECIPE + ["fastvit_sa24", "fastvit_sa24_dcls", "quickstart",
-                                             "quickstart_baseline"]) <= set(EXPERIMENTS)
+    assert set(
+        CONVNEXT_RECIPE + A3_RECIPE + ["fastvit_sa24", "fastvit_sa24_dcls", "quickstart", "quickstart_baseline"]
+    ) <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -93,14 +109,20 @@ def test_quickstart_baseline_shares_the_quickstart_recipe():
     assert (a.model.name, b.model.name) == ("dcls_quickstart", "dcls_quickstart_baseline")
     for section in ("optim", "sched", "aug", "data"):
         assert a[section] == b[section], section
-    assert {k: v for k, v in a.trainer.items() if k != "output_dir"} == \
-        {k: v for k, v in b.trainer.items() if k != "output_dir"}
+    assert {k: v for k, v in a.trainer.items() if k != "output_dir"} == {
+        k: v for k, v in b.trainer.items() if k != "output_dir"
+    }
     assert (a.trainer.epochs, a.trainer.batch_size, a.optim.lr, a.aug.pad_crop, a.aug.mixup) == (3, 64, 5e-3, 0, 0.0)
 
 
 def test_any_value_is_overridable():
-    cfg = _compose("experiment=convnext_tiny_dcls", "optim.lr=1e-3", "trainer.accum=1", "+model.kwargs.foo=1",
-                   "trainer.output_dir=/tmp/x")
+    cfg = _compose(
+        "experiment=convnext_tiny_dcls",
+        "optim.lr=1e-3",
+        "trainer.accum=1",
+        "+model.kwargs.foo=1",
+        "trainer.output_dir=/tmp/x",
+    )
     assert (cfg.optim.lr, cfg.trainer.accum, cfg.model.kwargs.foo, cfg.trainer.output_dir) == (1e-3, 1, 1, "/tmp/x")
 
 
@@ -158,16 +180,34 @@ def test_typos_and_wrong_types_fail_at_composition_but_kwargs_stay_open():
     assert (cfg.model.kwargs.dim, list(cfg.optim.kwargs.foo)) == (8, [1, 2])
 
 
-@pytest.mark.parametrize("override,line", [
-    ("trainer.epochs=abc", "ConfigError: trainer.epochs='abc' has the wrong type; allowed: an integer"),
-    ("data.name=imagenet", "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder"),
-])
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("trainer.epochs=abc", "ConfigError: trainer.epochs='abc' has the wrong type; allowed: an integer"),
+        (
+            "data.name=imagenet",
+            "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder",
+        ),
+    ],
+)
 def test_cli_config_errors_are_one_line_exit_2(tmp_path, override, line):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=quickstart", override,
-                           f"trainer.output_dir={tmp_path / 'run'}", "logger.wandb=false"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "experiment=quickstart",
+            override,
+            f"trainer.output_dir={tmp_path / 'run'}",
+            "logger.wandb=false",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (proc.returncode, proc.stderr.strip().splitlines()[-1:]) == (2, [line]), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
@@ -177,5 +217,6 @@ def test_one_option_file_loads_as_hydra_composes_it(group, option):
     from dcls_vision.engine.schema import load_option  # robustness/fashion_folder.py reads data/ this way
 
     composed = _compose(f"{group}={option}")[group]
-    assert OmegaConf.to_container(load_option(CONFIG_DIR / group / f"{option}.yaml")) == \
-        OmegaConf.to_container(composed)
+    assert OmegaConf.to_container(load_option(CONFIG_DIR / group / f"{option}.yaml")) == OmegaConf.to_container(
+        composed
+    )

@@ -16,10 +16,19 @@ from dcls_vision.data.fashion_mnist import DEFAULT_SOURCE
 from dcls_vision.engine.schema import load_option
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
-AUG = {"auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "hflip": 0.5,
-       "scale": [0.08, 1.0], "ratio": [0.75, 1.3333], "color_jitter": 0.4, "pad_crop": 2}
-needs_fmnist = pytest.mark.skipif(not Path(DEFAULT_SOURCE, "train-images-idx3-ubyte.gz").is_file(),
-                                  reason="apt-get install dataset-fashion-mnist")
+AUG = {
+    "auto_augment": "rand-m9-mstd0.5-inc1",
+    "reprob": 0.25,
+    "remode": "pixel",
+    "hflip": 0.5,
+    "scale": [0.08, 1.0],
+    "ratio": [0.75, 1.3333],
+    "color_jitter": 0.4,
+    "pad_crop": 2,
+}
+needs_fmnist = pytest.mark.skipif(
+    not Path(DEFAULT_SOURCE, "train-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
+)
 
 
 def fmnist_cfg(root: Path, **overrides: object):
@@ -129,8 +138,9 @@ def test_imagefolder_val_uses_train_labels_and_subsets(tmp_path: Path) -> None:
     for f in (tmp_path / "val" / "a").iterdir():
         f.unlink()
     (tmp_path / "val" / "a").rmdir()
-    train, val, n = build_datasets(folder_cfg(tmp_path, num_classes=3, train_subset=5, val_subset=4, in_chans=1,
-                                              mean=[0.5], std=[0.5]), {})
+    train, val, n = build_datasets(
+        folder_cfg(tmp_path, num_classes=3, train_subset=5, val_subset=4, in_chans=1, mean=[0.5], std=[0.5]), {}
+    )
     assert val.class_to_idx == train.class_to_idx == {"a": 0, "b": 1, "c": 2}
     assert set(val.targets) == {1, 2} and len(val) == 4 and len(train) == 5 and n == 3
     assert val[0][0].shape == (1, 32, 32)

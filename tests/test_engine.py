@@ -104,7 +104,6 @@ def test_optimizer_lr_after_scheduler_step(opt, layer_decay):
         assert _group_of(optimizer, stem_w)["lr"] == pytest.approx(value)
 
 
-
 def test_param_groups_with_layer_ids_is_the_downstream_rule():
     """What the mmengine constructor (downstream/optim.py) asks of the shared param_groups, without mmengine:
     ids from a layer_id_fn, scales from a layer_scale_fn, no model.no_weight_decay(), groups sorted by (id, kind).
@@ -112,8 +111,15 @@ def test_param_groups_with_layer_ids_is_the_downstream_rule():
     model = _quickstart()
     ids = {"stem": 0, "stages": 1, "norm": 3, "head": 3}
     layer_of = lambda name: 2 if name.startswith("stages.1") else ids[name.split(".")[0]]  # noqa: E731
-    groups = param_groups(model, lr=1.0, weight_decay=0.05, layer_id_fn=layer_of,
-                          layer_scale_fn=lambda lid: 0.5 ** (3 - lid), no_weight_decay=(), sort_by_layer=True)
+    groups = param_groups(
+        model,
+        lr=1.0,
+        weight_decay=0.05,
+        layer_id_fn=layer_of,
+        layer_scale_fn=lambda lid: 0.5 ** (3 - lid),
+        no_weight_decay=(),
+        sort_by_layer=True,
+    )
     names = [g["name"] for g in groups]
     assert names == sorted(names, key=lambda n: (int(n.split("_")[1]), n.split("_", 2)[2]))
     assert all(n.startswith("layer_") for n in names)
@@ -127,8 +133,11 @@ def test_param_groups_with_layer_ids_is_the_downstream_rule():
             assert g["name"].endswith(kind) and g["weight_decay"] == 0.0
             assert g["lr_scale"] == POSITION_LR_SCALE * 0.5 ** (3 - layer)
     w = model.stages[1].mlp.fc1.weight
-    assert (by_id[id(w)]["name"], by_id[id(w)]["lr_scale"], by_id[id(w)]["weight_decay"]) == ("layer_2_decay", 0.5,
-                                                                                               0.05)
+    assert (by_id[id(w)]["name"], by_id[id(w)]["lr_scale"], by_id[id(w)]["weight_decay"]) == (
+        "layer_2_decay",
+        0.5,
+        0.05,
+    )
     assert param_rule("x.bias", torch.zeros(3, 3), 0.05, None, ()) == ("no_decay", 0.0, 1.0)
     assert param_rule("x.w", torch.zeros(3, 3), 0.05, "sigma", ()) == ("sigma", 0.0, POSITION_LR_SCALE)
     assert param_rule("x.w", torch.zeros(3, 3), 0.05, None, {"x.w"}) == ("no_decay", 0.0, 1.0)
@@ -138,6 +147,7 @@ def test_param_groups_with_layer_ids_is_the_downstream_rule():
     explicit = param_groups(model, 1.0, 0.05, *timm_layer_decay(model, 0.5))
     strip = lambda gs: [(g["name"], g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in gs]  # noqa: E731
     assert strip(via_decay) == strip(explicit)
+
 
 def test_optimizer_respects_group_weight_decay():
     """A step with zero gradients must leave wd-0 tensors (positions) untouched, and shrink decayed weights."""
@@ -156,8 +166,13 @@ def test_optimizer_respects_group_weight_decay():
 def test_repulsive_loss_matches_hand_computation():
     # kernel (o=0): points (0,0), (0.3,0), (0,0.4): distances 0.3, 0.4, 0.5 -> 0.7 + 0.6 + 0.5 = 1.8
     # kernel (o=1): points 2 apart -> 0.  R = 2 / (K(K-1) Cout Cin/g) * 1.8 = 2 / (3*2*2*1) * 1.8 = 0.3
-    pos = torch.tensor([[[[0.0, 0.3, 0.0]], [[0.0, 2.0, 4.0]]],    # axis 0 (M=2, Cout=2, Cin/g=1, K=3)
-                        [[[0.0, 0.0, 0.4]], [[0.0, 0.0, 0.0]]]], requires_grad=True)
+    pos = torch.tensor(
+        [
+            [[[0.0, 0.3, 0.0]], [[0.0, 2.0, 4.0]]],  # axis 0 (M=2, Cout=2, Cin/g=1, K=3)
+            [[[0.0, 0.0, 0.4]], [[0.0, 0.0, 0.0]]],
+        ],
+        requires_grad=True,
+    )
     r = repulsive_term(pos)
     assert r.item() == pytest.approx(0.3, abs=1e-6)
     # a second tensor with all elements 1.5 apart along one axis contributes 0: mean over tensors halves R
@@ -204,8 +219,9 @@ def test_atomic_save_weights_only_and_rng_roundtrip(tmp_path):
     random.seed(3)
     state = rng_state()
     a = (torch.rand(3), np.random.rand(3), random.random())
-    path = atomic_save({"rng": state, "x": torch.ones(2), "meta": {"epoch": 1, "name": "a", "v": [1.5, None]}},
-                       tmp_path / "c.pth")
+    path = atomic_save(
+        {"rng": state, "x": torch.ones(2), "meta": {"epoch": 1, "name": "a", "v": [1.5, None]}}, tmp_path / "c.pth"
+    )
     loaded = load_checkpoint(path)
     assert loaded["meta"] == {"epoch": 1, "name": "a", "v": [1.5, None]}
     set_rng_state(loaded["rng"])
@@ -230,10 +246,23 @@ def _cfg(**over):
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "pos_lr_scale": 5.0, "layer_decay": None},
         "sched": {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0},
         "aug": {"mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0},
-        "trainer": {"epochs": 2, "batch_size": 8, "accum": 1, "amp": "none", "device": "cpu", "seed": 0,
-                    "output_dir": "/tmp/out", "resume": None, "clip_grad": None, "clip_mode": "norm", "loss": "ce",
-                    "ema": {"enabled": True, "decay": 0.99}, "repulsive": {"weight": 1.0, "start_epoch": 0},
-                    "keep_last": 1, "ckpt_interval_steps": 0},
+        "trainer": {
+            "epochs": 2,
+            "batch_size": 8,
+            "accum": 1,
+            "amp": "none",
+            "device": "cpu",
+            "seed": 0,
+            "output_dir": "/tmp/out",
+            "resume": None,
+            "clip_grad": None,
+            "clip_mode": "norm",
+            "loss": "ce",
+            "ema": {"enabled": True, "decay": 0.99},
+            "repulsive": {"weight": 1.0, "start_epoch": 0},
+            "keep_last": 1,
+            "ckpt_interval_steps": 0,
+        },
         "logger": {"wandb": False, "wandb_mode": None, "log_interval": 10},
     }
     schema = OmegaConf.structured(Config(data=FashionMNISTDataConfig()))  # the defaults, typed, as composed
@@ -247,28 +276,31 @@ def test_valid_config_passes():
     validate_config(_cfg())
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("optim.lr", -1.0, "optim.lr=-1.0 must be > 0"),
-    ("optim.lr", 0, "optim.lr=0.0 must be > 0"),  # the schema makes it a float
-    ("trainer.epochs", 0, "trainer.epochs=0 must be >= 1"),
-    ("model.name", "no_such_net", "model.name='no_such_net' is not a registered timm model"),
-    ("optim.name", "adamz", "optim.name='adamz' is not a timm optimizer"),
-    ("sched.name", "cosinus", "sched.name='cosinus' is not supported; allowed: cosine"),
-    ("trainer.amp", "fp8", "trainer.amp='fp8' is not supported; allowed: none, bf16, fp16"),
-    ("trainer.batch_size", 0, "trainer.batch_size=0 must be >= 1"),
-    ("trainer.dist_timeout_s", 0, "trainer.dist_timeout_s=0 must be >= 1 (seconds)"),
-    ("trainer.device", "tpu", "trainer.device='tpu'"),
-    ("trainer.ema.decay", 1.5, "trainer.ema.decay=1.5 must be in (0, 1)"),
-    ("trainer.resume", "/no/such/file.pth", "trainer.resume='/no/such/file.pth' is not a file"),
-    ("aug.label_smoothing", 1.0, "aug.label_smoothing=1.0 must be in [0, 1)"),
-    ("optim.layer_decay", 2.0, "optim.layer_decay=2.0 must be in (0, 1]"),
-    ("sched.warmup_epochs", 5, "sched.warmup_epochs=5 must be in [0, trainer.epochs=2]"),
-    ("data.root", "???", "data.root=??? is required"),
-    ("data.source", "/no/such/dir", "data.source='/no/such/dir' does not exist"),
-    ("data.test_img_size", 0, "data.test_img_size=0 must be >= 1"),
-    ("data.name", "imagenet", "data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder"),
-    ("logger.wandb_mode", "sometimes", "logger.wandb_mode='sometimes' is not supported"),
-])
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("optim.lr", -1.0, "optim.lr=-1.0 must be > 0"),
+        ("optim.lr", 0, "optim.lr=0.0 must be > 0"),  # the schema makes it a float
+        ("trainer.epochs", 0, "trainer.epochs=0 must be >= 1"),
+        ("model.name", "no_such_net", "model.name='no_such_net' is not a registered timm model"),
+        ("optim.name", "adamz", "optim.name='adamz' is not a timm optimizer"),
+        ("sched.name", "cosinus", "sched.name='cosinus' is not supported; allowed: cosine"),
+        ("trainer.amp", "fp8", "trainer.amp='fp8' is not supported; allowed: none, bf16, fp16"),
+        ("trainer.batch_size", 0, "trainer.batch_size=0 must be >= 1"),
+        ("trainer.dist_timeout_s", 0, "trainer.dist_timeout_s=0 must be >= 1 (seconds)"),
+        ("trainer.device", "tpu", "trainer.device='tpu'"),
+        ("trainer.ema.decay", 1.5, "trainer.ema.decay=1.5 must be in (0, 1)"),
+        ("trainer.resume", "/no/such/file.pth", "trainer.resume='/no/such/file.pth' is not a file"),
+        ("aug.label_smoothing", 1.0, "aug.label_smoothing=1.0 must be in [0, 1)"),
+        ("optim.layer_decay", 2.0, "optim.layer_decay=2.0 must be in (0, 1]"),
+        ("sched.warmup_epochs", 5, "sched.warmup_epochs=5 must be in [0, trainer.epochs=2]"),
+        ("data.root", "???", "data.root=??? is required"),
+        ("data.source", "/no/such/dir", "data.source='/no/such/dir' does not exist"),
+        ("data.test_img_size", 0, "data.test_img_size=0 must be >= 1"),
+        ("data.name", "imagenet", "data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder"),
+        ("logger.wandb_mode", "sometimes", "logger.wandb_mode='sometimes' is not supported"),
+    ],
+)
 def test_config_errors_name_key_value_and_rule(key, value, fragment):
     with pytest.raises(ConfigError) as info:
         validate_config(_cfg(**{key: value}))
@@ -287,8 +319,9 @@ def test_type_errors_are_one_line_naming_key_value_and_type():
 
 
 def test_imagefolder_root_must_exist(tmp_path):
-    cfg = _cfg(**{"data.name": "imagefolder", "data.root": str(tmp_path), "data.train_dir": "train",
-                  "data.val_dir": "val"})
+    cfg = _cfg(
+        **{"data.name": "imagefolder", "data.root": str(tmp_path), "data.train_dir": "train", "data.val_dir": "val"}
+    )
     with pytest.raises(ConfigError, match=r"data.root=.*is not a directory"):
         validate_config(cfg)
     (tmp_path / "train").mkdir()

@@ -60,8 +60,10 @@ def positions_by_stage(model: nn.Module) -> dict[str, set[int]]:
 
 def tiny(name: str, **kwargs) -> nn.Module:
     """A registered variant with few blocks and channels: same code path, cheap to run."""
-    arch = {"convnext": dict(depths=(1, 2, 1, 1), dims=(16, 32, 48, 64)),
-            "resnet50": dict(layers=(1, 2, 1, 1), base_width=16)}
+    arch = {
+        "convnext": dict(depths=(1, 2, 1, 1), dims=(16, 32, 48, 64)),
+        "resnet50": dict(layers=(1, 2, 1, 1), base_width=16),
+    }
     return timm.create_model(name, num_classes=5, **arch[name.split("_")[0]], **kwargs)
 
 
@@ -90,11 +92,18 @@ def test_unpublished_param_counts():
 
 
 def test_kwargs_override_dcls_settings_and_pass_timm_ones():
-    model = meta_model("convnext_tiny_dcls", dcls_interpolation="gauss", dcls_dilated_kernel_size=23,
-                       dcls_kernel_count=26, num_classes=10, drop_path_rate=0.1)
+    model = meta_model(
+        "convnext_tiny_dcls",
+        dcls_interpolation="gauss",
+        dcls_dilated_kernel_size=23,
+        dcls_kernel_count=26,
+        num_classes=10,
+        drop_path_rate=0.1,
+    )
     layers = list(dcls_layers(model))
     assert len(layers) == 18 and all(
-        (m.interpolation, m.dilated_kernel_size, m.kernel_count) == ("gauss", (23, 23), 26) for m in layers)
+        (m.interpolation, m.dilated_kernel_size, m.kernel_count) == ("gauss", (23, 23), 26) for m in layers
+    )
     assert model.head.fc.out_features == 10
     assert n_params(model) == n_params(meta_model("convnext_tiny_dcls_gauss", num_classes=10))
     unshared = meta_model("convnext_tiny_dcls", dcls_share="none")
@@ -152,8 +161,12 @@ def test_shared_gradient_is_sum_of_block_contributions():
 # ------------------------------------------------------------- forward / backward, full size
 # Fast suite: one model per family and interpolation; ResNet at base_width 16 (4x narrower 3x3 convs: its dense
 # 512x512 DCLS kernels take seconds to build on 2 cores). Full sizes of everything run under -m slow.
-FAST = [("convnext_tiny_dcls_gauss", {}), ("convformer_s18_dcls", {}), ("fastvit_sa24_dcls", {}),
-        ("resnet50_dcls", {"base_width": 16})]
+FAST = [
+    ("convnext_tiny_dcls_gauss", {}),
+    ("convformer_s18_dcls", {}),
+    ("fastvit_sa24_dcls", {}),
+    ("resnet50_dcls", {"base_width": 16}),
+]
 SLOW = [pytest.param(name, {}, marks=pytest.mark.slow) for name in sorted(VARIANTS) if name not in dict(FAST)]
 
 
@@ -171,8 +184,12 @@ def test_forward_backward(name, kwargs):
 
 
 # mmdet/mmseg ask for out_indices=(0, 1, 2, 3): the four stages, except ResNet whose index 0 is the stem.
-FEATURE_CASES = [("convnext_tiny_dcls", (0, 1, 2, 3), {}), ("convformer_s18_dcls_gauss", (0, 1, 2, 3), {}),
-                 ("fastvit_sa24_dcls", (0, 1, 2, 3), {}), ("resnet50_dcls", (1, 2, 3, 4), {"base_width": 16})]
+FEATURE_CASES = [
+    ("convnext_tiny_dcls", (0, 1, 2, 3), {}),
+    ("convformer_s18_dcls_gauss", (0, 1, 2, 3), {}),
+    ("fastvit_sa24_dcls", (0, 1, 2, 3), {}),
+    ("resnet50_dcls", (1, 2, 3, 4), {"base_width": 16}),
+]
 
 
 @pytest.mark.parametrize(("name", "out_indices", "kwargs"), FEATURE_CASES)
@@ -186,7 +203,8 @@ def test_features_only_shares_by_stage(name, out_indices, kwargs):
     with torch.no_grad():
         features = model.eval()(torch.randn(1, 3, 32, 32))
     assert [f.shape for f in features] == [
-        (1, c, 32 // r, 32 // r) for c, r in zip(base.feature_info.channels(), base.feature_info.reduction())]
+        (1, c, 32 // r, 32 // r) for c, r in zip(base.feature_info.channels(), base.feature_info.reduction())
+    ]
     assert "classifier" not in model.pretrained_cfg
 
 
@@ -247,8 +265,10 @@ def test_dclsify_mobilenet_depthwise_needs_share_none():
     model = timm.create_model("mobilenetv3_small_050", num_classes=4)
     with pytest.raises(ValueError, match="share='stage' but MobileNetV3 has no stage structure"):
         dclsify(copy.deepcopy(model), kernel_size=3, dilated_kernel_size=7, kernel_count=6)
-    n_dw = sum(isinstance(m, nn.Conv2d) and m.kernel_size == (5, 5) and m.groups == m.in_channels == m.out_channels
-               for m in model.modules())
+    n_dw = sum(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (5, 5) and m.groups == m.in_channels == m.out_channels
+        for m in model.modules()
+    )
     x = torch.randn(2, 3, 64, 64)
     before = model.eval()(x).shape
     dclsify(model, kernel_size=5, interpolation="gauss", dilated_kernel_size=9, kernel_count=8, share="none")
@@ -258,10 +278,10 @@ def test_dclsify_mobilenet_depthwise_needs_share_none():
 
 def test_dclsify_conv2d_same_stride2_and_skips():
     convs = nn.Sequential(
-        Conv2dSame(8, 8, 3, stride=2, groups=8),           # TF 'same': replaced, size ceil(H / 2)
+        Conv2dSame(8, 8, 3, stride=2, groups=8),  # TF 'same': replaced, size ceil(H / 2)
         nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True),
-        nn.Conv2d(8, 8, 3, padding=0, groups=8),            # 'valid': would change the size -> skipped
-        StdConv2d(8, 8, 3, padding=1, groups=8),            # weight standardisation -> skipped
+        nn.Conv2d(8, 8, 3, padding=0, groups=8),  # 'valid': would change the size -> skipped
+        StdConv2d(8, 8, 3, padding=1, groups=8),  # weight standardisation -> skipped
     )
     model = nn.Sequential()
     model.add_module("stages", nn.Sequential(convs))

@@ -42,8 +42,19 @@ KILL_TIMEOUT_S, HANG_TIMEOUT_S = 20, 15
 
 
 def _launch(run_dir: Path, log: Path, *args: str) -> subprocess.Popen:
-    return _popen([sys.executable, "-m", "dcls_vision.launch", *TINY, "time=10", "wait=true",
-                   f"trainer.output_dir={run_dir}", *args], log)
+    return _popen(
+        [
+            sys.executable,
+            "-m",
+            "dcls_vision.launch",
+            *TINY,
+            "time=10",
+            "wait=true",
+            f"trainer.output_dir={run_dir}",
+            *args,
+        ],
+        log,
+    )
 
 
 def _task_pid(job_id: str, rank: int) -> int | None:
@@ -64,6 +75,7 @@ def _task_pid(job_id: str, rank: int) -> int | None:
 
 def _signal_rank1(run_dir: Path, log: Path, sig: signal.Signals, done: dict, key: str) -> threading.Thread:
     """Once training runs, send ``sig`` to rank 1 (on node2); records when."""
+
     def act() -> None:
         job_id = re.search(r"submitted job (\d+)", log.read_text()).group(1)
         pid = _task_pid(job_id, 1)
@@ -76,8 +88,20 @@ def _signal_rank1(run_dir: Path, log: Path, sig: signal.Signals, done: dict, key
 
 def _sbatch2(run_dir: Path, out: Path, *overrides: str) -> str:
     env = {**os.environ, "NPROC_PER_NODE": "1", "RUN_DIR": str(run_dir)}
-    proc = _run(["sbatch", "--parsable", "--nodes=2", "--cpus-per-task=1", "--time=10", "-o", str(out),
-                 "slurm/train.sbatch", *overrides], env=env)
+    proc = _run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--cpus-per-task=1",
+            "--time=10",
+            "-o",
+            str(out),
+            "slurm/train.sbatch",
+            *overrides,
+        ],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -96,19 +120,33 @@ def jobs2(cluster2, tmp_path_factory):
         j["launch"] = _launch(j["launch_dir"], tmp / "launch.log", "nodes=2", "tasks_per_node=1")
         j["req_dir"] = tmp / "sbatch_requeued"
         j["req_id"] = _sbatch2(j["req_dir"], tmp / "sbatch.out", *TINY)
-        j["req_watch"] = _when_training(j["req_dir"], lambda: _run(["scontrol", "requeue", j["req_id"]], check=True),
-                                        j["acted"], "requeue")
+        j["req_watch"] = _when_training(
+            j["req_dir"], lambda: _run(["scontrol", "requeue", j["req_id"]], check=True), j["acted"], "requeue"
+        )
         j["sweep_dir"] = tmp / "sweep"
-        j["hydra"] = _popen([sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.nodes=2",
-                             "hydra.launcher.tasks_per_node=1", "hydra.launcher.timeout_min=10",
-                             f"hydra.sweep.dir={j['sweep_dir']}", *TINY], tmp / "hydra.log")
+        j["hydra"] = _popen(
+            [
+                sys.executable,
+                "train.py",
+                "-m",
+                "hydra/launcher=slurm",
+                "hydra.launcher.nodes=2",
+                "hydra.launcher.tasks_per_node=1",
+                "hydra.launcher.timeout_min=10",
+                f"hydra.sweep.dir={j['sweep_dir']}",
+                *TINY,
+            ],
+            tmp / "hydra.log",
+        )
         j["kill_dir"] = tmp / "killed"
-        j["kill"] = _launch(j["kill_dir"], tmp / "kill.log", "nodes=2", "tasks_per_node=1",
-                            f"trainer.dist_timeout_s={KILL_TIMEOUT_S}")
+        j["kill"] = _launch(
+            j["kill_dir"], tmp / "kill.log", "nodes=2", "tasks_per_node=1", f"trainer.dist_timeout_s={KILL_TIMEOUT_S}"
+        )
         j["kill_watch"] = _signal_rank1(j["kill_dir"], tmp / "kill.log", signal.SIGKILL, j["acted"], "kill")
         j["hang_dir"] = tmp / "frozen"
-        j["hang"] = _launch(j["hang_dir"], tmp / "hang.log", "nodes=2", "tasks_per_node=1",
-                            f"trainer.dist_timeout_s={HANG_TIMEOUT_S}")
+        j["hang"] = _launch(
+            j["hang_dir"], tmp / "hang.log", "nodes=2", "tasks_per_node=1", f"trainer.dist_timeout_s={HANG_TIMEOUT_S}"
+        )
         j["hang_watch"] = _signal_rank1(j["hang_dir"], tmp / "hang.log", signal.SIGSTOP, j["acted"], "hang")
     finally:
         for k, v in saved.items():
@@ -131,9 +169,19 @@ def reference2(jobs2):
 # ------------------------------------------------------------------------------------------------- tests
 def test_two_node_cluster_has_two_hosts(cluster2):
     """Each task runs on its own node: own hostname, own address, and the first node resolves from both."""
-    proc = _run(["srun", "-N2", "--ntasks-per-node=1", "-l", "bash", "-c",
-                 "echo $(hostname) $SLURMD_NODENAME $(getent hosts node1 | cut -d' ' -f1) "
-                 "$(ip -4 -o addr show scope global | awk '{print $4}')"], timeout=60)
+    proc = _run(
+        [
+            "srun",
+            "-N2",
+            "--ntasks-per-node=1",
+            "-l",
+            "bash",
+            "-c",
+            "echo $(hostname) $SLURMD_NODENAME $(getent hosts node1 | cut -d' ' -f1) "
+            "$(ip -4 -o addr show scope global | awk '{print $4}')",
+        ],
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = sorted(line.split(": ", 1)[1].split() for line in proc.stdout.strip().splitlines())
     assert [r[:2] for r in rows] == [["node1", "node1"], ["node2", "node2"]], rows
@@ -186,8 +234,11 @@ def test_hydra_sweep_two_nodes_matches_one_node(jobs2, reference2):
     run_dir = jobs2["sweep_dir"] / "0_quickstart"
     _assert_same_run(run_dir, reference2)
     assert "2 process(es) on cpu" in (run_dir / "log.txt").read_text()
-    hosts = {m for f in (jobs2["sweep_dir"] / ".submitit").rglob("*_log.out")
-             for m in re.findall(r"hostname=(node\d)", f.read_text())}
+    hosts = {
+        m
+        for f in (jobs2["sweep_dir"] / ".submitit").rglob("*_log.out")
+        for m in re.findall(r"hostname=(node\d)", f.read_text())
+    }
     assert hosts == {"node1", "node2"}
 
 
@@ -226,8 +277,9 @@ def test_frozen_task_ends_within_dist_timeout(jobs2):
 
 def test_local_cluster_rejects_bad_node_count():
     proc = _run(["bash", "slurm/local_cluster.sh", "start", "--nodes", "0"])
-    assert proc.returncode == 2 and proc.stderr.strip() == ("local_cluster.sh: --nodes '0' is not allowed; "
-                                                            "allowed: 1 to 9"), proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "local_cluster.sh: --nodes '0' is not allowed; allowed: 1 to 9"
+    ), proc.stderr
 
 
 def test_stop_removes_what_start_made(cluster2):
@@ -239,12 +291,21 @@ def test_stop_removes_what_start_made(cluster2):
     pids = [int(p) for p in (state / "pids").read_text().split()[1::2]]
     assert sum(1 for m in made if m.endswith(("-node1", "-node2"))) == 2 and len(made) == 5, made
     for _ in range(2):
-        proc = subprocess.run(["bash", "slurm/local_cluster.sh", "stop"], cwd=ROOT, env=cluster2["env"],
-                              capture_output=True, text=True, timeout=90)
+        proc = subprocess.run(
+            ["bash", "slurm/local_cluster.sh", "stop"],
+            cwd=ROOT,
+            env=cluster2["env"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert proc.returncode == 0, proc.stderr
     netns = _run(["ip", "netns", "list"]).stdout
     links = _run(["ip", "-o", "link"]).stdout
     assert not [m for m in made if m in netns or f" {m}:" in links or f" {m}@" in links], (netns, links)
-    alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text()
-             .split(")")[1].split()[0]]
+    alive = [
+        p
+        for p in pids
+        if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1].split()[0]
+    ]
     assert not alive and not (state / "net").exists() and not (state / "pids").exists()

@@ -27,9 +27,17 @@ from dcls_vision.launch.options import LaunchError, parse_args
 from dcls_vision.launch.slurm import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["experiment=quickstart", "data.train_subset=512", "data.val_subset=256", "trainer.batch_size=16",
-        "trainer.epochs=3", "+model.kwargs.dim=16", "+model.kwargs.depth=2", "logger.wandb=false",
-        "logger.progress=false"]
+TINY = [
+    "experiment=quickstart",
+    "data.train_subset=512",
+    "data.val_subset=256",
+    "trainer.batch_size=16",
+    "trainer.epochs=3",
+    "+model.kwargs.dim=16",
+    "+model.kwargs.depth=2",
+    "logger.wandb=false",
+    "logger.progress=false",
+]
 STEPS_PER_EPOCH = 512 // (16 * 2)
 STEPS = 3 * STEPS_PER_EPOCH
 TOO_BIG = "trainer.batch_size=4096"  # passes validation, fails in the job: larger than the training set
@@ -52,8 +60,19 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = WAIT_S) -> str:
 
 def _sbatch(run_dir: Path, out: Path, *overrides: str, nproc: int = 2) -> str:
     env = {**os.environ, "NPROC_PER_NODE": str(nproc), "RUN_DIR": str(run_dir)}
-    proc = _run(["sbatch", "--parsable", f"--cpus-per-task={nproc}", "--time=10", "-o", str(out),
-                 "slurm/train.sbatch", *overrides], env=env)
+    proc = _run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--cpus-per-task={nproc}",
+            "--time=10",
+            "-o",
+            str(out),
+            "slurm/train.sbatch",
+            *overrides,
+        ],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -84,6 +103,7 @@ def _restarts(job_id: str) -> int:
 
 def _when_training(run_dir: Path, action, done: dict, key: str) -> threading.Thread:
     """In the background: once ``run dir:`` is in log.txt (all processes in the training loop), run ``action``."""
+
     def watch() -> None:
         log, deadline = run_dir / "log.txt", time.time() + WAIT_S
         while time.time() < deadline:
@@ -121,18 +141,62 @@ def jobs(cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slurm_jobs")
     j: dict = {"tmp": tmp}
     j["ref_dir"] = tmp / "launch_ref"
-    j["ref"] = _popen([sys.executable, "-m", "dcls_vision.launch", *TINY, "tasks_per_node=2", "time=10", "wait=true",
-                       f"trainer.output_dir={j['ref_dir']}"], tmp / "launch_ref.log")
+    j["ref"] = _popen(
+        [
+            sys.executable,
+            "-m",
+            "dcls_vision.launch",
+            *TINY,
+            "tasks_per_node=2",
+            "time=10",
+            "wait=true",
+            f"trainer.output_dir={j['ref_dir']}",
+        ],
+        tmp / "launch_ref.log",
+    )
     j["sbatch_dir"] = tmp / "sbatch_run"
     j["sbatch_id"] = _sbatch(j["sbatch_dir"], tmp / "sbatch.out", *TINY)
     j["sweep_dir"] = tmp / "sweep"
-    j["hydra"] = _popen([sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
-                         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={j['sweep_dir']}", *TINY,
-                         "optim.lr=5e-3,4e-3"], tmp / "hydra.log")
-    j["fail_launch"] = _popen([sys.executable, "-m", "dcls_vision.launch", *TINY, TOO_BIG, "time=10", "wait=true",
-                               f"trainer.output_dir={tmp / 'fail_launch'}"], tmp / "fail_launch.log")
-    j["fail_hydra"] = _popen([sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10",
-                              f"hydra.sweep.dir={tmp / 'fail_sweep'}", *TINY, TOO_BIG], tmp / "fail_hydra.log")
+    j["hydra"] = _popen(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.timeout_min=10",
+            f"hydra.sweep.dir={j['sweep_dir']}",
+            *TINY,
+            "optim.lr=5e-3,4e-3",
+        ],
+        tmp / "hydra.log",
+    )
+    j["fail_launch"] = _popen(
+        [
+            sys.executable,
+            "-m",
+            "dcls_vision.launch",
+            *TINY,
+            TOO_BIG,
+            "time=10",
+            "wait=true",
+            f"trainer.output_dir={tmp / 'fail_launch'}",
+        ],
+        tmp / "fail_launch.log",
+    )
+    j["fail_hydra"] = _popen(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=10",
+            f"hydra.sweep.dir={tmp / 'fail_sweep'}",
+            *TINY,
+            TOO_BIG,
+        ],
+        tmp / "fail_hydra.log",
+    )
     j["fail_sbatch_id"] = _sbatch(tmp / "fail_sbatch", tmp / "fail_sbatch.out", *TINY, TOO_BIG, nproc=1)
     # preemptions mid-run: submitit's signal (SIGTERM + SIGUSR2) and a SLURM requeue (SIGTERM to every process)
     j["interrupted"] = {}
@@ -142,8 +206,9 @@ def jobs(cluster, tmp_path_factory):
     j["pre_watch"] = _when_training(j["pre_dir"], j["pre"].job._interrupt, j["interrupted"], "launch")
     j["req_dir"] = tmp / "requeued"
     j["req_id"] = _sbatch(j["req_dir"], tmp / "requeued.out", *TINY)
-    j["req_watch"] = _when_training(j["req_dir"], lambda: _run(["scontrol", "requeue", j["req_id"]], check=True),
-                                    j["interrupted"], "sbatch")
+    j["req_watch"] = _when_training(
+        j["req_dir"], lambda: _run(["scontrol", "requeue", j["req_id"]], check=True), j["interrupted"], "sbatch"
+    )
     yield j
     for key in ("ref", "hydra", "fail_launch", "fail_hydra"):
         if j[key].poll() is None:
@@ -251,32 +316,53 @@ def test_failing_job_surfaces_its_error(jobs):
     assert re.match(r"JobFailed: job \d+ failed: \S*ConfigError: " + re.escape(expected), last), last
     out = _finish(jobs["fail_hydra"], jobs["tmp"] / "fail_hydra.log")
     assert jobs["fail_hydra"].returncode == 1 and "Error executing job" in out
-    assert out.strip().splitlines()[-1].endswith("ConfigError: " + expected + "; allowed: a smaller batch, accum or "
-                                                 "more data"), out[-2000:]
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .endswith("ConfigError: " + expected + "; allowed: a smaller batch, accum or more data")
+    ), out[-2000:]
     assert _wait_slurm(jobs["fail_sbatch_id"]) == "FAILED"
     assert "ConfigError: " + expected in (jobs["tmp"] / "fail_sbatch.out").read_text()
 
 
 def test_no_sbatch_on_path_is_a_one_line_error(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # python by absolute path, no SLURM client
-    for cmd in ([sys.executable, "-m", "dcls_vision.launch", "experiment=quickstart"],
-                [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "experiment=quickstart",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}"]):
+    for cmd in (
+        [sys.executable, "-m", "dcls_vision.launch", "experiment=quickstart"],
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "experiment=quickstart",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+    ):
         proc = _run(cmd, env=env)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.strip() == ("LaunchError: sbatch not found on PATH: run this on a SLURM login node (or "
-                                       "install slurm-client; for a local test cluster: bash slurm/local_cluster.sh "
-                                       "start)"), proc.stderr
+        assert proc.stderr.strip() == (
+            "LaunchError: sbatch not found on PATH: run this on a SLURM login node (or "
+            "install slurm-client; for a local test cluster: bash slurm/local_cluster.sh "
+            "start)"
+        ), proc.stderr
     assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.slow
 def test_unknown_partition_and_impossible_resources(cluster, tmp_path):
-    cases = [("partition=nope", r"partition='nope': Invalid partition name specified; allowed: debug$"),
-             ("nodes=2", r"SLURM rejected the job: Requested node configuration is not available \(asked: nodes=2 "
-                         r".*the cluster has debug: 1 nodes"),
-             ("gpus_per_node=8", r"SLURM rejected the job: Invalid generic resource \(gres\) specification \(asked: "
-                                 r".*gpus_per_node=8")]
+    cases = [
+        ("partition=nope", r"partition='nope': Invalid partition name specified; allowed: debug$"),
+        (
+            "nodes=2",
+            r"SLURM rejected the job: Requested node configuration is not available \(asked: nodes=2 "
+            r".*the cluster has debug: 1 nodes",
+        ),
+        (
+            "gpus_per_node=8",
+            r"SLURM rejected the job: Invalid generic resource \(gres\) specification \(asked: "
+            r".*gpus_per_node=8",
+        ),
+    ]
     for arg, pattern in cases:
         run_dir = tmp_path / arg.split("=")[0]
         opts, overrides = parse_args([*TINY, arg, f"trainer.output_dir={run_dir}"])
@@ -284,8 +370,10 @@ def test_unknown_partition_and_impossible_resources(cluster, tmp_path):
             submit(opts, overrides)
         assert re.search(pattern, str(info.value)) and "\n" not in str(info.value), str(info.value)
         assert not run_dir.exists()  # nothing queued, nothing written
-    hydra_cases = [("hydra.launcher.partition=nope", "LaunchError: partition='nope': Invalid partition name"),
-                   ("hydra.launcher.gpus_per_node=8", "LaunchError: SLURM rejected the job: Invalid generic resource")]
+    hydra_cases = [
+        ("hydra.launcher.partition=nope", "LaunchError: partition='nope': Invalid partition name"),
+        ("hydra.launcher.gpus_per_node=8", "LaunchError: SLURM rejected the job: Invalid generic resource"),
+    ]
     for arg, start in hydra_cases:
         sweep = tmp_path / ("sweep_" + arg.rsplit(".", 1)[1].split("=")[0])
         proc = _run([sys.executable, "train.py", "-m", "hydra/launcher=slurm", arg, *TINY, f"hydra.sweep.dir={sweep}"])
@@ -294,10 +382,12 @@ def test_unknown_partition_and_impossible_resources(cluster, tmp_path):
 
 
 def test_bad_launcher_values_name_what_is_allowed():
-    for argv, msg in [(["nodes=0"], "nodes='0' must be an integer >= 1"),
-                      (["time=soon"], "time='soon' is not a SLURM time; allowed: minutes, H:MM:SS"),
-                      (["time=1", "signal_delay_s=90"], "signal_delay_s=90 must be shorter than the time limit"),
-                      (["wait=maybe"], "wait='maybe' is not a boolean; allowed: true, false")]:
+    for argv, msg in [
+        (["nodes=0"], "nodes='0' must be an integer >= 1"),
+        (["time=soon"], "time='soon' is not a SLURM time; allowed: minutes, H:MM:SS"),
+        (["time=1", "signal_delay_s=90"], "signal_delay_s=90 must be shorter than the time limit"),
+        (["wait=maybe"], "wait='maybe' is not a boolean; allowed: true, false"),
+    ]:
         with pytest.raises(LaunchError, match=re.escape(msg)):
             parse_args(argv)
     assert parse_args(["time=1-02:03:04"])[0].time_min == 26 * 60 + 4 and parse_args(["time=90"])[0].time_min == 90

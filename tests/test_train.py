@@ -81,8 +81,18 @@ def test_run_writes_outputs(straight_run):
     lines = _metrics(run_dir)
     assert [r["epoch"] for r in lines] == [0, 1]
     for r in lines:
-        for key in ("train_loss", "lr", "val_top1", "val_top5", "ema_top1", "ema_top5", "epoch_time",
-                    "skipped_train", "skipped_val", "pos_delta"):
+        for key in (
+            "train_loss",
+            "lr",
+            "val_top1",
+            "val_top5",
+            "ema_top1",
+            "ema_top5",
+            "epoch_time",
+            "skipped_train",
+            "skipped_val",
+            "pos_delta",
+        ):
             assert r[key] is not None, key
         assert r["skipped_train"] == 0 and r["skipped_val"] == 0
         assert list(r["pos_delta"]) == ["stages.0.conv_dw.positions"]  # one stage-shared tensor
@@ -120,8 +130,14 @@ def test_sigkill_mid_epoch_then_resume(straight_run, tmp_path):
     uninterrupted one did (num_workers=0, so even the augmentation RNG stream is restored exactly)."""
     ref_dir, _ = straight_run
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *EXTRA, f"trainer.output_dir={run_dir}",
-           "trainer.ckpt_interval_steps=2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TINY,
+        *EXTRA,
+        f"trainer.output_dir={run_dir}",
+        "trainer.ckpt_interval_steps=2",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last, seen, killed_at = run_dir / "last.pth", None, None
     deadline = time.time() + 240
@@ -195,11 +211,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_config_errors_exit_2_with_one_line(tmp_path):
-    for override, expected in [("optim.lr=-1", "ConfigError: optim.lr=-1 must be > 0"),
-                               ("model.name=resnet_nope", "ConfigError: model.name='resnet_nope' is not a registered")]:
+    for override, expected in [
+        ("optim.lr=-1", "ConfigError: optim.lr=-1 must be > 0"),
+        ("model.name=resnet_nope", "ConfigError: model.name='resnet_nope' is not a registered"),
+    ]:
         out = tmp_path / override.split("=")[0]
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, *EXTRA, override,
-                               f"trainer.output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *TINY, *EXTRA, override, f"trainer.output_dir={out}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
@@ -209,9 +232,24 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     run_dir = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(ROOT / "train.py"), *TINY, *EXTRA, f"trainer.output_dir={run_dir}", "trainer.epochs=1",
-           "sched.warmup_epochs=0", "trainer.batch_size=16", "logger.wandb=true", "logger.wandb_mode=offline"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(ROOT / "train.py"),
+        *TINY,
+        *EXTRA,
+        f"trainer.output_dir={run_dir}",
+        "trainer.epochs=1",
+        "sched.warmup_epochs=0",
+        "trainer.batch_size=16",
+        "logger.wandb=true",
+        "logger.wandb_mode=offline",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -229,8 +267,16 @@ def test_ddp_two_processes_on_cpu(tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_on_cpu(tmp_path, amp):
-    result = train(_cfg(tmp_path / amp, f"trainer.amp={amp}", "trainer.epochs=1", "sched.warmup_epochs=0",
-                        "data.train_subset=64", "data.val_subset=32"))
+    result = train(
+        _cfg(
+            tmp_path / amp,
+            f"trainer.amp={amp}",
+            "trainer.epochs=1",
+            "sched.warmup_epochs=0",
+            "data.train_subset=64",
+            "data.val_subset=32",
+        )
+    )
     assert result["epochs_done"] == 1 and 0 <= result["top1"] <= 100
     state = load_checkpoint(tmp_path / amp / "last.pth")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
@@ -239,8 +285,18 @@ def test_amp_on_cpu(tmp_path, amp):
 
 def test_gradient_accumulation_matches_large_batch(tmp_path):
     """2 x 16 accumulated == 1 x 32 (SGD, so a wrong loss scale would show): same order, no BN/mixup/drop path."""
-    common = ["optim=sgd", "optim.lr=0.05", "trainer.epochs=1", "sched.warmup_epochs=0", "aug.mixup=0", "aug.cutmix=0",
-              "model.drop_path_rate=0", "trainer.ema.enabled=false", "data.train_subset=128", "data.val_subset=32"]
+    common = [
+        "optim=sgd",
+        "optim.lr=0.05",
+        "trainer.epochs=1",
+        "sched.warmup_epochs=0",
+        "aug.mixup=0",
+        "aug.cutmix=0",
+        "model.drop_path_rate=0",
+        "trainer.ema.enabled=false",
+        "data.train_subset=128",
+        "data.val_subset=32",
+    ]
     train(_cfg(tmp_path / "big", *common, "trainer.batch_size=32"))
     train(_cfg(tmp_path / "acc", *common, "trainer.batch_size=16", "trainer.accum=2"))
     a, b = load_checkpoint(tmp_path / "big" / "last.pth"), load_checkpoint(tmp_path / "acc" / "last.pth")

@@ -25,8 +25,9 @@ CONFIGS = {"gauss": (23, 26), "bilinear": (17, 34)}
 IMPLS = ("ours", "broadcast", "dcls")
 
 
-def broadcast_kernel(weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, size: int,
-                     interpolation: str) -> torch.Tensor:
+def broadcast_kernel(
+    weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, size: int, interpolation: str
+) -> torch.Tensor:
     """Same formulas, materialising every element's spread over the whole grid: (C, 1, K, s, s)."""
     grid = torch.arange(size, dtype=weight.dtype)
     rows = positions[0].unsqueeze(-1).unsqueeze(-1) + size // 2 - grid.view(size, 1)
@@ -52,8 +53,16 @@ def _make(channels: int, interpolation: str, impl: str):
         from DCLS.construct.modules import Dcls2d as RefDcls2d
 
         version = "v0" if interpolation == "bilinear" else "gauss"
-        ref = RefDcls2d(channels, channels, kernel_count=count, dilated_kernel_size=size, groups=channels,
-                        padding=size // 2, version=version, use_implicit_gemm=False)
+        ref = RefDcls2d(
+            channels,
+            channels,
+            kernel_count=count,
+            dilated_kernel_size=size,
+            groups=channels,
+            padding=size // 2,
+            version=version,
+            use_implicit_gemm=False,
+        )
         return ref.parameters(), lambda: ref.DCK(ref.weight, ref.P, ref.SIG)
     torch.manual_seed(0)
     weight = torch.randn(channels, 1, count, requires_grad=True)
@@ -102,8 +111,12 @@ def run(args: argparse.Namespace) -> dict:
     results = []
     for interpolation in args.interpolations:
         for channels in args.channels:
-            row = {"interpolation": interpolation, "dilated_kernel_size": CONFIGS[interpolation][0],
-                   "kernel_count": CONFIGS[interpolation][1], "channels": channels}
+            row = {
+                "interpolation": interpolation,
+                "dilated_kernel_size": CONFIGS[interpolation][0],
+                "kernel_count": CONFIGS[interpolation][1],
+                "channels": channels,
+            }
             for impl in impls:
                 row[impl] = measure(channels, interpolation, impl, args.repeats, args.warmup)
             for impl in impls[1:]:
@@ -112,7 +125,9 @@ def run(args: argparse.Namespace) -> dict:
             results.append(row)
     return {
         "benchmark": "dcls kernel construction, forward+backward, depthwise ConvNeXt-T shapes",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
         "peak_mem_mb": "high-water mark of live tensor bytes during one build + backward",
         "results": results,
     }

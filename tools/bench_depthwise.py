@@ -49,12 +49,16 @@ def measure(fn: Callable[[], object], repeats: int, budget: float) -> dict[str, 
             cpu.append(time.process_time() - c0)
             if time.perf_counter() - start > budget:
                 break
-    return {"ms": round(1000 * (statistics.median(wall) if wall else first), 2),
-            "cpu_ms": round(1000 * (statistics.median(cpu) if cpu else first_cpu), 2), "samples": len(wall)}
+    return {
+        "ms": round(1000 * (statistics.median(wall) if wall else first), 2),
+        "cpu_ms": round(1000 * (statistics.median(cpu) if cpu else first_cpu), 2),
+        "samples": len(wall),
+    }
 
 
-def make_inputs(channels: int, size: int, kernel: int, batch: int, channels_last: bool, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_inputs(
+    channels: int, size: int, kernel: int, batch: int, channels_last: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input, weight and bias that require grad; input in the requested memory format."""
     x = torch.randn(batch, channels, size, size, dtype=dtype)
     if channels_last:
@@ -77,12 +81,18 @@ def bench_pair(channels: int, size: int, kernel: int, args: argparse.Namespace) 
         out = fwd()
         go = torch.randn_like(out)
         f = measure(fwd, args.repeats, args.budget)
-        bwd = measure(lambda out=out, go=go: torch.autograd.grad(out, (x, w, b), go, retain_graph=True),
-                      args.repeats, args.budget)
-        row[name] = {"forward_ms": f["ms"], "backward_ms": bwd["ms"], "total_ms": round(f["ms"] + bwd["ms"], 2),
-                     "forward_cpu_ms": f["cpu_ms"], "backward_cpu_ms": bwd["cpu_ms"],
-                     "total_cpu_ms": round(f["cpu_ms"] + bwd["cpu_ms"], 2),
-                     "samples": min(f["samples"], bwd["samples"])}
+        bwd = measure(
+            lambda out=out, go=go: torch.autograd.grad(out, (x, w, b), go, retain_graph=True), args.repeats, args.budget
+        )
+        row[name] = {
+            "forward_ms": f["ms"],
+            "backward_ms": bwd["ms"],
+            "total_ms": round(f["ms"] + bwd["ms"], 2),
+            "forward_cpu_ms": f["cpu_ms"],
+            "backward_cpu_ms": bwd["cpu_ms"],
+            "total_cpu_ms": round(f["cpu_ms"] + bwd["cpu_ms"], 2),
+            "samples": min(f["samples"], bwd["samples"]),
+        }
     if kernel * kernel > dw._MAX_ATEN_TAPS:
         row["algorithms"] = list(dw.choose_algorithms(x.shape, (kernel, kernel), (1, 1), (pad, pad)))
     else:
@@ -114,9 +124,13 @@ def bench_algorithms(channels: int, size: int, kernel: int, args: argparse.Names
         "grad_weight/fft": lambda: dw._grad_fft(go, x, w, p, False, True),
         "grad_both/fft": lambda: dw._grad_fft(go, x, w, p, True, True),
     }
-    row: dict[str, object] = {"channels": channels, "size": size, "kernel": kernel,
-                              "fft_ratio": round(dw._fft_ratio(x.shape, k, p), 2),
-                              "chosen": list(dw.choose_algorithms(x.shape, k, s, p))}
+    row: dict[str, object] = {
+        "channels": channels,
+        "size": size,
+        "kernel": kernel,
+        "fft_ratio": round(dw._fft_ratio(x.shape, k, p), 2),
+        "chosen": list(dw.choose_algorithms(x.shape, k, s, p)),
+    }
     for name, fn in cands.items():
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
@@ -130,16 +144,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--kernels", type=int, nargs="+", default=[7, 17, 23])
-    ap.add_argument("--channels", type=int, nargs="+", default=None,
-                    help="restrict to these ConvNeXt-T stages (96 192 384 768)")
+    ap.add_argument(
+        "--channels", type=int, nargs="+", default=None, help="restrict to these ConvNeXt-T stages (96 192 384 768)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds per measurement before repeats stop")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--algorithms", action="store_true",
-                    help="time each algorithm of the custom path instead of F.conv2d vs depthwise_conv2d")
-    ap.add_argument("--only", nargs="+", default=None,
-                    help="with --algorithms: only names starting with these (e.g. grad_weight/ forward/fft)")
+    ap.add_argument(
+        "--algorithms",
+        action="store_true",
+        help="time each algorithm of the custom path instead of F.conv2d vs depthwise_conv2d",
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="with --algorithms: only names starting with these (e.g. grad_weight/ forward/fft)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,9 +174,16 @@ def main() -> None:
             fn = bench_algorithms if args.algorithms else bench_pair
             rows.append(fn(channels, size, kernel, args))
     report: dict[str, object] = {
-        "config": {"batch": args.batch, "kernels": args.kernels, "repeats": args.repeats, "budget_s": args.budget,
-                   "channels_last": args.channels_last, "threads": torch.get_num_threads(),
-                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+        "config": {
+            "batch": args.batch,
+            "kernels": args.kernels,
+            "repeats": args.repeats,
+            "budget_s": args.budget,
+            "channels_last": args.channels_last,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+        },
         "results": rows,
     }
     if not args.algorithms:

@@ -49,8 +49,16 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def measure(model_key: str, mode: str, batch: int, img_size: int, channels_last: bool, warmup: int,
-            repeats: int, threads: int | None) -> dict:
+def measure(
+    model_key: str,
+    mode: str,
+    batch: int,
+    img_size: int,
+    channels_last: bool,
+    warmup: int,
+    repeats: int,
+    threads: int | None,
+) -> dict:
     """Time ``warmup + repeats`` steps of one model in this (fresh) process; median seconds and peak RSS."""
     if threads:
         torch.set_num_threads(threads)
@@ -79,9 +87,13 @@ def measure(model_key: str, mode: str, batch: int, img_size: int, channels_last:
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return {
-        "model": model_key, "mode": mode, "timm_name": name, "timm_kwargs": kwargs,
+        "model": model_key,
+        "mode": mode,
+        "timm_name": name,
+        "timm_kwargs": kwargs,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-        "seconds_median": statistics.median(times), "seconds_all": [round(t, 4) for t in times],
+        "seconds_median": statistics.median(times),
+        "seconds_all": [round(t, 4) for t in times],
         "rss_after_build_mb": round(rss_after_build, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(),
@@ -113,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[str, dict]] = {key: {} for key in args.models}
     for mode in args.modes:
         for key in args.models:
-            results[key][mode] = _in_fresh_process(key, mode, args.batch, args.img_size, args.channels_last,
-                                                   args.warmup, args.repeats, args.threads)
+            results[key][mode] = _in_fresh_process(
+                key, mode, args.batch, args.img_size, args.channels_last, args.warmup, args.repeats, args.threads
+            )
             print(f"{key:>10} {mode:>5}: {results[key][mode]['seconds_median']:.3f} s", file=sys.stderr)
 
     ratios: dict[str, float] = {}
@@ -123,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
             for key in args.models:
                 if key != other and other in results:
                     ratios[f"{key}_{mode}_vs_{other}"] = round(
-                        results[key][mode]["seconds_median"] / results[other][mode]["seconds_median"], 3)
+                        results[key][mode]["seconds_median"] / results[other][mode]["seconds_median"], 3
+                    )
     targets = {}
     for name, bound in TARGETS.items():
         mode, other = name.split("_vs_")
@@ -131,10 +145,17 @@ def main(argv: list[str] | None = None) -> dict:
         if ratio is not None:
             targets[f"dcls_gauss_{name}"] = {"ratio": ratio, "target": bound, "met": ratio <= bound}
     report = {
-        "config": {**vars(args), "torch": torch.__version__, "torch_threads_default": torch.get_num_threads(),
-                   "python": platform.python_version(), "machine": platform.machine(),
-                   "cpus": multiprocessing.cpu_count()},
-        "results": results, "ratios": ratios, "targets": targets,
+        "config": {
+            **vars(args),
+            "torch": torch.__version__,
+            "torch_threads_default": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": multiprocessing.cpu_count(),
+        },
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
     }
     print(json.dumps(report, indent=2))
     return report

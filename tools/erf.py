@@ -27,10 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively)")
     parser.add_argument("--num-images", type=positive_int, default=50, help="images used, sorted by path (default 50)")
     parser.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
-    parser.add_argument("--layer", default=None, metavar="NAME",
-                        help="module whose output's central unit is used (default: forward_features)")
-    parser.add_argument("--reduce", choices=REDUCTIONS, default="abs",
-                        help="gradient magnitude (abs, Luo et al.) or positive part (relu, RepLKNet's script)")
+    parser.add_argument(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="module whose output's central unit is used (default: forward_features)",
+    )
+    parser.add_argument(
+        "--reduce",
+        choices=REDUCTIONS,
+        default="abs",
+        help="gradient magnitude (abs, Luo et al.) or positive part (relu, RepLKNet's script)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=8)
     add_out_arg(parser, "erf")
     return parser
@@ -52,9 +60,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     np.save(out / "erf.npy", erf.numpy())
     title = f"ERF of {loaded.name} ({args.layer or 'forward_features'}), {len(images)} images at {size[0]}x{size[1]}"
     png = plots.erf_plot(erf.numpy(), title, out / "erf.png")
-    return {"tool": "erf", "model": loaded.describe(), "images": len(images), "input_size": list(size),
-            "layer": args.layer or "forward_features", "reduce": args.reduce, **summarise(erf),
-            "npy": str(out / "erf.npy"), "png": str(png)}
+    return {
+        "tool": "erf",
+        "model": loaded.describe(),
+        "images": len(images),
+        "input_size": list(size),
+        "layer": args.layer or "forward_features",
+        "reduce": args.reduce,
+        **summarise(erf),
+        "npy": str(out / "erf.npy"),
+        "png": str(png),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -27,8 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("export.py", __doc__)
     add_model_args(parser)
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="dynamo",
-                        help="torch.export-based (dynamo, needs onnxscript; default) or the legacy TorchScript one")
+    parser.add_argument(
+        "--onnx-exporter",
+        choices=ONNX_EXPORTERS,
+        default="dynamo",
+        help="torch.export-based (dynamo, needs onnxscript; default) or the legacy TorchScript one",
+    )
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
     parser.add_argument("--batch", type=positive_int, default=2, help="batch used to trace (checked on batch+1)")
@@ -47,8 +51,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     example = example_input(loaded, args.batch, args.img_size, seed=0)
     check = example_input(loaded, args.batch + 1, args.img_size, seed=1)
     with torch.no_grad():
-        result = export_and_verify(loaded.model, example, check, Path(args.out), tuple(args.formats),
-                                   args.onnx_exporter, args.opset, args.atol)
+        result = export_and_verify(
+            loaded.model, example, check, Path(args.out), tuple(args.formats), args.onnx_exporter, args.opset, args.atol
+        )
     return {"tool": "export", "model": loaded.describe(), **result}
 
 

@@ -23,10 +23,12 @@ from dcls_vision.analysis.cli import add_model_args, add_out_arg, make_parser, p
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("flops.py", __doc__)
     add_model_args(parser, many=True)
-    parser.add_argument("--img-size", type=positive_int, default=None,
-                        help="input side in pixels (default: the model's own, e.g. 224)")
-    parser.add_argument("--batch", type=positive_int, default=1,
-                        help="batch for the construction share (forward figures are per image)")
+    parser.add_argument(
+        "--img-size", type=positive_int, default=None, help="input side in pixels (default: the model's own, e.g. 224)"
+    )
+    parser.add_argument(
+        "--batch", type=positive_int, default=1, help="batch for the construction share (forward figures are per image)"
+    )
     add_out_arg(parser, "flops")
     return parser
 
@@ -50,8 +52,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["gmacs_vs_first"] = row["gmacs"] / base["gmacs"] if base["gmacs"] else None
     out = Path(args.out)
     png = plots.flops_bars(results, out / "flops.png")
-    return {"tool": "flops", "convention": "gmacs = multiply-adds (the thesis' 'FLOPs'); gflops = 2 x gmacs",
-            "results": results, "png": str(png)}
+    return {
+        "tool": "flops",
+        "convention": "gmacs = multiply-adds (the thesis' 'FLOPs'); gflops = 2 x gmacs",
+        "results": results,
+        "png": str(png),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -20,13 +20,24 @@ from dcls_vision.analysis.cli import add_model_args, add_out_arg, make_parser, p
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("plot_positions.py", __doc__)
     add_model_args(parser)
-    parser.add_argument("--run-dir", default=None, metavar="DIR",
-                        help="trainer run dir: speed curves from metrics.jsonl (and positions from its last.pth "
-                             "when no --checkpoint/--model is given)")
-    parser.add_argument("--channels", nargs="+", type=int, default=[0, 1, 2, 3], metavar="C",
-                        help="output channels whose kernels are drawn (default: 0 1 2 3)")
-    parser.add_argument("--bins-per-cell", type=positive_int, default=1,
-                        help="histogram bins per kernel grid cell (default 1)")
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="trainer run dir: speed curves from metrics.jsonl (and positions from its last.pth "
+        "when no --checkpoint/--model is given)",
+    )
+    parser.add_argument(
+        "--channels",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2, 3],
+        metavar="C",
+        help="output channels whose kernels are drawn (default: 0 1 2 3)",
+    )
+    parser.add_argument(
+        "--bins-per-cell", type=positive_int, default=1, help="histogram bins per kernel grid cell (default 1)"
+    )
     add_out_arg(parser, "positions")
     return parser
 
@@ -56,8 +67,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         groups = position_groups(loaded.model)
         hists = [histograms(g, args.bins_per_cell) for g in groups]
         kernels = [kernel_images(g, args.channels) for g in groups]
-        result.update(model=loaded.describe(), positions=hists,
-                      kernels=[{k: v for k, v in img.items() if k != "image"} for row in kernels for img in row])
+        result.update(
+            model=loaded.describe(),
+            positions=hists,
+            kernels=[{k: v for k, v in img.items() if k != "image"} for row in kernels for img in row],
+        )
         result["png"]["histograms"] = str(plots.position_histograms(hists, out / "positions_hist.png"))
         if any("hist2d" in h for h in hists):
             result["png"]["hist2d"] = str(plots.position_hist2d(hists, out / "positions_hist2d.png"))

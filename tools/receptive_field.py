@@ -26,12 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("receptive_field.py", __doc__)
     add_model_args(parser, many=True)
     parser.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
-    parser.add_argument("--blocks", default=None, metavar="REGEX",
-                        help="module names to report (default: stems, downsamplers, blocks; innermost matches)")
-    parser.add_argument("--effective", action="store_true",
-                        help="also the RF with DCLS layers at the extent of their learned positions")
-    parser.add_argument("--threshold", type=float, default=0.01,
-                        help="--effective: kernel taps above this fraction of the peak count (default 0.01)")
+    parser.add_argument(
+        "--blocks",
+        default=None,
+        metavar="REGEX",
+        help="module names to report (default: stems, downsamplers, blocks; innermost matches)",
+    )
+    parser.add_argument(
+        "--effective", action="store_true", help="also the RF with DCLS layers at the extent of their learned positions"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.01,
+        help="--effective: kernel taps above this fraction of the peak count (default 0.01)",
+    )
     add_out_arg(parser, "receptive_field")
     return parser
 
@@ -54,8 +63,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             table = trace(loaded.model, shape, args.blocks or DEFAULT_BLOCKS)
             if args.effective:
-                table["effective_blocks"] = trace(loaded.model, shape, args.blocks or DEFAULT_BLOCKS,
-                                                  effective=True, threshold=args.threshold)["blocks"]
+                table["effective_blocks"] = trace(
+                    loaded.model, shape, args.blocks or DEFAULT_BLOCKS, effective=True, threshold=args.threshold
+                )["blocks"]
         except ValueError as e:
             raise AnalysisError(f"{loaded.name}: {e}") from e
         tables.append({"model": loaded.name, "source": loaded.source, **table})
@@ -71,8 +81,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[f"{t['model']} (effective)"] = eff["rf_size"]
         rows.append(row)
     png = plots.rf_lines(tables, Path(args.out) / "receptive_field.png")
-    return {"tool": "receptive_field", "note": "RF size in input pixels of each block's output units (image "
-            "border ignored); DCLS layers at their dilated size", "table": rows, "models": tables, "png": str(png)}
+    return {
+        "tool": "receptive_field",
+        "note": "RF size in input pixels of each block's output units (image "
+        "border ignored); DCLS layers at their dilated size",
+        "table": rows,
+        "models": tables,
+        "png": str(png),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -33,16 +33,25 @@ AMP = ("none", "bf16", "fp16")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("throughput.py", __doc__)
-    parser.add_argument("--models", nargs="+", default=["convnext_tiny", "convnext_tiny_dcls_gauss"], metavar="NAME",
-                        help="timm model names (name:key=value,... for kwargs), measured in turn in one run")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["convnext_tiny", "convnext_tiny_dcls_gauss"],
+        metavar="NAME",
+        help="timm model names (name:key=value,... for kwargs), measured in turn in one run",
+    )
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="also a trainer checkpoint's model")
     parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 8, 32], metavar="N")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--amp", choices=AMP, default="none", help="autocast dtype (default: none)")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="keep NCHW (default: channels_last, the fast layout for depthwise convs)")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep NCHW (default: channels_last, the fast layout for depthwise convs)",
+    )
     parser.add_argument("--warmup", type=non_negative_int, default=2)
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
@@ -69,8 +78,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except RuntimeError as e:
         raise AnalysisError(f"--device {args.device!r} is invalid; allowed: cpu, cuda, cuda:N, auto") from e
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        raise AnalysisError(f"--device {args.device!r} is not available here; allowed: cpu"
-                            + (", cuda, cuda:N" if torch.cuda.is_available() else "") + ", auto")
+        raise AnalysisError(
+            f"--device {args.device!r} is not available here; allowed: cpu"
+            + (", cuda, cuda:N" if torch.cuda.is_available() else "")
+            + ", auto"
+        )
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     specs = [(m, None) for m in args.models] + ([(None, args.checkpoint)] if args.checkpoint else [])
     models = []
@@ -81,10 +93,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model = model.to(memory_format=torch.channels_last)
         h, w = (args.img_size, args.img_size) if args.img_size else loaded.img_size
         torch.manual_seed(0)
-        results = sweep(model, args.modes, args.batch_sizes, (loaded.in_chans, h, w), device, warmup=args.warmup,
-                        repeats=args.repeats, channels_last=args.channels_last, amp=amp, memory=args.memory)
-        models.append({"model": loaded.name, "source": loaded.source, "input_size": [loaded.in_chans, h, w],
-                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "results": results})
+        results = sweep(
+            model,
+            args.modes,
+            args.batch_sizes,
+            (loaded.in_chans, h, w),
+            device,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            channels_last=args.channels_last,
+            amp=amp,
+            memory=args.memory,
+        )
+        models.append(
+            {
+                "model": loaded.name,
+                "source": loaded.source,
+                "input_size": [loaded.in_chans, h, w],
+                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                "results": results,
+            }
+        )
         del model, loaded
     comparison = []
     first = models[0]
@@ -98,14 +127,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if m is not first and ips and base:
                     row[f"{m['model']} / {first['model']}"] = ips / base
             comparison.append(row)
-    result = {"tool": "throughput", "device": str(device), "device_name": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": args.amp,
-              "channels_last": args.channels_last, "img_size": models[0]["input_size"][-1], "modes": args.modes,
-              "warmup": args.warmup, "repeats": args.repeats,
-              "peak_mem": "CUDA max_memory_allocated" if device.type == "cuda" else
-              "live tensors before the step + profiler allocation high-water mark during it",
-              "models": models, "comparison": comparison}
+    result = {
+        "tool": "throughput",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "img_size": models[0]["input_size"][-1],
+        "modes": args.modes,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "peak_mem": "CUDA max_memory_allocated"
+        if device.type == "cuda"
+        else "live tensors before the step + profiler allocation high-water mark during it",
+        "models": models,
+        "comparison": comparison,
+    }
     result["png"] = str(plots.throughput_lines(result, Path(args.out) / "throughput.png"))
     return result
 

@@ -29,19 +29,36 @@ def make_parser(prog: str, doc: str | None) -> Parser:
 def add_model_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
     """``--model``/``--models`` (timm names, ``name:key=value,...``), ``--checkpoint`` and ``--ema``."""
     if many:
-        parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                            help="timm model names (DCLS variants registered), optionally name:key=value,...")
+        parser.add_argument(
+            "--models",
+            nargs="+",
+            default=None,
+            metavar="NAME",
+            help="timm model names (DCLS variants registered), optionally name:key=value,...",
+        )
     else:
-        parser.add_argument("--model", default=None, metavar="NAME",
-                            help="timm model name (optionally name:key=value,...), used when no --checkpoint")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="trainer checkpoint (.pth) or run dir; the model is rebuilt from its stored config")
+        parser.add_argument(
+            "--model",
+            default=None,
+            metavar="NAME",
+            help="timm model name (optionally name:key=value,...), used when no --checkpoint",
+        )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="trainer checkpoint (.pth) or run dir; the model is rebuilt from its stored config",
+    )
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
 
 
 def add_out_arg(parser: argparse.ArgumentParser, tool: str) -> None:
-    parser.add_argument("--out", default=f"outputs/analysis/{tool}", metavar="DIR",
-                        help="output directory for the PNG and JSON files (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default=f"outputs/analysis/{tool}",
+        metavar="DIR",
+        help="output directory for the PNG and JSON files (default: %(default)s)",
+    )
 
 
 def positive_int(value: str) -> int:
@@ -96,8 +113,9 @@ def write_json(result: dict[str, Any], out_dir: Path, name: str) -> Path:
     return path
 
 
-def run_tool(main: Callable[[argparse.Namespace], dict[str, Any]], parser: argparse.ArgumentParser,
-             argv: Sequence[str] | None) -> dict[str, Any]:
+def run_tool(
+    main: Callable[[argparse.Namespace], dict[str, Any]], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> dict[str, Any]:
     """Parse ``argv`` and run ``main``; a :class:`UserError` becomes a one-line error with exit code 2."""
     args = parser.parse_args(argv)
     return run_cli(lambda: main(args), prog=parser.prog)

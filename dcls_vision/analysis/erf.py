@@ -23,8 +23,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 REDUCTIONS = ("abs", "relu")
 
 
-def load_images(folder: str | Path, size: tuple[int, int], in_chans: int, mean: tuple[float, ...],
-                std: tuple[float, ...], limit: int | None = None) -> Tensor:
+def load_images(
+    folder: str | Path,
+    size: tuple[int, int],
+    in_chans: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    limit: int | None = None,
+) -> Tensor:
     """Images of ``folder`` (recursively, sorted), resized to ``size`` and normalised: (N, C, H, W)."""
     from PIL import Image
     from torchvision.transforms import v2
@@ -35,8 +41,14 @@ def load_images(folder: str | Path, size: tuple[int, int], in_chans: int, mean: 
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise AnalysisError(f"--images {str(folder)!r} holds no image file; allowed: {', '.join(IMAGE_SUFFIXES)}")
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize(mean, std)])
+    tf = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(size, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
     mode = "L" if in_chans == 1 else "RGB"
     images = []
     for p in files:
@@ -50,8 +62,10 @@ def _features(model: nn.Module, x: Tensor, layer: str | None) -> Tensor:
         return model.forward_features(x) if hasattr(model, "forward_features") else model(x)
     modules = dict(model.named_modules())
     if layer not in modules:
-        raise AnalysisError(f"--layer {layer!r} is not a module of {type(model).__name__}; allowed: a name from "
-                            "model.named_modules(), e.g. stages.1")
+        raise AnalysisError(
+            f"--layer {layer!r} is not a module of {type(model).__name__}; allowed: a name from "
+            "model.named_modules(), e.g. stages.1"
+        )
     captured: list[Tensor] = []
     handle = modules[layer].register_forward_hook(lambda m, i, o: captured.append(o))
     try:
@@ -61,8 +75,9 @@ def _features(model: nn.Module, x: Tensor, layer: str | None) -> Tensor:
     return captured[0]
 
 
-def erf_map(model: nn.Module, images: Tensor, layer: str | None = None, reduce: str = "abs",
-            batch_size: int = 8) -> Tensor:
+def erf_map(
+    model: nn.Module, images: Tensor, layer: str | None = None, reduce: str = "abs", batch_size: int = 8
+) -> Tensor:
     """Mean over ``images`` of the per-pixel contribution map (H, W) to the central unit of ``layer``."""
     if reduce not in REDUCTIONS:
         raise AnalysisError(f"reduce={reduce!r} is not supported; allowed: {', '.join(REDUCTIONS)}")
@@ -73,12 +88,14 @@ def erf_map(model: nn.Module, images: Tensor, layer: str | None = None, reduce: 
     total = torch.zeros(images.shape[-2:], dtype=torch.float64)
     try:
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].clone().requires_grad_(True)
+            x = images[start : start + batch_size].clone().requires_grad_(True)
             feats = _features(model, x, layer)
             if not isinstance(feats, Tensor) or feats.dim() != 4:
                 got = getattr(feats, "shape", type(feats).__name__)
-                raise AnalysisError(f"the ERF needs a (N, C, H, W) feature map; {layer or 'forward_features'} gave "
-                                    f"{got}; allowed: --layer of a conv stage")
+                raise AnalysisError(
+                    f"the ERF needs a (N, C, H, W) feature map; {layer or 'forward_features'} gave "
+                    f"{got}; allowed: --layer of a conv stage"
+                )
             h, w = feats.shape[-2:]
             centre = feats[:, :, h // 2, w // 2].sum()
             (grad,) = torch.autograd.grad(centre, x)
@@ -100,7 +117,7 @@ def area_ratios(erf: Tensor, thresholds: tuple[float, ...] = (0.2, 0.3, 0.5, 0.9
     for t in thresholds:
         ratio = 1.0
         for r in range(max(h, w)):
-            box = erf[max(0, cy - r):cy + r + 1, max(0, cx - r):cx + r + 1]
+            box = erf[max(0, cy - r) : cy + r + 1, max(0, cx - r) : cx + r + 1]
             if float(box.sum()) >= t * total:
                 ratio = box.numel() / (h * w)
                 break
@@ -112,5 +129,11 @@ def summarise(erf: Tensor) -> dict[str, Any]:
     """Peak location and its offset from the centre, totals and area ratios of an ERF map."""
     h, w = erf.shape
     py, px = divmod(int(erf.argmax()), w)
-    return {"shape": [h, w], "sum": float(erf.sum()), "max": float(erf.max()), "peak": [py, px],
-            "peak_offset_from_centre": [py - h // 2, px - w // 2], "area_ratio": area_ratios(erf)}
+    return {
+        "shape": [h, w],
+        "sum": float(erf.sum()),
+        "max": float(erf.max()),
+        "peak": [py, px],
+        "peak_offset_from_centre": [py - h // 2, px - w // 2],
+        "area_ratio": area_ratios(erf),
+    }

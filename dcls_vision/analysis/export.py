@@ -38,8 +38,11 @@ def _diff(reference: Tensor, other: Tensor) -> dict[str, float]:
     if reference.shape != other.shape:
         return {"max_abs_diff": float("inf"), "shape": list(other.shape)}
     d = (reference.float() - other.float()).abs()
-    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
-            "same_argmax": bool((reference.argmax(-1) == other.argmax(-1)).all())}
+    return {
+        "max_abs_diff": float(d.max()),
+        "mean_abs_diff": float(d.mean()),
+        "same_argmax": bool((reference.argmax(-1) == other.argmax(-1)).all()),
+    }
 
 
 def export_conv(model: nn.Module, path: Path) -> nn.Module:
@@ -56,8 +59,9 @@ def export_torchscript(plain: nn.Module, example: Tensor, path: Path) -> None:
         traced.save(str(path))
 
 
-def export_onnx(plain: nn.Module, example: Tensor, path: Path, exporter: str = "dynamo",
-                opset: int | None = None) -> None:
+def export_onnx(
+    plain: nn.Module, example: Tensor, path: Path, exporter: str = "dynamo", opset: int | None = None
+) -> None:
     if exporter not in ONNX_EXPORTERS:
         raise AnalysisError(f"--onnx-exporter {exporter!r} is not supported; allowed: {', '.join(ONNX_EXPORTERS)}")
     with warnings.catch_warnings():
@@ -67,16 +71,34 @@ def export_onnx(plain: nn.Module, example: Tensor, path: Path, exporter: str = "
             try:
                 import onnxscript  # noqa: F401
             except ImportError as e:
-                raise AnalysisError("--onnx-exporter dynamo needs the onnxscript package; allowed: pip install "
-                                    "onnxscript, or --onnx-exporter torchscript") from e
+                raise AnalysisError(
+                    "--onnx-exporter dynamo needs the onnxscript package; allowed: pip install "
+                    "onnxscript, or --onnx-exporter torchscript"
+                ) from e
             batch = torch.export.Dim("batch")
-            torch.onnx.export(plain, (example,), str(path), dynamo=True, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes=({0: batch},), opset_version=opset,
-                              external_data=False, verbose=False)
+            torch.onnx.export(
+                plain,
+                (example,),
+                str(path),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
         else:
-            torch.onnx.export(plain, (example,), str(path), dynamo=False, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=opset or 17)
+            torch.onnx.export(
+                plain,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset or 17,
+            )
 
 
 def run_onnx(path: Path, x: Tensor) -> Tensor | None:
@@ -91,9 +113,16 @@ def run_onnx(path: Path, x: Tensor) -> Tensor | None:
 
 
 @torch.no_grad()
-def export_and_verify(model: nn.Module, example: Tensor, check: Tensor, out_dir: Path,
-                      formats: tuple[str, ...] = FORMATS, onnx_exporter: str = "dynamo", opset: int | None = None,
-                      atol: float = 1e-4) -> dict[str, Any]:
+def export_and_verify(
+    model: nn.Module,
+    example: Tensor,
+    check: Tensor,
+    out_dir: Path,
+    formats: tuple[str, ...] = FORMATS,
+    onnx_exporter: str = "dynamo",
+    opset: int | None = None,
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """Export ``model`` (traced on ``example``) to ``formats`` under ``out_dir``; compare logits on ``check``."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -101,15 +130,22 @@ def export_and_verify(model: nn.Module, example: Tensor, check: Tensor, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     reference = model(check)
-    results: dict[str, Any] = {"check_batch": check.shape[0], "trace_batch": example.shape[0], "atol": atol,
-                               "formats": {}}
+    results: dict[str, Any] = {
+        "check_batch": check.shape[0],
+        "trace_batch": example.shape[0],
+        "atol": atol,
+        "formats": {},
+    }
     t0 = time.perf_counter()
     plain = export_conv(model, out_dir / "model_conv.pth")
     state = load_checkpoint(out_dir / "model_conv.pth")
     reloaded = copy.deepcopy(plain)
     reloaded.load_state_dict(state)
-    results["formats"]["conv"] = {"file": str(out_dir / "model_conv.pth"), **_diff(reference, reloaded(check)),
-                                  "seconds": time.perf_counter() - t0}
+    results["formats"]["conv"] = {
+        "file": str(out_dir / "model_conv.pth"),
+        **_diff(reference, reloaded(check)),
+        "seconds": time.perf_counter() - t0,
+    }
     if "torchscript" in formats:
         t0 = time.perf_counter()
         path = out_dir / "model.ts"
@@ -117,8 +153,11 @@ def export_and_verify(model: nn.Module, example: Tensor, check: Tensor, out_dir:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             loaded = torch.jit.load(str(path))
-        results["formats"]["torchscript"] = {"file": str(path), **_diff(reference, loaded(check)),
-                                             "seconds": time.perf_counter() - t0}
+        results["formats"]["torchscript"] = {
+            "file": str(path),
+            **_diff(reference, loaded(check)),
+            "seconds": time.perf_counter() - t0,
+        }
     if "onnx" in formats:
         t0 = time.perf_counter()
         path = out_dir / "model.onnx"

@@ -25,16 +25,16 @@ def flops_bars(results: list[dict[str, Any]], path: Path) -> Path:
     """Total GMACs per model (construction noted), and GMACs per part for the parts all models share."""
     names = [r["model"] for r in results]
     common = [p for p in results[0]["parts_gmacs"] if all(p in r["parts_gmacs"] for r in results)]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(min(18, 6 + 0.8 * len(results) + 0.5 * len(common)), 4.5),
-                                   gridspec_kw={"width_ratios": [1, 2]})
+    fig, (ax0, ax1) = plt.subplots(
+        1, 2, figsize=(min(18, 6 + 0.8 * len(results) + 0.5 * len(common)), 4.5), gridspec_kw={"width_ratios": [1, 2]}
+    )
     totals = [r["gmacs"] for r in results]
     bars = ax0.bar(range(len(results)), totals, color=[f"C{i}" for i in range(len(results))])
     for bar, r in zip(bars, results):
         note = f"{r['gmacs']:.2f}"
         if r["construction"]["gflops_per_pass"]:
             note += f"\n+{1e3 * r['construction']['gflops_per_pass']:.0f} MFLOP\nbuild/pass"
-        ax0.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                     fontsize=7)
+        ax0.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
     ax0.set_xticks(range(len(results)), names, rotation=30, ha="right", fontsize=8)
     ax0.set_ylabel("GMACs per image")
     ax0.set_ylim(0, max(totals) * 1.3 or 1)
@@ -83,8 +83,13 @@ def rf_lines(tables: list[dict[str, Any]], path: Path) -> Path:
         ax.plot([b["index"] for b in blocks], [b["rf_size"] for b in blocks], "o-", ms=3, label=t["model"])
         if t.get("effective_blocks"):
             eff = t["effective_blocks"]
-            ax.plot([b["index"] for b in eff], [b["rf_size"] for b in eff], "x--", ms=4,
-                    label=f"{t['model']} (effective, learned positions)")
+            ax.plot(
+                [b["index"] for b in eff],
+                [b["rf_size"] for b in eff],
+                "x--",
+                ms=4,
+                label=f"{t['model']} (effective, learned positions)",
+            )
     size = tables[0]["input_shape"][-1]
     ax.axhline(size, color="grey", ls=":", label=f"input {size} px")
     names = [b["block"] for b in tables[0]["blocks"]]
@@ -120,7 +125,7 @@ def position_hist2d(hists: list[dict[str, Any]], path: Path) -> Path:
     cols = min(4, len(hists))
     rows = math.ceil(len(hists) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(hists):]:
+    for ax in axes.flat[len(hists) :]:
         ax.axis("off")
     for ax, h in zip(axes.flat, hists):
         e0, e1 = h["axes"][0]["edges"], h["axes"][1]["edges"]
@@ -144,7 +149,7 @@ def kernel_grid(kernels: list[list[dict[str, Any]]], path: Path) -> Path:
             axes[i, j].set_title(f"{k['layer']}\nch {k['channel']}", fontsize=6)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-        for ax in axes[i, len(row):]:
+        for ax in axes[i, len(row) :]:
             ax.axis("off")
     return _save(fig, path)
 
@@ -163,8 +168,12 @@ def speed_plot(curves: dict[str, Any], path: Path) -> Path:
     lr = [(e, v) for e, v in zip(epochs, curves["lr"]) if v is not None]
     ax1.plot([p[0] for p in lr], [p[1] for p in lr], "k.-", label="lr (weights)")
     if curves.get("pos_lr_scale"):
-        ax1.plot([p[0] for p in lr], [p[1] * curves["pos_lr_scale"] for p in lr], "r.--",
-                 label=f"lr x {curves['pos_lr_scale']:g} (positions)")
+        ax1.plot(
+            [p[0] for p in lr],
+            [p[1] * curves["pos_lr_scale"] for p in lr],
+            "r.--",
+            label=f"lr x {curves['pos_lr_scale']:g} (positions)",
+        )
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("learning rate (epoch end)")
     ax1.legend(fontsize=8)

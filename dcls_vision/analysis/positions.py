@@ -45,12 +45,19 @@ def position_groups(model: nn.Module) -> list[PositionGroup]:
         layer_name = names[id(layer)]
         key = id(layer.positions)
         if key not in groups:
-            groups[key] = PositionGroup(f"{layer_name}.positions", stage_of(layer_name) or layer_name, [], layer,
-                                        layer.positions.detach().float().cpu())
+            groups[key] = PositionGroup(
+                f"{layer_name}.positions",
+                stage_of(layer_name) or layer_name,
+                [],
+                layer,
+                layer.positions.detach().float().cpu(),
+            )
         groups[key].layers.append(layer_name)
     if not groups:
-        raise AnalysisError(f"{type(model).__name__} has no DCLS layer, so no positions to analyse; allowed: a DCLS "
-                            "model (e.g. convnext_tiny_dcls, dcls_quickstart) or a checkpoint of one")
+        raise AnalysisError(
+            f"{type(model).__name__} has no DCLS layer, so no positions to analyse; allowed: a DCLS "
+            "model (e.g. convnext_tiny_dcls, dcls_quickstart) or a checkpoint of one"
+        )
     return list(groups.values())
 
 
@@ -66,17 +73,33 @@ def histograms(group: PositionGroup, bins_per_cell: int = 1) -> dict[str, Any]:
         values = pos[a].flatten()
         edges = _edges(lo, hi, bins_per_cell)
         counts = torch.histogram(values.clamp(lo - 0.5, hi + 0.5), edges).hist
-        axes.append({"axis": a, "limits": [lo, hi], "edges": edges.tolist(), "counts": counts.long().tolist(),
-                     "mean": float(values.mean()), "std": float(values.std()), "mean_abs": float(values.abs().mean()),
-                     "at_limit": float(((values <= lo) | (values >= hi)).float().mean())})
-    out: dict[str, Any] = {"name": group.name, "label": group.label, "layers": group.layers,
-                           "shape": list(pos.shape), "elements": pos[0].numel(),
-                           "dilated_kernel_size": list(group.layer.dilated_kernel_size),
-                           "interpolation": group.layer.interpolation, "axes": axes}
+        axes.append(
+            {
+                "axis": a,
+                "limits": [lo, hi],
+                "edges": edges.tolist(),
+                "counts": counts.long().tolist(),
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "mean_abs": float(values.abs().mean()),
+                "at_limit": float(((values <= lo) | (values >= hi)).float().mean()),
+            }
+        )
+    out: dict[str, Any] = {
+        "name": group.name,
+        "label": group.label,
+        "layers": group.layers,
+        "shape": list(pos.shape),
+        "elements": pos[0].numel(),
+        "dilated_kernel_size": list(group.layer.dilated_kernel_size),
+        "interpolation": group.layer.interpolation,
+        "axes": axes,
+    }
     if pos.shape[0] == 2:
         (lo0, hi0), (lo1, hi1) = group.limits()
-        pts = torch.stack([pos[0].flatten().clamp(lo0 - 0.5, hi0 + 0.5),
-                           pos[1].flatten().clamp(lo1 - 0.5, hi1 + 0.5)], 1)
+        pts = torch.stack(
+            [pos[0].flatten().clamp(lo0 - 0.5, hi0 + 0.5), pos[1].flatten().clamp(lo1 - 0.5, hi1 + 0.5)], 1
+        )
         hist = torch.histogramdd(pts, bins=[_edges(lo0, hi0, bins_per_cell), _edges(lo1, hi1, bins_per_cell)]).hist
         out["hist2d"] = hist.long().tolist()
     return out
@@ -97,9 +120,17 @@ def kernel_images(group: PositionGroup, channels: list[int]) -> list[dict[str, A
         while k.dim() > 2:  # 3-D kernels: the middle slice of the leading axes
             k = k[k.shape[0] // 2]
         nz = (k.abs() > 1e-6 * k.abs().max()).nonzero()
-        images.append({"layer": group.layers[0], "channel": c, "image": k, "sum": float(k.sum()),
-                       "support": [int(nz[:, 0].min()), int(nz[:, 0].max()), int(nz[:, 1].min()), int(nz[:, 1].max())]
-                       if len(nz) and k.dim() == 2 else None})
+        images.append(
+            {
+                "layer": group.layers[0],
+                "channel": c,
+                "image": k,
+                "sum": float(k.sum()),
+                "support": [int(nz[:, 0].min()), int(nz[:, 0].max()), int(nz[:, 1].min()), int(nz[:, 1].max())]
+                if len(nz) and k.dim() == 2
+                else None,
+            }
+        )
     return images
 
 
@@ -121,14 +152,17 @@ def speed_curves(run_dir: str | Path) -> dict[str, Any]:
     """Per epoch: the LR and the mean |Δposition| of each positions tensor (from the trainer's metrics.jsonl)."""
     records = read_metrics(run_dir)
     if not records:
-        raise AnalysisError(f"--run-dir {str(run_dir)!r}: metrics.jsonl holds no epoch yet; allowed: a run that "
-                            "finished at least one epoch")
+        raise AnalysisError(
+            f"--run-dir {str(run_dir)!r}: metrics.jsonl holds no epoch yet; allowed: a run that "
+            "finished at least one epoch"
+        )
     names: list[str] = []
     for r in records:
         names += [n for n in (r.get("pos_delta") or {}) if n not in names]
     if not names:
-        raise AnalysisError(f"--run-dir {str(run_dir)!r}: metrics.jsonl has no pos_delta; allowed: a run of a "
-                            "DCLS model")
+        raise AnalysisError(
+            f"--run-dir {str(run_dir)!r}: metrics.jsonl has no pos_delta; allowed: a run of a DCLS model"
+        )
     pos_lr_scale = None
     config = Path(run_dir) / "config.yaml"
     if config.is_file():
@@ -142,5 +176,5 @@ def speed_curves(run_dir: str | Path) -> dict[str, Any]:
         "speed": {n: [(r.get("pos_delta") or {}).get(n) for r in records] for n in names},
         "labels": {n: stage_of(n) or n.removesuffix(".positions") for n in names},
         "note": "speed = mean |Δposition| (grid cells) over each epoch; lr = base LR at the epoch's end "
-                "(positions use lr x pos_lr_scale)",
+        "(positions use lr x pos_lr_scale)",
     }

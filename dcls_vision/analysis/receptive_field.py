@@ -66,8 +66,9 @@ def _set(t: Tensor, meta: Meta) -> None:
 
 
 def _union(metas: list[Meta]) -> Meta:
-    return tuple(Span(min(m[a].lo for m in metas), max(m[a].hi for m in metas), max(m[a].jump for m in metas))
-                 for a in range(2))
+    return tuple(
+        Span(min(m[a].lo for m in metas), max(m[a].hi for m in metas), max(m[a].jump for m in metas)) for a in range(2)
+    )
 
 
 def _whole(shape: tuple[int, int]) -> Meta:
@@ -116,8 +117,9 @@ def _conv_geometry(module: nn.Module, x: Tensor, effective: bool, threshold: flo
     d = _pair(getattr(module, "dilation", 1))
     if isinstance(module, Conv2dSame) or type(module).__name__.endswith("Same"):
         size = x.shape[-2:]
-        pads = [max((math.ceil(n / st) - 1) * st + (kk - 1) * dd + 1 - n, 0) // 2
-                for n, st, kk, dd in zip(size, s, k, d)]
+        pads = [
+            max((math.ceil(n / st) - 1) * st + (kk - 1) * dd + 1 - n, 0) // 2 for n, st, kk, dd in zip(size, s, k, d)
+        ]
     elif module.padding == "same":
         pads = [dd * (kk - 1) // 2 for kk, dd in zip(k, d)]
     elif module.padding == "valid":
@@ -162,8 +164,14 @@ def _geometry_model(model: nn.Module, effective: bool) -> nn.Module:
     return model
 
 
-def _register_hooks(model: nn.Module, names: list[str], input_shape: tuple[int, int, int, int], effective: bool,
-                    threshold: float, rows: dict[str, dict[str, Any]]) -> list[Any]:
+def _register_hooks(
+    model: nn.Module,
+    names: list[str],
+    input_shape: tuple[int, int, int, int],
+    effective: bool,
+    threshold: float,
+    rows: dict[str, dict[str, Any]],
+) -> list[Any]:
     """Forward hooks that carry the spans through convs/pools and record a row per block in ``rows``."""
 
     def spatial_hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -171,8 +179,13 @@ def _register_hooks(model: nn.Module, names: list[str], input_shape: tuple[int, 
         if meta is None or not isinstance(output, Tensor):
             return
         geometry = _conv_geometry(module, inputs[0], effective, threshold)
-        _set(output, tuple(Span(m.lo + (t0 - p) * m.jump, m.hi + (t1 - p) * m.jump, m.jump * s)
-                           for m, (t0, t1, p, s) in zip(meta, geometry)))
+        _set(
+            output,
+            tuple(
+                Span(m.lo + (t0 - p) * m.jump, m.hi + (t1 - p) * m.jump, m.jump * s)
+                for m, (t0, t1, p, s) in zip(meta, geometry)
+            ),
+        )
 
     def global_hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if _get(inputs[0]) is not None and isinstance(output, Tensor):
@@ -180,18 +193,28 @@ def _register_hooks(model: nn.Module, names: list[str], input_shape: tuple[int, 
 
     def block_hook(name: str):
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            t = output if isinstance(output, Tensor) else next((o for o in tree_leaves(output)
-                                                                  if isinstance(o, Tensor)), None)
+            t = (
+                output
+                if isinstance(output, Tensor)
+                else next((o for o in tree_leaves(output) if isinstance(o, Tensor)), None)
+            )
             meta = _get(t)
             if meta is not None:
-                rows[name] = {"block": name, "rf": [m.size for m in meta], "jump": [m.jump for m in meta],
-                              "start": [m.lo for m in meta], "out_shape": list(t.shape[1:])}
+                rows[name] = {
+                    "block": name,
+                    "rf": [m.size for m in meta],
+                    "jump": [m.jump for m in meta],
+                    "start": [m.lo for m in meta],
+                    "out_shape": list(t.shape[1:]),
+                }
+
         return hook
 
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, DclsLayer) + _POOLS) and (
-                not isinstance(module, DclsLayer) or module.n_dims == 2):
+            not isinstance(module, DclsLayer) or module.n_dims == 2
+        ):
             handles.append(module.register_forward_hook(spatial_hook))
         elif isinstance(module, _GLOBAL_POOLS) or type(module).__name__ == "SelectAdaptivePool2d":
             handles.append(module.register_forward_hook(global_hook))
@@ -200,8 +223,13 @@ def _register_hooks(model: nn.Module, names: list[str], input_shape: tuple[int, 
     return handles
 
 
-def trace(model: nn.Module, input_shape: tuple[int, int, int, int], blocks: str = DEFAULT_BLOCKS,
-          effective: bool = False, threshold: float = 0.01) -> dict[str, Any]:
+def trace(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    blocks: str = DEFAULT_BLOCKS,
+    effective: bool = False,
+    threshold: float = 0.01,
+) -> dict[str, Any]:
     """One forward pass; the RF, jump and output size of every module whose name matches ``blocks``.
 
     Runs on meta tensors (free) unless ``effective`` needs the learned kernels.
@@ -228,5 +256,9 @@ def trace(model: nn.Module, input_shape: tuple[int, int, int, int], blocks: str 
     for i, row in enumerate(table):
         row["index"] = i
         row["rf_size"] = max(row["rf"])
-    return {"input_shape": list(input_shape), "effective": effective, "threshold": threshold if effective else None,
-            "blocks": table}
+    return {
+        "input_shape": list(input_shape),
+        "effective": effective,
+        "threshold": threshold if effective else None,
+        "blocks": table,
+    }

@@ -31,15 +31,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step_fn(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None,
-             optimizer: torch.optim.Optimizer | None) -> Callable[[], None]:
+def _step_fn(
+    model: nn.Module,
+    mode: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp: torch.dtype | None,
+    optimizer: torch.optim.Optimizer | None,
+) -> Callable[[], None]:
     device = x.device
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
 
     if mode == "infer":
+
         def step() -> None:
             with torch.no_grad(), autocast():
                 model(x)
+
         return step
 
     def train_step() -> None:
@@ -49,12 +57,22 @@ def _step_fn(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, amp:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         clamp_positions_(model)
+
     return train_step
 
 
-def measure(model: nn.Module, mode: str, batch: int, input_size: tuple[int, int, int], device: torch.device,
-            warmup: int = 2, repeats: int = 5, channels_last: bool = True, amp: torch.dtype | None = None,
-            memory: bool = True) -> dict[str, Any]:
+def measure(
+    model: nn.Module,
+    mode: str,
+    batch: int,
+    input_size: tuple[int, int, int],
+    device: torch.device,
+    warmup: int = 2,
+    repeats: int = 5,
+    channels_last: bool = True,
+    amp: torch.dtype | None = None,
+    memory: bool = True,
+) -> dict[str, Any]:
     """Median latency, images/s and peak memory of ``mode`` at ``batch`` (model already on ``device``)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; allowed: {', '.join(MODES)}")
@@ -75,8 +93,13 @@ def measure(model: nn.Module, mode: str, batch: int, input_size: tuple[int, int,
         if i >= warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    out = {"batch": batch, "median_ms": 1e3 * median, "min_ms": 1e3 * min(times), "images_per_s": batch / median,
-           "repeats": repeats}
+    out = {
+        "batch": batch,
+        "median_ms": 1e3 * median,
+        "min_ms": 1e3 * min(times),
+        "images_per_s": batch / median,
+        "repeats": repeats,
+    }
     if memory:
         resident = (model, x, y) if optimizer is None else (model, optimizer, x, y)
         out["peak_mem_mb"] = peak_memory_bytes(step, device, resident) / 2**20
@@ -84,8 +107,14 @@ def measure(model: nn.Module, mode: str, batch: int, input_size: tuple[int, int,
     return out
 
 
-def sweep(model: nn.Module, modes: list[str], batches: list[int], input_size: tuple[int, int, int],
-          device: torch.device, **kwargs: Any) -> dict[str, list[dict[str, Any]]]:
+def sweep(
+    model: nn.Module,
+    modes: list[str],
+    batches: list[int],
+    input_size: tuple[int, int, int],
+    device: torch.device,
+    **kwargs: Any,
+) -> dict[str, list[dict[str, Any]]]:
     """:func:`measure` for every mode and batch size; a batch that runs out of memory is recorded as such."""
     results: dict[str, list[dict[str, Any]]] = {}
     for mode in modes:

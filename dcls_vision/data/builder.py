@@ -47,8 +47,10 @@ def _fashion_mnist(cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] | None) ->
 def _split_dir(root: Path, name: str, key: str) -> Path:
     path = root / name
     if not path.is_dir():
-        raise FileNotFoundError(f"data.root={root}: no '{name}' folder found (data.{key}={name!r}); "
-                                f"expected an ImageNet-style folder {IMAGE_HINT.format(split=name)}")
+        raise FileNotFoundError(
+            f"data.root={root}: no '{name}' folder found (data.{key}={name!r}); "
+            f"expected an ImageNet-style folder {IMAGE_HINT.format(split=name)}"
+        )
     return path
 
 
@@ -56,15 +58,19 @@ def _imagefolder_split(path: Path, root: Path, **kwargs: Any) -> SkipBadImageFol
     try:
         return SkipBadImageFolder(path, **kwargs)
     except FileNotFoundError as err:  # torchvision: no class folder / no valid file
-        raise FileNotFoundError(f"data.root={root}: {path} holds no images ({err}); "
-                                f"expected an ImageNet-style folder {IMAGE_HINT.format(split=path.name)}") from err
+        raise FileNotFoundError(
+            f"data.root={root}: {path} holds no images ({err}); "
+            f"expected an ImageNet-style folder {IMAGE_HINT.format(split=path.name)}"
+        ) from err
 
 
 def _imagefolder(cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] | None) -> tuple[Dataset, Dataset, int]:
     root = resolve_path(cfg.get("root"), "data.root")
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={root}: folder not found; expected an ImageNet-style folder "
-                                f"{IMAGE_HINT.format(split='train')} and root/val/<class>/*.JPEG")
+        raise FileNotFoundError(
+            f"data.root={root}: folder not found; expected an ImageNet-style folder "
+            f"{IMAGE_HINT.format(split='train')} and root/val/<class>/*.JPEG"
+        )
     train_dir = _split_dir(root, str(cfg.get("train_dir") or "train"), "train_dir")
     val_dir = _split_dir(root, str(cfg.get("val_dir") or "val"), "val_dir")
     mode = "L" if int(cfg.get("in_chans") or 3) == 1 else "RGB"

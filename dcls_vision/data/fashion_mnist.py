@@ -48,8 +48,10 @@ def prepare_fashion_mnist(root: Path, source: Path) -> Path:
                 shutil.copyfileobj(src, out)
             os.replace(tmp, raw / name)
     except OSError as err:
-        raise OSError(f"data.root={root}: cannot write the Fashion-MNIST cache to {raw} ({err}); "
-                      f"set data.root to a writable folder") from err
+        raise OSError(
+            f"data.root={root}: cannot write the Fashion-MNIST cache to {raw} ({err}); "
+            f"set data.root to a writable folder"
+        ) from err
     return raw
 
 

@@ -30,9 +30,14 @@ class SkipBadImageFolder(ImageFolder):
     folder is missing); ``indices`` keeps a subset of the samples; ``mode`` is the PIL mode ("RGB"/"L").
     """
 
-    def __init__(self, root: Path, transform: Callable[[Any], Any] | None = None,
-                 class_to_idx: dict[str, int] | None = None, indices: Sequence[int] | None = None,
-                 mode: str = "RGB") -> None:
+    def __init__(
+        self,
+        root: Path,
+        transform: Callable[[Any], Any] | None = None,
+        class_to_idx: dict[str, int] | None = None,
+        indices: Sequence[int] | None = None,
+        mode: str = "RGB",
+    ) -> None:
         self._fixed_classes = class_to_idx
         self.mode = mode
         # with imposed classes (val split) a class may legitimately have no images here
@@ -49,8 +54,10 @@ class SkipBadImageFolder(ImageFolder):
         found = {p.name for p in Path(directory).iterdir() if p.is_dir()}
         unknown = sorted(found - set(self._fixed_classes))
         if unknown:
-            raise ValueError(f"{directory}: class folders {unknown[:5]} are not in the train split; "
-                             f"train and val must use the same class folder names")
+            raise ValueError(
+                f"{directory}: class folders {unknown[:5]} are not in the train split; "
+                f"train and val must use the same class folder names"
+            )
         classes = sorted(self._fixed_classes, key=self._fixed_classes.__getitem__)
         return classes, dict(self._fixed_classes)
 

@@ -9,8 +9,9 @@ import torch
 SUBSET_SEED = 0
 
 
-def stratified_indices(targets: Sequence[int] | torch.Tensor, n: int, seed: int = SUBSET_SEED,
-                       name: str = "subset") -> list[int]:
+def stratified_indices(
+    targets: Sequence[int] | torch.Tensor, n: int, seed: int = SUBSET_SEED, name: str = "subset"
+) -> list[int]:
     """``n`` indices drawn with a fixed seed, each class represented in proportion to its frequency.
 
     Samples are shuffled with ``seed``; each gets the key (rank within its class) / (class size), and

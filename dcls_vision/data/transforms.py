@@ -57,9 +57,9 @@ class PadCrop:
         if abs(dy) >= h or abs(dx) >= w:
             return torch.zeros_like(img)
         out = torch.zeros_like(img)
-        out[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = (
-            img[..., max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)]
-        )
+        out[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = img[
+            ..., max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)
+        ]
         return out
 
 
@@ -114,14 +114,13 @@ def small_image_transforms(
         train.append(RandomHFlip(float(_get(aug_cfg, "hflip"))))
     train.append(normalize)
     if float(_get(aug_cfg, "reprob", 0.0)) > 0:
-        train.append(RandomErasing(float(_get(aug_cfg, "reprob")), mode=str(_get(aug_cfg, "remode", "pixel")),
-                                   device="cpu"))
+        train.append(
+            RandomErasing(float(_get(aug_cfg, "reprob")), mode=str(_get(aug_cfg, "remode", "pixel")), device="cpu")
+        )
     return Compose(train), Compose([normalize])
 
 
-def imagenet_transforms(
-    data_cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] | None
-) -> tuple[Transform, Transform]:
+def imagenet_transforms(data_cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] | None) -> tuple[Transform, Transform]:
     """(train, val) from ``timm.data.create_transform``: RandAugment/RRC/erasing; val resize + centre crop.
 
     ``test_img_size`` (default ``img_size``) sets the validation crop: timm's A3 recipe trains at 160

@@ -31,10 +31,17 @@ class CliError(UserError):
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="an mmengine config, e.g. configs/downstream/coco/...py")
     parser.add_argument("--work-dir", help="logs and checkpoints (default: outputs/downstream/<config name>)")
-    parser.add_argument("--data-root", help="dataset root: replaces the config's data_root in every dataloader "
-                        "and evaluator annotation path")
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. train_dataloader.batch_size=4")
+    parser.add_argument(
+        "--data-root",
+        help="dataset root: replaces the config's data_root in every dataloader and evaluator annotation path",
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. train_dataloader.batch_size=4",
+    )
     parser.add_argument("--launcher", default="auto", help=f"one of {', '.join(LAUNCHERS)} (default auto)")
 
 
@@ -90,12 +97,16 @@ def setup_distributed(launcher: str) -> tuple[str, int, int]:
         return "none", 0, 1
     if launcher == "slurm" and "RANK" not in os.environ:
         if "SLURM_PROCID" not in os.environ:
-            raise CliError("--launcher slurm but no SLURM_PROCID in the environment; allowed: run under srun, "
-                           "or --launcher pytorch under torchrun")
+            raise CliError(
+                "--launcher slurm but no SLURM_PROCID in the environment; allowed: run under srun, "
+                "or --launcher pytorch under torchrun"
+            )
         export_slurm_env()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise CliError(f"--launcher {launcher} but RANK/WORLD_SIZE are not set; allowed: start with torchrun "
-                       "(pytorch) or srun (slurm), or --launcher none")
+        raise CliError(
+            f"--launcher {launcher} but RANK/WORLD_SIZE are not set; allowed: start with torchrun "
+            "(pytorch) or srun (slurm), or --launcher none"
+        )
     from dcls_vision.engine.distributed import init_distributed
 
     rank, world, _, _ = init_distributed()
@@ -120,7 +131,7 @@ def set_data_root(cfg: Any, root: str) -> None:
         evaluators = cfg.get(key)
         for ev in evaluators if isinstance(evaluators, list) else [evaluators]:
             if ev and isinstance(ev.get("ann_file"), str) and old and ev["ann_file"].startswith(old):
-                ev["ann_file"] = new + ev["ann_file"][len(old):]
+                ev["ann_file"] = new + ev["ann_file"][len(old) :]
     cfg.data_root = new
 
 
@@ -130,8 +141,10 @@ def load_config(args: argparse.Namespace, launcher: str) -> Any:
 
     path = Path(args.config)
     if not path.is_file():
-        raise CliError(f"config {args.config!r} does not exist; allowed: an mmengine config file such as "
-                       "configs/downstream/coco/cascade-mask-rcnn_convnext-t-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py")
+        raise CliError(
+            f"config {args.config!r} does not exist; allowed: an mmengine config file such as "
+            "configs/downstream/coco/cascade-mask-rcnn_convnext-t-dcls_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py"
+        )
     if args.data_root and not Path(args.data_root).is_dir():
         raise CliError(f"--data-root {args.data_root!r} is not a directory; allowed: an existing dataset root")
     cfg = Config.fromfile(str(path))
@@ -162,8 +175,11 @@ def _adapt_to_machine(cfg: Any, launcher: str) -> None:
         print_log("no CUDA device: AmpOptimWrapper -> OptimWrapper (float32)", logger="current")
     if launcher == "pytorch":
         cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
-        cfg.model_wrapper_cfg = dict(type="DclsCPUDistributedDataParallel", broadcast_buffers=False,
-                                     find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+        cfg.model_wrapper_cfg = dict(
+            type="DclsCPUDistributedDataParallel",
+            broadcast_buffers=False,
+            find_unused_parameters=bool(cfg.get("find_unused_parameters", False)),
+        )
 
 
 def ensure_hooks(cfg: Any) -> None:

@@ -28,8 +28,19 @@ from PIL import Image
 SHAPES = ("rectangle", "ellipse", "triangle")
 ADE_CLASSES = ("scene", *SHAPES)  # label ids 1..4 in the png; 0 = other (ignored with reduce_zero_label)
 ADE_PALETTE = ((120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50))
-_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "camera", "brick",
-           "grass", "gravel", "moon")
+_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+)
 _FOLDER_CLASSES = ("astronaut", "coffee", "chelsea", "rocket")
 
 
@@ -78,8 +89,14 @@ def _shape_mask(rng: np.random.Generator, kind: str, hw: tuple[int, int]) -> np.
         ry, rx = size / 2 * rng.uniform(0.6, 1.0), size / 2 * rng.uniform(0.6, 1.0)
         rr, cc = draw.rectangle((cy - ry, cx - rx), (cy + ry, cx + rx), shape=hw)
     elif kind == "ellipse":
-        rr, cc = draw.ellipse(cy, cx, size / 2 * rng.uniform(0.6, 1.0), size / 2 * rng.uniform(0.6, 1.0), shape=hw,
-                              rotation=rng.uniform(0, np.pi))
+        rr, cc = draw.ellipse(
+            cy,
+            cx,
+            size / 2 * rng.uniform(0.6, 1.0),
+            size / 2 * rng.uniform(0.6, 1.0),
+            shape=hw,
+            rotation=rng.uniform(0, np.pi),
+        )
     else:
         angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
         rr, cc = draw.polygon(cy + size / 2 * np.sin(angles), cx + size / 2 * np.cos(angles), shape=hw)
@@ -87,8 +104,9 @@ def _shape_mask(rng: np.random.Generator, kind: str, hw: tuple[int, int]) -> np.
     return mask
 
 
-def _scene(rng: np.random.Generator, photos: dict[str, np.ndarray], hw: tuple[int, int], max_objects: int,
-           min_area: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def _scene(
+    rng: np.random.Generator, photos: dict[str, np.ndarray], hw: tuple[int, int], max_objects: int, min_area: int
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """An image and its visible instances (class index into SHAPES, mask); later shapes occlude earlier ones."""
     names = list(photos)
     while True:
@@ -106,8 +124,9 @@ def _scene(rng: np.random.Generator, photos: dict[str, np.ndarray], hw: tuple[in
             return image, instances
 
 
-def _scene_setup(root: str | Path, size: int | Sequence[int], num_train: int, num_val: int, max_objects: int,
-                 seed: int) -> tuple[Path, tuple[int, int], np.random.Generator, dict[str, np.ndarray]]:
+def _scene_setup(
+    root: str | Path, size: int | Sequence[int], num_train: int, num_val: int, max_objects: int, seed: int
+) -> tuple[Path, tuple[int, int], np.random.Generator, dict[str, np.ndarray]]:
     """Checked arguments of :func:`make_coco` / :func:`make_ade`, their random generator and the photos."""
     hw = _check_size(size)
     for value, name in ((num_train, "num_train"), (num_val, "num_val"), (max_objects, "max_objects")):
@@ -115,8 +134,14 @@ def _scene_setup(root: str | Path, size: int | Sequence[int], num_train: int, nu
     return Path(root), hw, np.random.default_rng(seed), {name: _photo(name) for name in _PHOTOS}
 
 
-def make_coco(root: str | Path, num_train: int = 8, num_val: int = 4, size: int | Sequence[int] = 160,
-              max_objects: int = 3, seed: int = 0) -> dict[str, Path]:
+def make_coco(
+    root: str | Path,
+    num_train: int = 8,
+    num_val: int = 4,
+    size: int | Sequence[int] = 160,
+    max_objects: int = 3,
+    seed: int = 0,
+) -> dict[str, Path]:
     """Write a COCO-format instance-segmentation set under ``root``; returns its paths.
 
     Layout (COCO 2017's): ``root/{train,val}2017/*.jpg`` and ``root/annotations/instances_{train,val}2017.json``;
@@ -140,23 +165,46 @@ def make_coco(root: str | Path, num_train: int = 8, num_val: int = 4, size: int 
             images.append({"id": image_id, "file_name": name, "height": hw[0], "width": hw[1]})
             for cls, mask in instances:
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                annotations.append({
-                    "id": ann_id, "image_id": image_id, "category_id": cls + 1, "iscrowd": 0,
-                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                    "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                })
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": cls + 1,
+                        "iscrowd": 0,
+                        "segmentation": {
+                            "size": [int(v) for v in rle["size"]],
+                            "counts": rle["counts"].decode("ascii"),
+                        },
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    }
+                )
                 ann_id += 1
         ann_file = root / "annotations" / f"instances_{split}.json"
         ann_file.parent.mkdir(parents=True, exist_ok=True)
-        ann_file.write_text(json.dumps({"info": {"description": f"dcls-vision offline shapes ({split})"},
-                                        "licenses": [], "images": images, "annotations": annotations,
-                                        "categories": categories}))
+        ann_file.write_text(
+            json.dumps(
+                {
+                    "info": {"description": f"dcls-vision offline shapes ({split})"},
+                    "licenses": [],
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": categories,
+                }
+            )
+        )
         paths[f"{split[:-4]}_ann"], paths[f"{split[:-4]}_img"] = ann_file, root / split
     return paths
 
 
-def make_ade(root: str | Path, num_train: int = 8, num_val: int = 4, size: int | Sequence[int] = 128,
-             max_objects: int = 3, seed: int = 0) -> dict[str, Path]:
+def make_ade(
+    root: str | Path,
+    num_train: int = 8,
+    num_val: int = 4,
+    size: int | Sequence[int] = 128,
+    max_objects: int = 3,
+    seed: int = 0,
+) -> dict[str, Path]:
     """Write an ADE20K-layout semantic-segmentation set under ``root``; returns its paths.
 
     ``images/{training,validation}/ADE_{train,val}_XXXXXXXX.jpg`` and the same names as ``.png`` label maps
@@ -182,8 +230,9 @@ def make_ade(root: str | Path, num_train: int = 8, num_val: int = 4, size: int |
     return paths
 
 
-def make_image_folder(root: str | Path, num_per_class: int = 16, num_val_per_class: int = 4, size: int = 64,
-                      seed: int = 0) -> dict[str, Path]:
+def make_image_folder(
+    root: str | Path, num_per_class: int = 16, num_val_per_class: int = 4, size: int = 64, seed: int = 0
+) -> dict[str, Path]:
     """Write an ImageNet-style folder (``root/{train,val}/<photo>/*.jpg``): one class per bundled photo.
 
     Samples are random crops (30-80 % of the short side) of the photo; 4 classes. Enough for a real
@@ -205,8 +254,9 @@ def make_image_folder(root: str | Path, num_per_class: int = 16, num_val_per_cla
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dcls_vision.downstream.datasets",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dcls_vision.downstream.datasets", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("kind", choices=("coco", "ade", "folder"))
     parser.add_argument("out", type=Path)
     parser.add_argument("--num-train", type=int, default=None, help="images (per class for 'folder')")

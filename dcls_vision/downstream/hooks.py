@@ -84,9 +84,12 @@ def _encode(obj: Any) -> Any:
     from mmengine.logging import HistoryBuffer
 
     if isinstance(obj, HistoryBuffer):
-        return {_BUFFER_TAG: True, "log": torch.from_numpy(np.asarray(obj._log_history, dtype=np.float64)),
-                "count": torch.from_numpy(np.asarray(obj._count_history, dtype=np.int64)),
-                "max_length": int(obj.max_length)}
+        return {
+            _BUFFER_TAG: True,
+            "log": torch.from_numpy(np.asarray(obj._log_history, dtype=np.float64)),
+            "count": torch.from_numpy(np.asarray(obj._count_history, dtype=np.int64)),
+            "max_length": int(obj.max_length),
+        }
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj)
     if isinstance(obj, np.generic):

@@ -15,8 +15,9 @@ try:
     from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
     from mmengine.registry import HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS
 except ImportError as err:  # pragma: no cover - exercised only without the mm extra
-    raise ImportError(f"dcls_vision.downstream.mm needs the OpenMMLab stack ({err}); install it with "
-                      "`bash tools/install_mm.sh`") from err
+    raise ImportError(
+        f"dcls_vision.downstream.mm needs the OpenMMLab stack ({err}); install it with `bash tools/install_mm.sh`"
+    ) from err
 from torch import nn
 
 from .backbone import DclsBackbone, DclsConvFormer, DclsConvNeXt
@@ -55,6 +56,15 @@ def _register() -> list[str]:
 
 REGISTERED_IN = _register()
 
-__all__ = ["BACKBONES", "REGISTERED_IN", "DclsBackbone", "DclsCPUDistributedDataParallel", "DclsClampHook",
-           "DclsConvFormer", "DclsConvNeXt", "DclsOptimWrapperConstructor", "DclsRepulsiveLossHook",
-           "DclsSafeCheckpointHook"]
+__all__ = [
+    "BACKBONES",
+    "REGISTERED_IN",
+    "DclsBackbone",
+    "DclsCPUDistributedDataParallel",
+    "DclsClampHook",
+    "DclsConvFormer",
+    "DclsConvNeXt",
+    "DclsOptimWrapperConstructor",
+    "DclsRepulsiveLossHook",
+    "DclsSafeCheckpointHook",
+]

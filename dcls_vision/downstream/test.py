@@ -27,8 +27,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not Path(args.checkpoint).is_file():
-        raise CliError(f"checkpoint {args.checkpoint!r} does not exist; allowed: a checkpoint written by "
-                       "python -m dcls_vision.downstream.train")
+        raise CliError(
+            f"checkpoint {args.checkpoint!r} does not exist; allowed: a checkpoint written by "
+            "python -m dcls_vision.downstream.train"
+        )
     launcher, rank, _ = setup_distributed(args.launcher)
     cfg = load_config(args, launcher)
     cfg.load_from = args.checkpoint
@@ -38,8 +40,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     metrics = Runner.from_cfg(cfg).test()
     if rank == 0:
-        print(json.dumps({k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()}),
-              flush=True)
+        print(
+            json.dumps({k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()}), flush=True
+        )
     return metrics
 
 

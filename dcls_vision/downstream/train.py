@@ -24,10 +24,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("--backbone-checkpoint", help="our trainer's last.pth / best.pth / best_ema.pth")
-    parser.add_argument("--checkpoint-key", choices=("model", "ema"), default=None,
-                        help="weights of --backbone-checkpoint to load (default: the config's, 'model')")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="resume from the work dir's latest checkpoint, or from the given one")
+    parser.add_argument(
+        "--checkpoint-key",
+        choices=("model", "ema"),
+        default=None,
+        help="weights of --backbone-checkpoint to load (default: the config's, 'model')",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="resume from the work dir's latest checkpoint, or from the given one",
+    )
     return parser.parse_args(argv)
 
 
@@ -35,8 +44,10 @@ def build_runner(argv: Sequence[str] | None = None) -> Any:
     """The configured mmengine Runner (process group joined), without training it."""
     args = parse_args(argv)
     if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
-        raise CliError(f"--backbone-checkpoint {args.backbone_checkpoint!r} does not exist; allowed: a "
-                       "last.pth / best.pth / best_ema.pth written by `python train.py`")
+        raise CliError(
+            f"--backbone-checkpoint {args.backbone_checkpoint!r} does not exist; allowed: a "
+            "last.pth / best.pth / best_ema.pth written by `python train.py`"
+        )
     launcher, _, _ = setup_distributed(args.launcher)
     cfg = load_config(args, launcher)
     if args.backbone_checkpoint:

@@ -15,16 +15,16 @@ from torch import nn
 
 from .config import ConfigError
 from .loader import EpochLoader
-from .optim import POSITION_LR_SCALE, create_optimizer, create_scheduler
+from .optim import create_optimizer, create_scheduler
 
 
 def build_criterion(cfg: DictConfig, mixup_active: bool) -> nn.Module:
     """Training loss, as timm's train.py picks it (mixup → soft targets; BCE optional)."""
     from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    smoothing = float(cfg.aug.get("label_smoothing", 0.0) or 0.0)
-    if cfg.trainer.get("loss", "ce") == "bce":
-        thresh = cfg.trainer.get("bce_target_thresh", None)
+    smoothing = float(cfg.aug.label_smoothing or 0.0)
+    if cfg.trainer.loss == "bce":
+        thresh = cfg.trainer.bce_target_thresh
         return BinaryCrossEntropy(smoothing=0.0 if mixup_active else smoothing, target_threshold=thresh)
     if mixup_active:
         return SoftTargetCrossEntropy()
@@ -38,16 +38,16 @@ def build_mixup(cfg: DictConfig, num_classes: int) -> Any:
     from timm.data import Mixup
 
     aug = cfg.aug
-    mixup, cutmix = float(aug.get("mixup", 0.0) or 0.0), float(aug.get("cutmix", 0.0) or 0.0)
+    mixup, cutmix = float(aug.mixup or 0.0), float(aug.cutmix or 0.0)
     if mixup <= 0 and cutmix <= 0:
         return None
     return Mixup(
         mixup_alpha=mixup,
         cutmix_alpha=cutmix,
-        prob=float(aug.get("mixup_prob", 1.0)),
-        switch_prob=float(aug.get("switch_prob", 0.5)),
-        mode=aug.get("mixup_mode", "batch"),
-        label_smoothing=float(aug.get("label_smoothing", 0.0) or 0.0),
+        prob=float(aug.mixup_prob),
+        switch_prob=float(aug.switch_prob),
+        mode=aug.mixup_mode,
+        label_smoothing=float(aug.label_smoothing or 0.0),
         num_classes=num_classes,
     )
 
@@ -83,7 +83,7 @@ def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.dev
     tcfg = cfg.trainer
     seed = int(tcfg.seed)
     train_ds, val_ds, num_classes = build_datasets(cfg.data, cfg.aug)
-    workers = int(cfg.data.get("num_workers", 0) or 0)
+    workers = int(cfg.data.num_workers or 0)
     pin = device.type == "cuda"
     train_loader = EpochLoader(
         train_ds,
@@ -95,7 +95,7 @@ def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.dev
         num_workers=workers,
         pin_memory=pin,
     )
-    val_bs = int(tcfg.get("val_batch_size") or tcfg.batch_size)
+    val_bs = int(tcfg.val_batch_size or tcfg.batch_size)
     val_loader = EpochLoader(
         val_ds, val_bs, train=False, num_replicas=world_size, rank=rank, seed=seed, num_workers=workers, pin_memory=pin
     )
@@ -114,21 +114,21 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> tor
     """timm optimizer over the DCLS parameter groups; ``optim.lr`` is scaled by global batch / ``lr_base_batch``."""
     ocfg = cfg.optim
     lr = float(ocfg.lr)
-    base_batch = ocfg.get("lr_base_batch")
+    base_batch = ocfg.lr_base_batch
     if base_batch:
         lr = lr * global_batch / int(base_batch)
-    opt_kwargs = _container(ocfg.get("kwargs"))
+    opt_kwargs = _container(ocfg.kwargs)
     for key in ("betas", "eps"):
-        if ocfg.get(key) is not None:
+        if ocfg[key] is not None:
             opt_kwargs[key] = tuple(ocfg[key]) if key == "betas" else float(ocfg[key])
     return create_optimizer(
         model,
         opt=ocfg.name,
         lr=lr,
         weight_decay=float(ocfg.weight_decay),
-        pos_lr_scale=float(ocfg.get("pos_lr_scale", POSITION_LR_SCALE)),
-        layer_decay=ocfg.get("layer_decay"),
-        momentum=float(ocfg.get("momentum", 0.9)),
+        pos_lr_scale=float(ocfg.pos_lr_scale),
+        layer_decay=ocfg.layer_decay,
+        momentum=float(ocfg.momentum),
         **opt_kwargs,
     )
 
@@ -136,17 +136,17 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> tor
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int) -> Any:
     """timm scheduler from ``sched``, stepped per optimizer update."""
     scfg = cfg.sched
-    sched_kwargs = _container(scfg.get("kwargs"))
+    sched_kwargs = _container(scfg.kwargs)
     return create_scheduler(
         optimizer,
         scfg.name,
         epochs,
         updates_per_epoch,
-        warmup_epochs=scfg.get("warmup_epochs", 0),
-        warmup_lr=float(scfg.get("warmup_lr", 0.0)),
-        min_lr=float(scfg.get("min_lr", 0.0)),
-        cooldown_epochs=int(scfg.get("cooldown_epochs", 0)),
-        step_on_epochs=bool(scfg.get("step_on_epochs", False)),
+        warmup_epochs=scfg.warmup_epochs,
+        warmup_lr=float(scfg.warmup_lr),
+        min_lr=float(scfg.min_lr),
+        cooldown_epochs=int(scfg.cooldown_epochs),
+        step_on_epochs=bool(scfg.step_on_epochs),
         **sched_kwargs,
     )
 
@@ -154,13 +154,13 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: i
 def build_logger_cfg(cfg: DictConfig) -> dict[str, Any] | None:
     """The wandb settings for :class:`~dcls_vision.engine.runlog.RunLogger`, or None without wandb."""
     lcfg = cfg.logger
-    if not lcfg.get("wandb", False):
+    if not lcfg.wandb:
         return None
     return {
-        "mode": lcfg.get("wandb_mode"),
-        "project": lcfg.get("project"),
-        "entity": lcfg.get("entity"),
-        "name": lcfg.get("name") or cfg.get("experiment_name"),
+        "mode": lcfg.wandb_mode,
+        "project": lcfg.project,
+        "entity": lcfg.entity,
+        "name": lcfg.name or cfg.experiment_name,
     }
 
 

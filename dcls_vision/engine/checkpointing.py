@@ -132,7 +132,7 @@ class CheckpointManager:
         if self.rank != 0:
             return
         last = ckpt.atomic_save(saved, self.run_dir / ckpt.LAST)
-        keep = int(self.cfg.trainer.get("keep_last", 0))
+        keep = int(self.cfg.trainer.keep_last)
         if epoch_file is not None and keep > 0:
             target = self.run_dir / f"epoch_{epoch_file:04d}.pth"
             tmp = target.with_name(f".{target.name}.link.tmp")
@@ -163,8 +163,8 @@ class CheckpointManager:
         A weights-only file (``best*.pth``) is a warm start from epoch 1; a full one restores everything.
         """
         tcfg = self.cfg.trainer
-        own = self.run_dir / ckpt.LAST if tcfg.get("auto_resume", True) else None
-        path, note = choose_resume_source(own, [("trainer.resume", tcfg.get("resume"))])
+        own = self.run_dir / ckpt.LAST if tcfg.auto_resume else None
+        path, note = choose_resume_source(own, [("trainer.resume", tcfg.resume)])
         if path is None:
             return Resumed(TrainState(), note=note)
         state = ckpt.load_checkpoint(path, map_location="cpu")

@@ -18,8 +18,16 @@ from dcls_vision.utils.errors import UserError
 
 from .optim import SCHEDULERS
 
-AMP_DTYPES = {"none": None, "false": None, "fp32": None, "float32": None,
-              "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+AMP_DTYPES = {
+    "none": None,
+    "false": None,
+    "fp32": None,
+    "float32": None,
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 LOSSES = ("ce", "bce")
 CLIP_MODES = ("norm", "value", "agc")
 WANDB_MODES = ("online", "offline", "disabled", "shared")
@@ -68,8 +76,10 @@ def _check_model(cfg: DictConfig) -> None:
     name = _get(cfg, "model.name")
     if not isinstance(name, str) or name not in timm.list_models():
         dcls = [m for m in timm.list_models() if "dcls" in m or "quickstart" in m]
-        raise ConfigError(f"model.name={name!r} is not a registered timm model; allowed: any timm model, "
-                          f"e.g. {', '.join(dcls[:12]) or 'resnet50, convnext_tiny'}")
+        raise ConfigError(
+            f"model.name={name!r} is not a registered timm model; allowed: any timm model, "
+            f"e.g. {', '.join(dcls[:12]) or 'resnet50, convnext_tiny'}"
+        )
     _num(cfg, "model.drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1) or null")
 
 
@@ -83,8 +93,10 @@ def _check_data(cfg: DictConfig) -> None:
             split = _get(cfg, f"data.{sub}")
             path = Path(root) / split if split is not None else Path(root)
             if not path.is_dir():
-                raise ConfigError(f"data.root={root!r} (data.{sub}={split!r}): {path} is not a directory; "
-                                  "allowed: an existing ImageFolder root")
+                raise ConfigError(
+                    f"data.root={root!r} (data.{sub}={split!r}): {path} is not a directory; "
+                    "allowed: an existing ImageFolder root"
+                )
     source = OmegaConf.select(cfg, "data.source", default=None)
     if source and not Path(os.path.expanduser(str(source))).exists():
         raise ConfigError(f"data.source={source!r} does not exist; allowed: an existing path")
@@ -102,8 +114,10 @@ def _check_optim(cfg: DictConfig) -> None:
     opts = list_optimizers()
     base = str(name).lower().split("_")[-1] if isinstance(name, str) else name
     if base not in opts:
-        raise ConfigError(f"optim.name={name!r} is not a timm optimizer; allowed: adamw, lamb, sgd, momentum, "
-                          f"... (timm.optim.list_optimizers())")
+        raise ConfigError(
+            f"optim.name={name!r} is not a timm optimizer; allowed: adamw, lamb, sgd, momentum, "
+            f"... (timm.optim.list_optimizers())"
+        )
     _num(cfg, "optim.lr", lambda v: v > 0, "> 0")
     _num(cfg, "optim.weight_decay", lambda v: v >= 0, ">= 0")
     _num(cfg, "optim.pos_lr_scale", lambda v: v > 0, "> 0")
@@ -192,9 +206,15 @@ def validate_config(cfg: DictConfig) -> None:
     _check_model(cfg)
 
 
-_TYPE_WORDS = (("to Integer", "an integer"), ("to Float", "a number"), ("valid bool", "true or false"),
-               ("ListConfig, list or tuple", "a list, e.g. [a,b]"), ("DictConfig", "a mapping, e.g. {a: 1}"),
-               ("to String", "a string"), ("Enum", "one of the enum's names"))
+_TYPE_WORDS = (
+    ("to Integer", "an integer"),
+    ("to Float", "a number"),
+    ("valid bool", "true or false"),
+    ("ListConfig, list or tuple", "a list, e.g. [a,b]"),
+    ("DictConfig", "a mapping, e.g. {a: 1}"),
+    ("to String", "a string"),
+    ("Enum", "one of the enum's names"),
+)
 
 
 def composition_error_line(err: BaseException) -> str | None:

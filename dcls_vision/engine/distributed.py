@@ -41,8 +41,9 @@ def slurm_master_addr() -> str:
     if "[" not in nodelist:
         return nodelist.split(",")[0]
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             check=True, timeout=60).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
         return out.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         pass
@@ -51,8 +52,9 @@ def slurm_master_addr() -> str:
 
         return _parse_node_list(nodelist)[0]
     except Exception as e:
-        raise RuntimeError(f"cannot expand SLURM node list {nodelist!r} (scontrol show hostnames failed): {e}; "
-                           "set MASTER_ADDR instead") from e
+        raise RuntimeError(
+            f"cannot expand SLURM node list {nodelist!r} (scontrol show hostnames failed): {e}; set MASTER_ADDR instead"
+        ) from e
 
 
 def slurm_master_port(job_id: str | None = None) -> int:
@@ -106,8 +108,9 @@ def init_distributed(
     if not dist.is_initialized():
         _export_rendezvous()
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend=backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        )
     return rank, world, local_rank, dev
 
 

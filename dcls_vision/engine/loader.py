@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (also for world size 1) that can start part-way into an epoch."""
 
-    def __init__(self, dataset: Sized, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
+    def __init__(
+        self, dataset: Sized, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0, drop_last: bool = True
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.start = 0
 
     def set_start(self, start: int) -> None:
@@ -71,22 +71,41 @@ def _default_collate() -> Callable | None:
 class EpochLoader:
     """Wraps a ``DataLoader`` so each epoch's iteration is seeded from (seed, epoch, rank)."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, num_replicas: int, rank: int,
-                 seed: int, num_workers: int, pin_memory: bool, drop_last: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        train: bool,
+        num_replicas: int,
+        rank: int,
+        seed: int,
+        num_workers: int,
+        pin_memory: bool,
+        drop_last: bool = True,
+    ) -> None:
         self.train, self.seed, self.rank = train, seed, rank
         self.batch_size = batch_size
         if train:
-            self.sampler: Sampler[int] = ResumableSampler(dataset, num_replicas, rank, shuffle=True, seed=seed,
-                                                          drop_last=drop_last)
+            self.sampler: Sampler[int] = ResumableSampler(
+                dataset, num_replicas, rank, shuffle=True, seed=seed, drop_last=drop_last
+            )
         else:
             self.sampler = ShardSampler(dataset, num_replicas, rank)
         self.generator = torch.Generator()
         collate = _default_collate()
         kwargs = {"collate_fn": collate} if collate is not None else {}
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-            pin_memory=pin_memory, drop_last=train and drop_last, worker_init_fn=_seed_worker,
-            generator=self.generator, persistent_workers=False, **kwargs,
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            drop_last=train and drop_last,
+            worker_init_fn=_seed_worker,
+            generator=self.generator,
+            persistent_workers=False,
+            **kwargs,
         )
 
     def batches_per_epoch(self) -> int:

@@ -17,9 +17,15 @@ from dcls_vision.ops import dcls_parameters
 class RunLogger:
     """Writes only on rank 0; other ranks get no-ops, so callers need no ``if rank == 0``."""
 
-    def __init__(self, run_dir: Path, rank: int, wandb_cfg: dict[str, Any] | None = None,
-                 config: dict[str, Any] | None = None, wandb_id: str | None = None,
-                 progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        rank: int,
+        wandb_cfg: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        wandb_id: str | None = None,
+        progress: bool | None = None,
+    ) -> None:
         self.run_dir, self.enabled = Path(run_dir), rank == 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb_run = None
@@ -32,9 +38,16 @@ class RunLogger:
         import wandb
 
         mode = wandb_cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline"
-        return wandb.init(mode=mode, project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"),
-                          name=wandb_cfg.get("name"), dir=str(self.run_dir), config=config, id=wandb_id,
-                          resume="allow" if wandb_id else None)
+        return wandb.init(
+            mode=mode,
+            project=wandb_cfg.get("project"),
+            entity=wandb_cfg.get("entity"),
+            name=wandb_cfg.get("name"),
+            dir=str(self.run_dir),
+            config=config,
+            id=wandb_id,
+            resume="allow" if wandb_id else None,
+        )
 
     @property
     def wandb_id(self) -> str | None:

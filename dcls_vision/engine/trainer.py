@@ -58,8 +58,12 @@ class EpochSums:
 
     @classmethod
     def zeros(cls, device: torch.device) -> EpochSums:
-        return cls(torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.float64,
-                   device=device), torch.zeros(3, dtype=torch.float64, device=device), torch.zeros((), device=device))
+        return cls(
+            torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros(3, dtype=torch.float64, device=device),
+            torch.zeros((), device=device),
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -75,16 +79,25 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm as ``torch.nn.SyncBatchNorm`` (timm's ``--sync-bn``); its forward has no CPU path."""
     if device.type == "cpu":
-        raise ConfigError("trainer.sync_bn=True needs CUDA devices (torch.nn.SyncBatchNorm has no CPU forward); "
-                          "allowed: trainer.sync_bn=false on CPU (trainer.dist_bn=reduce still averages BN stats)")
+        raise ConfigError(
+            "trainer.sync_bn=True needs CUDA devices (torch.nn.SyncBatchNorm has no CPU forward); "
+            "allowed: trainer.sync_bn=false on CPU (trainer.dist_bn=reduce still averages BN stats)"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class Trainer:
     """Holds everything a run needs; :meth:`fit` runs the remaining epochs."""
 
-    def __init__(self, cfg: DictConfig, rank: int, world_size: int, local_rank: int, device: torch.device,
-                 guard: PreemptionGuard | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        device: torch.device,
+        guard: PreemptionGuard | None = None,
+    ) -> None:
         self.cfg, self.rank, self.world, self.device = cfg, rank, world_size, device
         self.guard = guard
         self.signal_level = 0  # the all-reduced PreemptionGuard level of the last optimizer step
@@ -100,9 +113,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "float16")
         self.mixup, self.criterion = builders.build_loss(cfg, self.num_classes, device)
         self.has_positions = bool(dcls_parameters(self.model)["positions"])
-        self.ckpt = CheckpointManager(self.run_dir, cfg, rank, world_size, self.model, self.ema, self.optimizer,
-                                      self.scheduler, self.scaler, {"seed": self.seed,
-                                                                    "batch_size": self.train_loader.batch_size})
+        self.ckpt = CheckpointManager(
+            self.run_dir,
+            cfg,
+            rank,
+            world_size,
+            self.model,
+            self.ema,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            {"seed": self.seed, "batch_size": self.train_loader.batch_size},
+        )
         resumed = self.ckpt.resume()
         self.state, self.resumed_from, self.resume_note = resumed.state, resumed.path, resumed.note
         self._resume_rng = resumed.rng
@@ -116,31 +138,35 @@ class Trainer:
         self.seed = int(tcfg.seed)
         self.amp = amp_dtype(tcfg.amp)
         self.channels_last = bool(tcfg.channels_last)
-        self.accum = int(tcfg.get("accum", 1))
+        self.accum = int(tcfg.accum)
         self.epochs = int(tcfg.epochs)
-        self.sync_bn = bool(tcfg.get("sync_bn", False)) and self.world > 1
+        self.sync_bn = bool(tcfg.sync_bn) and self.world > 1
         if self.sync_bn and self.device.type == "cpu":
             convert_sync_bn(nn.Identity(), self.device)  # fail before loading any data
-        self.dist_bn = "" if self.sync_bn else str(tcfg.get("dist_bn", "reduce") or "")  # SyncBN: stats equal
-        rep = tcfg.get("repulsive") or {}
-        self.rep_weight, self.rep_start = float(rep.get("weight", 0.0)), int(rep.get("start_epoch", 0))
-        self.clip_grad, self.clip_mode = tcfg.get("clip_grad"), tcfg.get("clip_mode", "norm")
-        self.ckpt_interval = int(tcfg.get("ckpt_interval_steps", 0) or 0)
+        self.dist_bn = "" if self.sync_bn else str(tcfg.dist_bn or "")  # SyncBN: stats equal
+        rep = tcfg.repulsive
+        self.rep_weight, self.rep_start = float(rep.weight), int(rep.start_epoch)
+        self.clip_grad, self.clip_mode = tcfg.clip_grad, tcfg.clip_mode
+        self.ckpt_interval = int(tcfg.ckpt_interval_steps or 0)
 
     def _build_model(self) -> tuple[nn.Module, ModelEma | None]:
         """The model (same init on every rank), on the device, and its EMA if ``trainer.ema.enabled``."""
         cfg, tcfg, device = self.cfg, self.cfg.trainer, self.device
         seed_everything(self.seed)  # same init on every rank
-        model = build_model(cfg, self.num_classes, int(cfg.data.get("in_chans", 3)))
+        model = build_model(cfg, self.num_classes, int(cfg.data.in_chans))
         if self.sync_bn:
             model = convert_sync_bn(model, device)
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         ema = None
-        if tcfg.ema.get("enabled", False):
-            ema = ModelEma(model, decay=float(tcfg.ema.decay), use_warmup=bool(tcfg.ema.get("warmup", False)),
-                           device=torch.device(tcfg.ema.device) if tcfg.ema.get("device") else None)
+        if tcfg.ema.enabled:
+            ema = ModelEma(
+                model,
+                decay=float(tcfg.ema.decay),
+                use_warmup=bool(tcfg.ema.warmup),
+                device=torch.device(tcfg.ema.device) if tcfg.ema.device else None,
+            )
         return model, ema
 
     def _wrap_ddp(self) -> nn.Module:
@@ -150,15 +176,22 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         device = self.device
-        return DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       broadcast_buffers=True)
+        return DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
+        )
 
     def _start_logging(self, wandb_id: str | None) -> None:
         """Run logger (console, log.txt, metrics.jsonl, wandb), position tracker, and the resolved config.yaml."""
         cfg, lcfg = self.cfg, self.cfg.logger
-        self.log = RunLogger(self.run_dir, self.rank, builders.build_logger_cfg(cfg),
-                             OmegaConf.to_container(cfg, resolve=True), wandb_id, progress=lcfg.get("progress"))
-        self.log_interval = int(lcfg.get("log_interval", 50))
+        self.log = RunLogger(
+            self.run_dir,
+            self.rank,
+            builders.build_logger_cfg(cfg),
+            OmegaConf.to_container(cfg, resolve=True),
+            wandb_id,
+            progress=lcfg.progress,
+        )
+        self.log_interval = int(lcfg.log_interval)
         self.positions = PositionTracker(self.model)
         if self.rank == 0:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
@@ -205,9 +238,12 @@ class Trainer:
         all_reduce_sum(sums.loss_sum)
         all_reduce_sum(sums.counts)
         steps_done = max(-(-(total - start) // self.accum), 1)
-        return {"train_loss": sums.loss_sum.item() / max(sums.counts[0].item(), 1.0),
-                "repulsive": sums.rep_sum.item() / max(sums.counts[1].item() / self.world, 1.0) if rep_on else None,
-                "skipped_train": int(sums.counts[2].item()), "steps": steps_done}
+        return {
+            "train_loss": sums.loss_sum.item() / max(sums.counts[0].item(), 1.0),
+            "repulsive": sums.rep_sum.item() / max(sums.counts[1].item() / self.world, 1.0) if rep_on else None,
+            "skipped_train": int(sums.counts[2].item()),
+            "steps": steps_done,
+        }
 
     def _micro_step(self, batch: Any, group: int, last_micro: bool, rep_on: bool, sums: EpochSums) -> None:
         """Forward/backward of one micro-batch, its loss divided by ``group`` (the micro-batches of its update).
@@ -276,8 +312,10 @@ class Trainer:
             st = self.state
             what = self.guard.describe() if self.guard is not None else "a signal"
             where = f"epoch {epoch + 1}, batch {batch}" if batch else f"end of epoch {epoch + 1}"
-            msg = (f"stopped by {what} at {where} (global step {st.global_step}); {self.run_dir / ckpt.LAST} saved, "
-                   f"rerun with trainer.output_dir={self.run_dir} to resume")
+            msg = (
+                f"stopped by {what} at {where} (global step {st.global_step}); {self.run_dir / ckpt.LAST} saved, "
+                f"rerun with trainer.output_dir={self.run_dir} to resume"
+            )
             self.log.info(msg)
             self.log.close()
             raise Preempted(msg)
@@ -307,8 +345,9 @@ class Trainer:
         """Raise :class:`NonFiniteLossError` on a NaN/inf loss on any rank; record the preemption level."""
         # one all-reduce carries the NaN check and the preemption flag, so all ranks stop at the same step
         pending = float(self.guard.pending()) if self.guard is not None else 0.0
-        flags = torch.stack([(~torch.isfinite(step_loss)).float().reshape(()),
-                             torch.tensor(pending, device=step_loss.device)])
+        flags = torch.stack(
+            [(~torch.isfinite(step_loss)).float().reshape(()), torch.tensor(pending, device=step_loss.device)]
+        )
         all_reduce_max(flags)
         bad, level = flags.tolist()
         self.signal_level = int(level)
@@ -317,7 +356,8 @@ class Trainer:
             kept = f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was written"
             raise NonFiniteLossError(
                 f"loss={step_loss.item()} at epoch {epoch + 1} step {step_in_epoch} "
-                f"(global step {self.state.global_step + 1}); training stopped, {kept}")
+                f"(global step {self.state.global_step + 1}); training stopped, {kept}"
+            )
 
     def _distribute_bn(self) -> None:
         """Make BN running stats equal on every rank (timm's ``distribute_bn``): each rank tracked its own.
@@ -340,8 +380,9 @@ class Trainer:
         ema = None
         if self.ema is not None:
             ema_device = next(self.ema.module.parameters()).device  # trainer.ema.device may differ
-            ema = evaluate(self.ema.module, self.val_loader, ema_device, self.amp, self.channels_last, self.log,
-                           "val ema")
+            ema = evaluate(
+                self.ema.module, self.val_loader, ema_device, self.amp, self.channels_last, self.log, "val ema"
+            )
         return val, ema
 
     def fit(self) -> dict[str, Any]:
@@ -354,14 +395,18 @@ class Trainer:
             self.log.info(f"resumed from {self.resumed_from} at {where} (global step {st.global_step})")
         n_params = sum(p.numel() for p in self.model.parameters())
         bn = "sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}"
-        self.log.info(f"run dir: {self.run_dir} | model {self.cfg.model.name} {n_params / 1e6:.2f}M params | "
-                      f"{self.world} process(es) on {self.device} | global batch {self.global_batch} | "
-                      f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
-                      + (f" | BN stats {bn}" if self.world > 1 else ""))
+        self.log.info(
+            f"run dir: {self.run_dir} | model {self.cfg.model.name} {n_params / 1e6:.2f}M params | "
+            f"{self.world} process(es) on {self.device} | global batch {self.global_batch} | "
+            f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
+            + (f" | BN stats {bn}" if self.world > 1 else "")
+        )
         for g in group_summary(self.optimizer):
-            self.log.info(f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
-                          f"lr_scale {g['lr_scale']:.4g}, weight_decay {g['weight_decay']}")
-        max_epochs = tcfg.get("max_epochs_per_run")
+            self.log.info(
+                f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
+                f"lr_scale {g['lr_scale']:.4g}, weight_decay {g['weight_decay']}"
+            )
+        max_epochs = tcfg.max_epochs_per_run
         stop_at = self.epochs if not max_epochs else min(self.epochs, st.next_epoch + int(max_epochs))
         val: dict[str, float] | None = None
         ema: dict[str, float] | None = None
@@ -388,16 +433,30 @@ class Trainer:
         if val is None:  # nothing left to train (resumed a finished run): report the current weights
             val, ema = self._evaluate_all()
         barrier()
-        result = {"top1": val["top1"], "top5": val["top5"], "ema_top1": ema["top1"] if ema else None,
-                  "ema_top5": ema["top5"] if ema else None, "best_top1": st.best["top1"],
-                  "best_ema_top1": st.best["ema_top1"] if self.ema is not None else None,
-                  "epochs_done": st.next_epoch, "global_step": st.global_step, "run_dir": str(self.run_dir),
-                  "rank": self.rank}
+        result = {
+            "top1": val["top1"],
+            "top5": val["top5"],
+            "ema_top1": ema["top1"] if ema else None,
+            "ema_top5": ema["top5"] if ema else None,
+            "best_top1": st.best["top1"],
+            "best_ema_top1": st.best["ema_top1"] if self.ema is not None else None,
+            "epochs_done": st.next_epoch,
+            "global_step": st.global_step,
+            "run_dir": str(self.run_dir),
+            "rank": self.rank,
+        }
         self.log.close()
         return result
 
-    def _record(self, epoch: int, stats: dict[str, Any], val: dict[str, float], ema: dict[str, float] | None,
-                seconds: float, pos_delta: dict[str, float]) -> dict[str, Any]:
+    def _record(
+        self,
+        epoch: int,
+        stats: dict[str, Any],
+        val: dict[str, float],
+        ema: dict[str, float] | None,
+        seconds: float,
+        pos_delta: dict[str, float],
+    ) -> dict[str, Any]:
         best = self.state.best
         if val["top1"] > best["top1"]:
             best["top1"], best["epoch"] = val["top1"], epoch
@@ -406,17 +465,31 @@ class Trainer:
             best["ema_top1"], best["ema_epoch"] = ema["top1"], epoch
             self.ckpt.save_best(ckpt.BEST_EMA, self.ema.module.state_dict(), epoch, ema)
         return {
-            "epoch": epoch, "global_step": self.state.global_step, "train_loss": stats["train_loss"], "lr": self._lr(),
-            "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
-            "ema_top1": None if ema is None else ema["top1"], "ema_top5": None if ema is None else ema["top5"],
-            "best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if ema is not None else None,
-            "repulsive": stats["repulsive"], "epoch_time": round(seconds, 3),
-            "skipped_train": stats["skipped_train"], "skipped_val": val["skipped"], "pos_delta": pos_delta,
+            "epoch": epoch,
+            "global_step": self.state.global_step,
+            "train_loss": stats["train_loss"],
+            "lr": self._lr(),
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "val_loss": val["loss"],
+            "ema_top1": None if ema is None else ema["top1"],
+            "ema_top5": None if ema is None else ema["top5"],
+            "best_top1": best["top1"],
+            "best_ema_top1": best["ema_top1"] if ema is not None else None,
+            "repulsive": stats["repulsive"],
+            "epoch_time": round(seconds, 3),
+            "skipped_train": stats["skipped_train"],
+            "skipped_val": val["skipped"],
+            "pos_delta": pos_delta,
         }
 
     def _summary_line(self, epoch: int, r: dict[str, Any]) -> str:
-        parts = [f"epoch {epoch + 1}/{self.epochs}", f"train_loss {r['train_loss']:.4f}", f"lr {r['lr']:.3e}",
-                 f"val {fmt(r['val_top1'])}/{fmt(r['val_top5'])}"]
+        parts = [
+            f"epoch {epoch + 1}/{self.epochs}",
+            f"train_loss {r['train_loss']:.4f}",
+            f"lr {r['lr']:.3e}",
+            f"val {fmt(r['val_top1'])}/{fmt(r['val_top5'])}",
+        ]
         if r["ema_top1"] is not None:
             parts.append(f"ema {fmt(r['ema_top1'])}/{fmt(r['ema_top5'])}")
         parts.append(f"best {fmt(r['best_top1'])}")
@@ -438,8 +511,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     signal made it save ``last.pth`` and stop.
     """
     validate_config(cfg)
-    rank, world, local_rank, device = init_distributed(str(cfg.trainer.get("device", "auto")),
-                                                       timeout_s=int(cfg.trainer.get("dist_timeout_s", 1800)))
+    rank, world, local_rank, device = init_distributed(
+        str(cfg.trainer.device), timeout_s=int(cfg.trainer.dist_timeout_s)
+    )
     try:
         with PreemptionGuard() as guard:
             trainer = Trainer(cfg, rank, world, local_rank, device, guard=guard)

@@ -26,8 +26,12 @@ from .slurm import Launch, preflight, queue, require_sbatch, set_threads
 def to_argv(args: argparse.Namespace) -> list[str]:
     """The ``dcls_vision.downstream.train`` command line of parsed ``args``."""
     argv = [args.config, "--launcher", args.launcher]
-    for flag, value in (("--work-dir", args.work_dir), ("--data-root", args.data_root),
-                        ("--backbone-checkpoint", args.backbone_checkpoint), ("--checkpoint-key", args.checkpoint_key)):
+    for flag, value in (
+        ("--work-dir", args.work_dir),
+        ("--data-root", args.data_root),
+        ("--backbone-checkpoint", args.backbone_checkpoint),
+        ("--checkpoint-key", args.checkpoint_key),
+    ):
         if value is not None:
             argv += [flag, value]
     if args.resume == "auto":
@@ -52,11 +56,19 @@ class DownstreamJob(submitit.helpers.Checkpointable):
 
         set_threads()
         runner = main(self.train_argv)
-        metrics = {k[len("val/"):]: float(v.current()) for k, v in runner.message_hub.log_scalars.items()
-                   if k.startswith("val/")}
+        metrics = {
+            k[len("val/") :]: float(v.current())
+            for k, v in runner.message_hub.log_scalars.items()
+            if k.startswith("val/")
+        }
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return {"rank": rank, "work_dir": str(runner.work_dir), "iter": runner.iter, "epoch": runner.epoch,
-                "metrics": metrics}
+        return {
+            "rank": rank,
+            "work_dir": str(runner.work_dir),
+            "iter": runner.iter,
+            "epoch": runner.epoch,
+            "metrics": metrics,
+        }
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         from dcls_vision.downstream.train import parse_args
@@ -80,13 +92,17 @@ def submit_downstream(opts: LaunchOptions, train_args: list[str], argv: list[str
 
     require_sbatch()
     if not train_args or train_args[0].startswith("-"):
-        raise LaunchError("downstream needs a config first; allowed: python -m dcls_vision.launch downstream "
-                          "configs/downstream/<coco|ade20k>/<name>.py [train arguments] [SLURM options]")
+        raise LaunchError(
+            "downstream needs a config first; allowed: python -m dcls_vision.launch downstream "
+            "configs/downstream/<coco|ade20k>/<name>.py [train arguments] [SLURM options]"
+        )
     try:
         args = parse_args(train_args)
     except SystemExit:
-        raise LaunchError(f"downstream train arguments {train_args!r} are invalid; allowed: those of "
-                          "python -m dcls_vision.downstream.train --help") from None
+        raise LaunchError(
+            f"downstream train arguments {train_args!r} are invalid; allowed: those of "
+            "python -m dcls_vision.downstream.train --help"
+        ) from None
     if args.backbone_checkpoint:
         args.backbone_checkpoint = _existing_file(args.backbone_checkpoint, "--backbone-checkpoint")
     if args.resume not in (None, "auto"):
@@ -102,5 +118,12 @@ def submit_downstream(opts: LaunchOptions, train_args: list[str], argv: list[str
     args.config = str(Path(args.config).resolve())
     args.launcher = "auto"  # slurm in a multi-task step, none for a single task
     preflight(opts)
-    return queue(DownstreamJob(to_argv(args)), opts, work_dir, f"dcls-{Path(args.config).stem}"[:64], argv,
-                 train_args, resubmit_hint=f"add --resume to continue in {work_dir}")
+    return queue(
+        DownstreamJob(to_argv(args)),
+        opts,
+        work_dir,
+        f"dcls-{Path(args.config).stem}"[:64],
+        argv,
+        train_args,
+        resubmit_hint=f"add --resume to continue in {work_dir}",
+    )

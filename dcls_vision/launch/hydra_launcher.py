@@ -27,10 +27,18 @@ def launcher_options(launcher: DictConfig) -> LaunchOptions:
     """The resources of ``hydra.launcher`` (hydra-submitit-launcher's keys) as :class:`LaunchOptions`."""
     p = OmegaConf.to_container(launcher, resolve=True)
     assert isinstance(p, dict)
-    return LaunchOptions(nodes=int(p.get("nodes") or 1), gpus_per_node=int(p.get("gpus_per_node") or 0),
-                         tasks_per_node=p.get("tasks_per_node"), cpus_per_task=p.get("cpus_per_task"),
-                         mem_gb=p.get("mem_gb"), partition=p.get("partition"), account=p.get("account"),
-                         qos=p.get("qos"), constraint=p.get("constraint"), time_min=int(p.get("timeout_min") or 1))
+    return LaunchOptions(
+        nodes=int(p.get("nodes") or 1),
+        gpus_per_node=int(p.get("gpus_per_node") or 0),
+        tasks_per_node=p.get("tasks_per_node"),
+        cpus_per_task=p.get("cpus_per_task"),
+        mem_gb=p.get("mem_gb"),
+        partition=p.get("partition"),
+        account=p.get("account"),
+        qos=p.get("qos"),
+        constraint=p.get("constraint"),
+        time_min=int(p.get("timeout_min") or 1),
+    )
 
 
 class SlurmLaunchRecord(Callback):
@@ -49,10 +57,17 @@ class SlurmLaunchRecord(Callback):
         stamp = time.strftime("%FT%T%z")
         (sweep_dir / "command.sh").write_text(
             f"#!/usr/bin/env bash\n# Submitted {stamp}; rerunning this submits the same sweep again.\n"
-            f"cd {shlex.quote(os.getcwd())}\n{shlex.join(argv)}\n")
+            f"cd {shlex.quote(os.getcwd())}\n{shlex.join(argv)}\n"
+        )
         (sweep_dir / "command.sh").chmod(0o755)
-        record = {"launcher": "hydra/launcher=slurm", "submitted_at": stamp, "argv": argv, "cwd": os.getcwd(),
-                  "sweep_dir": str(sweep_dir), "overrides": list(config.hydra.overrides.task),
-                  "slurm": OmegaConf.to_container(config.hydra.launcher, resolve=True),
-                  "submitit_folder": str(config.hydra.launcher.submitit_folder)}
+        record = {
+            "launcher": "hydra/launcher=slurm",
+            "submitted_at": stamp,
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "sweep_dir": str(sweep_dir),
+            "overrides": list(config.hydra.overrides.task),
+            "slurm": OmegaConf.to_container(config.hydra.launcher, resolve=True),
+            "submitit_folder": str(config.hydra.launcher.submitit_folder),
+        }
         (sweep_dir / "launch.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

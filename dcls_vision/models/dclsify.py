@@ -78,14 +78,21 @@ def select_convs(
 
 
 def _check_args(
-    kernel_size: int, interpolation: str, dilated_kernel_size: int, kernel_count: int, share: str,
+    kernel_size: int,
+    interpolation: str,
+    dilated_kernel_size: int,
+    kernel_count: int,
+    share: str,
     weight_init_std: float | None,
 ) -> None:
     for arg, value in (("kernel_size", kernel_size), ("kernel_count", kernel_count)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg}={value!r} is invalid; allowed: integers >= 1")
-    if isinstance(dilated_kernel_size, bool) or not isinstance(dilated_kernel_size, int) \
-            or dilated_kernel_size < kernel_size:
+    if (
+        isinstance(dilated_kernel_size, bool)
+        or not isinstance(dilated_kernel_size, int)
+        or dilated_kernel_size < kernel_size
+    ):
         raise ValueError(
             f"dilated_kernel_size={dilated_kernel_size!r} is invalid; allowed: integers >= kernel_size={kernel_size}"
         )
@@ -101,9 +108,18 @@ def _to_dcls(
 ) -> Dcls2d:
     """A Dcls2d with the conv's channels, stride, groups, bias and padding mode; centred 'same' padding."""
     layer = Dcls2d(
-        conv.in_channels, conv.out_channels, kernel_count, dilated_kernel_size, stride=conv.stride,
-        padding=None, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        interpolation=interpolation, device=conv.weight.device, dtype=conv.weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        kernel_count,
+        dilated_kernel_size,
+        stride=conv.stride,
+        padding=None,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        interpolation=interpolation,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
     )
     if weight_init_std is not None:  # the reference ConvNeXt-dcls init; None keeps Dcls2d's kaiming-uniform
         with torch.no_grad():
@@ -161,8 +177,10 @@ def dclsify(
             f"no convolution of {type(model).__name__} matched: no replaceable {kind}{kernel_size}x{kernel_size} "
             f"Conv2d (exclude={list(exclude)!r}); check kernel_size / depthwise_only"
         )
-    layers = {name: _to_dcls(conv, interpolation, dilated_kernel_size, kernel_count, weight_init_std)
-              for name, conv in selected}
+    layers = {
+        name: _to_dcls(conv, interpolation, dilated_kernel_size, kernel_count, weight_init_std)
+        for name, conv in selected
+    }
     if share == "stage":
         for group in _stage_groups(layers, model):
             share_positions(group)

@@ -24,6 +24,7 @@ from dcls_vision.ops import Dcls2d, share_positions
 
 __all__ = ["QuickstartNet", "matched_kernel_count"]
 
+
 def matched_kernel_count(depth: int, dense_kernel_size: int) -> int:
     """DCLS-gauss kernel_count whose stage parameter count matches ``depth`` dense k x k depthwise convs.
 
@@ -31,11 +32,18 @@ def matched_kernel_count(depth: int, dense_kernel_size: int) -> int:
     """
     return max(1, round(depth * dense_kernel_size**2 / (depth + 4)))
 
+
 class Block(nn.Module):
     """ConvNeXt block: depthwise conv -> LayerNorm -> MLP (x4, GELU) -> layer scale -> drop path."""
 
-    def __init__(self, dim: int, conv_dw: nn.Module, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 ls_init_value: float | None = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        conv_dw: nn.Module,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        ls_init_value: float | None = 1e-6,
+    ) -> None:
         super().__init__()
         self.conv_dw = conv_dw
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -50,6 +58,7 @@ class Block(nn.Module):
         if self.gamma is not None:
             x = x * self.gamma
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
 
 class QuickstartNet(nn.Module):
     """Stem (conv 3x3 stride 2 + LN) -> ``depth`` blocks at ``dim`` channels -> avg pool -> LN -> head.
@@ -89,14 +98,13 @@ class QuickstartNet(nn.Module):
 
         def make_conv() -> nn.Module:
             if dcls:
-                return Dcls2d(dim, dim, self.kernel_count, dilated_kernel_size, groups=dim,
-                              interpolation=interpolation)
+                return Dcls2d(dim, dim, self.kernel_count, dilated_kernel_size, groups=dim, interpolation=interpolation)
             return nn.Conv2d(dim, dim, dense_kernel_size, padding=dense_kernel_size // 2, groups=dim)
 
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.stages = nn.Sequential(*[
-            Block(dim, make_conv(), mlp_ratio, rates[i], ls_init_value) for i in range(depth)
-        ])
+        self.stages = nn.Sequential(
+            *[Block(dim, make_conv(), mlp_ratio, rates[i], ls_init_value) for i in range(depth)]
+        )
         if dcls:
             share_positions([b.conv_dw for b in self.stages])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -149,12 +157,21 @@ class QuickstartNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+
 def _cfg() -> dict[str, object]:
     return {
-        "url": "", "num_classes": 10, "input_size": (1, 28, 28), "pool_size": (14, 14), "crop_pct": 1.0,
-        "interpolation": "bilinear", "mean": (0.2860,), "std": (0.3530,), "first_conv": "stem.0",
+        "url": "",
+        "num_classes": 10,
+        "input_size": (1, 28, 28),
+        "pool_size": (14, 14),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.2860,),
+        "std": (0.3530,),
+        "first_conv": "stem.0",
         "classifier": "head",
     }
+
 
 def _create(name: str, pretrained: bool, defaults: dict[str, object], kwargs: dict[str, object]) -> QuickstartNet:
     if pretrained:
@@ -165,10 +182,12 @@ def _create(name: str, pretrained: bool, defaults: dict[str, object], kwargs: di
     model.pretrained_cfg = model.default_cfg = _cfg()
     return model
 
+
 @register_model
 def dcls_quickstart(pretrained: bool = False, **kwargs: object) -> QuickstartNet:
     """Quickstart net with DCLS-gauss depthwise convs (dilated 13, stage-shared positions)."""
     return _create("dcls_quickstart", pretrained, {"dcls": True}, kwargs)
+
 
 @register_model
 def dcls_quickstart_baseline(pretrained: bool = False, **kwargs: object) -> QuickstartNet:

@@ -53,8 +53,23 @@ VARIANTS: dict[str, DclsVariant] = {
     "resnet50_dcls_k6": DclsVariant("resnet50", "a3_in1k", "bilinear", 7, 6, kernel_size=3, depthwise_only=False),
 }
 
-_NO_WEIGHTS = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision", "file", "state_dict", "architecture", "tag",
-               "license", "origin_url", "paper_ids", "paper_name", "notes", "source", "custom_load")
+_NO_WEIGHTS = (
+    "url",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "hf_hub_revision",
+    "file",
+    "state_dict",
+    "architecture",
+    "tag",
+    "license",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "source",
+    "custom_load",
+)
 
 
 def _data_cfg(variant: DclsVariant) -> dict[str, Any]:
@@ -85,8 +100,9 @@ def create_dcls_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
         "share": kwargs.pop("dcls_share", "stage"),
     }
     model = timm.create_model(variant.base, pretrained=False, **kwargs)
-    dclsify(model, kernel_size=variant.kernel_size, depthwise_only=variant.depthwise_only,
-            exclude=variant.exclude, **dcls)
+    dclsify(
+        model, kernel_size=variant.kernel_size, depthwise_only=variant.depthwise_only, exclude=variant.exclude, **dcls
+    )
     cfg = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay).to_dict()
     if isinstance(model, (FeatureListNet, FeatureDictNet)):
         cfg = pretrained_cfg_for_features(cfg)  # as timm does: no classifier keys

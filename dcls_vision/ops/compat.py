@@ -16,8 +16,12 @@ from .dcls import Dcls1d, Dcls2d, Dcls3_1d, Dcls3d, DclsLayer
 _VERSIONS = {"v0": "bilinear", "v1": "triangle", "max": "triangle", "gauss": "gauss"}
 # For each of our kernel axes a, the reference position axis that moves along it.
 _SOURCE_AXIS = {
-    ("v0", 1): (0,), ("v0", 2): (0, 1), ("v0", 3): (0, 2, 1),
-    ("spread", 1): (0,), ("spread", 2): (1, 0), ("spread", 3): (2, 1, 0),
+    ("v0", 1): (0,),
+    ("v0", 2): (0, 1),
+    ("v0", 3): (0, 2, 1),
+    ("spread", 1): (0,),
+    ("spread", 2): (1, 0),
+    ("spread", 3): (2, 1, 0),
 }
 
 
@@ -38,13 +42,25 @@ def from_dcls(layer: nn.Module) -> DclsLayer:
         raise ValueError("transposed DCLS layers are not supported")
     sizes = tuple(layer.dilated_kernel_size)
     common = dict(
-        stride=tuple(layer.stride), padding=tuple(layer.padding), groups=layer.groups,
-        bias=layer.bias is not None, padding_mode=layer.padding_mode, interpolation=_VERSIONS[version],
-        device=layer.weight.device, dtype=layer.weight.dtype,
+        stride=tuple(layer.stride),
+        padding=tuple(layer.padding),
+        groups=layer.groups,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+        interpolation=_VERSIONS[version],
+        device=layer.weight.device,
+        dtype=layer.weight.dtype,
     )
     if name == "Dcls3_1d":  # learned along the last kernel axis, dense along the first two
-        ours = Dcls3_1d(layer.in_channels, layer.out_channels, layer.kernel_count, sizes,
-                        tuple(layer.dense_kernel_size), learned_axes=(2,), **common)
+        ours = Dcls3_1d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_count,
+            sizes,
+            tuple(layer.dense_kernel_size),
+            learned_axes=(2,),
+            **common,
+        )
         source = (0,)
     else:
         ours = classes[name](layer.in_channels, layer.out_channels, layer.kernel_count, sizes, **common)
