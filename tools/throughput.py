@@ -60,30 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import platform
-
+def _device(name: str) -> Any:
+    """``--device`` as a torch device that exists here; one line naming what is allowed otherwise."""
     import torch
 
-    from dcls_vision.analysis import plots
     from dcls_vision.analysis.errors import AnalysisError
-    from dcls_vision.analysis.loading import load
-    from dcls_vision.analysis.throughput import sweep
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     try:
         device = torch.device(device_name)
     except RuntimeError as e:
-        raise AnalysisError(f"--device {args.device!r} is invalid; allowed: cpu, cuda, cuda:N, auto") from e
+        raise AnalysisError(f"--device {name!r} is invalid; allowed: cpu, cuda, cuda:N, auto") from e
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
         raise AnalysisError(
-            f"--device {args.device!r} is not available here; allowed: cpu"
+            f"--device {name!r} is not available here; allowed: cpu"
             + (", cuda, cuda:N" if torch.cuda.is_available() else "")
             + ", auto"
         )
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    return device
+
+
+def _measure(args: argparse.Namespace, device: Any, amp: Any) -> list[dict[str, Any]]:
+    """One entry per model spec / checkpoint: its sweep over modes and batch sizes."""
+    import torch
+
+    from dcls_vision.analysis.loading import load
+    from dcls_vision.analysis.throughput import sweep
+
     specs = [(m, None) for m in args.models] + ([(None, args.checkpoint)] if args.checkpoint else [])
     models = []
     for spec, checkpoint in specs:
@@ -105,20 +108,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             amp=amp,
             memory=args.memory,
         )
+        params_m = sum(p.numel() for p in model.parameters()) / 1e6
         models.append(
             {
                 "model": loaded.name,
                 "source": loaded.source,
                 "input_size": [loaded.in_chans, h, w],
-                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                "params_m": params_m,
                 "results": results,
             }
         )
         del model, loaded
+    return models
+
+
+def _comparison(models: list[dict[str, Any]], modes: Sequence[str], batch_sizes: Sequence[int]) -> list[dict]:
+    """Images/s of every model per (mode, batch), with its ratio to the first model."""
     comparison = []
     first = models[0]
-    for mode in args.modes:
-        for i, batch in enumerate(args.batch_sizes):
+    for mode in modes:
+        for i, batch in enumerate(batch_sizes):
             row: dict[str, Any] = {"mode": mode, "batch": batch}
             base = first["results"][mode][i].get("images_per_s")
             for m in models:
@@ -127,12 +136,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if m is not first and ips and base:
                     row[f"{m['model']} / {first['model']}"] = ips / base
             comparison.append(row)
+    return comparison
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    from dcls_vision.analysis import plots
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    models = _measure(args, device, amp)
+    on_cuda = device.type == "cuda"
     result = {
         "tool": "throughput",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if on_cuda else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "amp": args.amp,
@@ -142,10 +165,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "peak_mem": "CUDA max_memory_allocated"
-        if device.type == "cuda"
+        if on_cuda
         else "live tensors before the step + profiler allocation high-water mark during it",
         "models": models,
-        "comparison": comparison,
+        "comparison": _comparison(models, args.modes, args.batch_sizes),
     }
     result["png"] = str(plots.throughput_lines(result, Path(args.out) / "throughput.png"))
     return result

@@ -113,6 +113,25 @@ def run_onnx(path: Path, x: Tensor) -> Tensor | None:
 
 
 @torch.no_grad()
+def _onnx_entry(
+    plain: nn.Module, example: Tensor, check: Tensor, reference: Tensor, out_dir: Path, exporter: str, opset: int | None
+) -> dict[str, Any]:
+    """Export to ONNX and, where onnxruntime is installed, compare its logits with ``reference``."""
+    t0 = time.perf_counter()
+    path = out_dir / "model.onnx"
+    export_onnx(plain, example, path, exporter, opset)
+    entry: dict[str, Any] = {"file": str(path), "exporter": exporter}
+    logits = run_onnx(path, check)
+    if logits is None:
+        entry["runtime"] = "onnxruntime not installed: exported, not run"
+    else:
+        import onnxruntime
+
+        entry.update(runtime=f"onnxruntime {onnxruntime.__version__}", **_diff(reference, logits))
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
+
+
 def export_and_verify(
     model: nn.Module,
     example: Tensor,
@@ -159,19 +178,7 @@ def export_and_verify(
             "seconds": time.perf_counter() - t0,
         }
     if "onnx" in formats:
-        t0 = time.perf_counter()
-        path = out_dir / "model.onnx"
-        export_onnx(plain, example, path, onnx_exporter, opset)
-        entry: dict[str, Any] = {"file": str(path), "exporter": onnx_exporter}
-        logits = run_onnx(path, check)
-        if logits is None:
-            entry["runtime"] = "onnxruntime not installed: exported, not run"
-        else:
-            import onnxruntime
-
-            entry.update(runtime=f"onnxruntime {onnxruntime.__version__}", **_diff(reference, logits))
-        entry["seconds"] = time.perf_counter() - t0
-        results["formats"]["onnx"] = entry
+        results["formats"]["onnx"] = _onnx_entry(plain, example, check, reference, out_dir, onnx_exporter, opset)
     if "conv" not in formats:
         (out_dir / "model_conv.pth").unlink()
         del results["formats"]["conv"]

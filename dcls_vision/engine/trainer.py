@@ -385,8 +385,8 @@ class Trainer:
             )
         return val, ema
 
-    def fit(self) -> dict[str, Any]:
-        tcfg = self.cfg.trainer
+    def _log_start(self) -> None:
+        """Where the run starts from, what it trains, and its parameter groups (one line each)."""
         st = self.state
         if self.resume_note is not None:
             self.log.info(self.resume_note)
@@ -406,6 +406,11 @@ class Trainer:
                 f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
                 f"lr_scale {g['lr_scale']:.4g}, weight_decay {g['weight_decay']}"
             )
+
+    def fit(self) -> dict[str, Any]:
+        tcfg = self.cfg.trainer
+        st = self.state
+        self._log_start()
         max_epochs = tcfg.max_epochs_per_run
         stop_at = self.epochs if not max_epochs else min(self.epochs, st.next_epoch + int(max_epochs))
         val: dict[str, float] | None = None
