@@ -34,36 +34,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-COMMON = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-CBAR = (
-    "blue_noise_sample",
-    "brownish_noise",
-    "caustic_refraction",
-    "checkerboard_cutout",
-    "cocentric_sine_waves",
-    "inverse_sparkles",
-    "perlin_noise",
-    "plasma_noise",
-    "single_frequency_greyscale",
-    "sparkles",
-)
+from dcls_vision.robustness.benchmarks import IMAGENET_C as COMMON
+from dcls_vision.robustness.benchmarks import IMAGENET_C_BAR as CBAR
+from dcls_vision.robustness.benchmarks import IMAGENET_C_EXTRA as EXTRA
+
 GROUPS = {"common": COMMON, "extra": EXTRA, "all": COMMON + EXTRA, "cbar": CBAR}
 KNOWN = COMMON + EXTRA + CBAR
 RESIZE, CROP = 256, 224  # ImageNet-C / -C-bar: Resize(256) then CenterCrop(224) before corrupting
