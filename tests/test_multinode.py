@@ -142,11 +142,12 @@ def _launch_downstream(work: Path, log: Path, ade_root: Path, *args: str) -> sub
 
 
 @pytest.fixture(scope="module")
-def downstream2(cluster2, tmp_path_factory):
+def downstream2(tmp_path_factory, request):
     """Tiny UperNet fine-tuning, 2 iterations: two nodes x 1 task and the one-node x 2 tasks reference, at once."""
     why = _mm_missing()
     if why:
         pytest.skip(why)
+    request.getfixturevalue("cluster2")  # only once mm is known to be there: starting it takes a while
     from dcls_vision.downstream.datasets import make_ade
 
     tmp = tmp_path_factory.mktemp("downstream2")
