@@ -77,17 +77,21 @@ def resolve_launcher(launcher: str) -> str:
 
 
 def export_slurm_env() -> None:
-    """torchrun's variables from an ``srun`` step's (submitit's SLURM parser; port derived from the job id)."""
-    import random
+    """torchrun's variables from an ``srun`` step's (submitit's SLURM parser).
 
+    Rendezvous as the trainer's: the job's first node and job-id port, never a MASTER_ADDR/PORT copied by sbatch
+    from the submitting shell (127.0.0.1 there leaves node2 waiting); DCLS_MASTER_ADDR/PORT set them on purpose.
+    """
     from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from dcls_vision.engine.distributed import slurm_master_addr, slurm_master_port
 
     job = SlurmJobEnvironment()
     env = os.environ
     env["RANK"], env["LOCAL_RANK"] = str(job.global_rank), str(job.local_rank)
     env["WORLD_SIZE"] = env.get("SLURM_STEP_NUM_TASKS") or str(job.num_tasks)  # a step may use fewer tasks
-    env.setdefault("MASTER_ADDR", job.hostnames[0])
-    env.setdefault("MASTER_PORT", str(random.Random(str(job.job_id)).randint(20000, 60000)))
+    env["MASTER_ADDR"] = env.get("DCLS_MASTER_ADDR") or slurm_master_addr()
+    env["MASTER_PORT"] = env.get("DCLS_MASTER_PORT") or str(slurm_master_port())
 
 
 def setup_distributed(launcher: str) -> tuple[str, int, int]:
