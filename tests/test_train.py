@@ -212,7 +212,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_config_errors_exit_2_with_one_line(tmp_path):
     for override, expected in [
-        ("optim.lr=-1", "ConfigError: optim.lr=-1 must be > 0"),
+        ("optim.lr=-1", "ConfigError: optim.lr=-1.0 must be > 0"),  # a float on the schema
         ("model.name=resnet_nope", "ConfigError: model.name='resnet_nope' is not a registered"),
     ]:
         out = tmp_path / override.split("=")[0]
