@@ -84,14 +84,13 @@ def export_slurm_env() -> None:
     """
     from submitit.slurm.slurm import SlurmJobEnvironment
 
-    from dcls_vision.engine.distributed import slurm_master_addr, slurm_master_port
+    from dcls_vision.engine.distributed import export_slurm_rendezvous
 
     job = SlurmJobEnvironment()
     env = os.environ
     env["RANK"], env["LOCAL_RANK"] = str(job.global_rank), str(job.local_rank)
     env["WORLD_SIZE"] = env.get("SLURM_STEP_NUM_TASKS") or str(job.num_tasks)  # a step may use fewer tasks
-    env["MASTER_ADDR"] = env.get("DCLS_MASTER_ADDR") or slurm_master_addr()
-    env["MASTER_PORT"] = env.get("DCLS_MASTER_PORT") or str(slurm_master_port())
+    export_slurm_rendezvous()
 
 
 def setup_distributed(launcher: str) -> tuple[str, int, int]:

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
+
+from dcls_vision.models.factory import plain_dict
 
 from .config import ConfigError
 from .loader import EpochLoader
@@ -56,13 +58,6 @@ def build_loss(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple
     """``(mixup or None, criterion on device)``; the criterion takes soft targets when mixup is on."""
     mixup = build_mixup(cfg, num_classes)
     return mixup, build_criterion(cfg, mixup is not None).to(device)
-
-
-def _container(node: Any) -> dict[str, Any]:
-    """A plain dict from an optional DictConfig/dict node."""
-    if node is None:
-        return {}
-    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
 
 
 @dataclass
@@ -117,7 +112,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> tor
     base_batch = ocfg.lr_base_batch
     if base_batch:
         lr = lr * global_batch / int(base_batch)
-    opt_kwargs = _container(ocfg.kwargs)
+    opt_kwargs = plain_dict(ocfg.kwargs)
     for key in ("betas", "eps"):
         if ocfg[key] is not None:
             opt_kwargs[key] = tuple(ocfg[key]) if key == "betas" else float(ocfg[key])
@@ -136,7 +131,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> tor
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int) -> Any:
     """timm scheduler from ``sched``, stepped per optimizer update."""
     scfg = cfg.sched
-    sched_kwargs = _container(scfg.kwargs)
+    sched_kwargs = plain_dict(scfg.kwargs)
     return create_scheduler(
         optimizer,
         scfg.name,

@@ -74,6 +74,12 @@ def _export_rendezvous() -> None:
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return
+    export_slurm_rendezvous()
+
+
+def export_slurm_rendezvous() -> None:
+    """Set MASTER_ADDR/PORT to ``DCLS_MASTER_ADDR/PORT`` or the job's first node and job-id port (see above);
+    the one rule for training and downstream SLURM steps."""
     os.environ["MASTER_ADDR"] = os.environ.get("DCLS_MASTER_ADDR") or slurm_master_addr()
     os.environ["MASTER_PORT"] = os.environ.get("DCLS_MASTER_PORT") or str(slurm_master_port())
 

@@ -133,7 +133,8 @@ class LoadedModel:
 
 
 # ------------------------------------------------------------------------------------- build_model
-def _plain(node: Any) -> dict[str, Any]:
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A plain dict from an optional DictConfig/dict node (``kwargs`` groups for timm factories)."""
     if node is None:
         return {}
     return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
@@ -147,7 +148,7 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, in_chans: int) -
     """
     inner = model_cfg.get("model")
     node = inner if isinstance(inner, Mapping) else model_cfg
-    kwargs = _plain(node.get("kwargs"))
+    kwargs = plain_dict(node.get("kwargs"))
     drop_path = node.get("drop_path_rate")
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
@@ -420,7 +421,7 @@ def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str
     else:
         cfg = {"name": model_name}
     if overrides:
-        cfg["kwargs"] = {**_plain(cfg.get("kwargs")), **overrides}
+        cfg["kwargs"] = {**plain_dict(cfg.get("kwargs")), **overrides}
     return cfg
 
 
