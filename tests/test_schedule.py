@@ -137,3 +137,34 @@ def test_repulsive_loss_starts_in_0_based_epoch_21_as_the_reference_epoch_gt_20(
     rep = _cfg(f"experiment={name}").trainer.repulsive
     assert rep.weight == 1.0
     assert [e for e in range(25) if repulsive_applies(e, rep.start_epoch)] == [e for e in range(25) if e > 20]
+
+
+def test_a_run_logs_one_line_and_trains_with_the_rescaled_lr(tmp_path):
+    import json
+
+    from dcls_vision.engine import train
+
+    run_dir = tmp_path / "run"
+    overrides = [
+        "experiment=quickstart",
+        "data.train_subset=64",
+        "data.val_subset=32",
+        "+model.kwargs.dim=8",
+        "+model.kwargs.depth=1",
+        "trainer.batch_size=16",
+        "trainer.accum=2",
+        "trainer.epochs=1",
+        "optim.lr_base_batch=128",  # quickstart's lr 5e-3 read as "for a global batch of 128"
+        "sched.name=none",
+        "logger.wandb=false",
+        "logger.progress=false",
+        f"trainer.output_dir={run_dir}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        train(compose("config", overrides=overrides))
+    lines = [line for line in (run_dir / "log.txt").read_text().splitlines() if "optim.lr_base_batch" in line]
+    assert len(lines) == 1, lines
+    assert "lr 0.005 -> 0.0025: global batch 32 (1 process(es) x batch_size 16 x accum 2)" in lines[0]
+    assert "sqrt scaling (timm's rule for adamw): lr x sqrt(32/128)" in lines[0]
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["lr"] == pytest.approx(5e-3 * math.sqrt(32 / 128), rel=1e-9)
