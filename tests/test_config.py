@@ -128,12 +128,8 @@ def test_convnext_recipe(name):
     cfg = _experiment(name)
     assert cfg.model.name == name
     assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 4096 == cfg.optim.lr_base_batch  # documented: 8 GPUs
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.lr_scale_rule) == (
-        "adamw",
-        4e-3,
-        0.05,
-        "sqrt",
-    )
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
+    assert cfg.optim.lr_scale_rule == "sqrt"  # timm train.py's lr_base_scale for AdamW (the recipe has no rule)
     assert (cfg.trainer.epochs, cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (300, 20, 0.0, 1e-6)
     assert cfg.sched.warmup_prefix and not cfg.sched.step_on_epochs and cfg.sched.cooldown_epochs == 0
     assert cfg.trainer.ema.enabled and cfg.trainer.ema.decay == 0.9999
@@ -152,12 +148,8 @@ def test_convformer_recipe(name):
     cfg = _experiment(name)
     assert (cfg.model.name, cfg.model.drop_path_rate) == (name, 0.2)
     assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 4096 == cfg.optim.lr_base_batch
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.lr_scale_rule) == (
-        "adamw",
-        4e-3,
-        0.05,
-        "sqrt",
-    )
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
+    assert cfg.optim.lr_scale_rule == "sqrt"  # timm train.py's lr_base_scale for AdamW (the recipe has no rule)
     assert (cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (20, 1e-6, 1e-5)
     assert (cfg.trainer.epochs, cfg.sched.cooldown_epochs, cfg.sched.step_on_epochs) == (310, 10, True)
     assert not cfg.sched.warmup_prefix and not cfg.trainer.ema.enabled  # --model-ema is off by default
@@ -173,12 +165,8 @@ def test_fastvit_recipe(name):
     cfg = _experiment(name)
     assert (cfg.model.name, cfg.model.drop_path_rate) == (name, 0.1)
     assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 1024 == cfg.optim.lr_base_batch  # -b 128 x 8 GPUs
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.lr_scale_rule) == (
-        "adamw",
-        1e-3,
-        0.05,
-        "sqrt",
-    )
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert cfg.optim.lr_scale_rule == "sqrt"  # timm train.py's lr_base_scale for AdamW (the recipe has no rule)
     assert (cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (5, 1e-6, 1e-5)
     assert (cfg.trainer.epochs, cfg.sched.cooldown_epochs, cfg.sched.step_on_epochs) == (310, 10, True)
     assert not cfg.sched.warmup_prefix and cfg.trainer.ema.enabled and cfg.trainer.ema.decay == 0.9995
