@@ -29,6 +29,7 @@ BILINEAR_DCLS = [
     "convnext_small_dcls",
     "convnext_base_dcls",
     "convformer_s18_dcls",
+    "convformer_s18_dcls_k34",
     "resnet50_dcls",
     "resnet50_dcls_k6",
 ]
@@ -41,7 +42,7 @@ CONVNEXT_RECIPE = [
     "convnext_base_dcls",
     "convnext_tiny_dcls_gauss",
 ]
-CONVFORMER_RECIPE = ["convformer_s18", "convformer_s18_dcls", "convformer_s18_dcls_gauss"]
+CONVFORMER_RECIPE = ["convformer_s18", "convformer_s18_dcls", "convformer_s18_dcls_gauss", "convformer_s18_dcls_k34"]
 FASTVIT_RECIPE = ["fastvit_sa24", "fastvit_sa24_dcls"]
 A3_RECIPE = ["resnet50", "resnet50_dcls", "resnet50_dcls_k6"]
 
@@ -89,8 +90,17 @@ ISSUE16 = {
     **{n: FASTVIT_16 for n in ["recipe_fastvit", *FASTVIT_RECIPE]},
     **{n: A3_16 for n in ["recipe_a3", *A3_RECIPE]},
 }
-# recipe files added by issue 16: what they were part of before
-BEFORE_OF = {"recipe_convformer": "recipe_convnext", "recipe_fastvit": "fastvit_sa24"}
+ISSUE16["convformer_s18_dcls_k34"] = {  # new: convformer_s18_dcls with the 17/34 model
+    **CONVFORMER_16,
+    "model.name": "convformer_s18_dcls_k34",
+    "experiment_name": "convformer_s18_dcls_k34",
+}
+# files added by issue 16: what they were part of before
+BEFORE_OF = {
+    "recipe_convformer": "recipe_convnext",
+    "recipe_fastvit": "fastvit_sa24",
+    "convformer_s18_dcls_k34": "convformer_s18_dcls",
+}
 
 
 @functools.cache
@@ -225,7 +235,7 @@ def _flat(node, prefix: str = "") -> dict:
 def _before(name: str | None) -> dict:
     expected = dict(BEFORE["default"])
     expected.update(BEFORE["experiments"][BEFORE_OF.get(name, name)] if name else {})
-    if name in BEFORE_OF:  # a new recipe file: its model and name are set by the experiments that use it
+    if name in BEFORE_OF and name.startswith("recipe_"):  # a new recipe file: model and name are the experiments'
         expected = {k: v for k, v in expected.items() if k != "experiment_name" and not k.startswith("model.")}
         expected.update({k: BEFORE["default"][k] for k in BEFORE["default"] if k.startswith("model.")})
         expected["experiment_name"] = BEFORE["default"]["experiment_name"]
