@@ -83,7 +83,11 @@ FASTVIT_16 = {  # apple/ml-fastvit README (SA24) + train.py defaults (timm >= 0.
     "data.crop_pct": 0.9,
     "aug.mixup": 0.2,
 }
-A3_16 = {"optim.lr_base_batch": 2048, "optim.lr_scale_rule": "sqrt"}  # timm train.py lr_base_scale for LAMB
+A3_16 = {  # timm train.py lr_base_scale for LAMB; the RSB-era timm scheduler steps per epoch
+    "optim.lr_base_batch": 2048,
+    "optim.lr_scale_rule": "sqrt",
+    "sched.step_on_epochs": True,
+}
 ISSUE16 = {
     **{n: CONVNEXT_16 for n in ["recipe_convnext", *CONVNEXT_RECIPE]},
     **{n: CONVFORMER_16 for n in ["recipe_convformer", *CONVFORMER_RECIPE]},
@@ -195,6 +199,7 @@ def test_a3_recipe(name):
     assert (cfg.trainer.loss, cfg.trainer.bce_target_thresh, cfg.data.img_size) == ("bce", 0.2, 160)
     assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.sched.warmup_epochs) == (0.1, 1.0, 5)
     assert (cfg.sched.warmup_lr, cfg.sched.min_lr, cfg.sched.warmup_prefix) == (1e-4, 1e-6, False)
+    assert cfg.sched.step_on_epochs and cfg.sched.cooldown_epochs == 0
     assert (cfg.data.test_img_size, cfg.data.crop_pct) == (224, 0.95)  # train 160, evaluate 224
     assert not cfg.trainer.ema.enabled and cfg.model.drop_path_rate == 0.0  # A3: no EMA, no stochastic depth
     assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (float(name in BILINEAR_DCLS), 21)

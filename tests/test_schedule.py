@@ -57,8 +57,9 @@ def convnext_reference(peak: float, final: float, epochs: int, per_epoch: int, w
 
 
 def timm_epoch_reference(peak: float, final: float, warmup_lr: float, warmup: int, decay: int, total: int):
-    """timm 0.6/0.9 train.py (metaformer, ml-fastvit): LR set once per epoch e; warm-up ``warmup_lr + e (peak −
-    warmup_lr) / W``, then cosine over all ``decay`` epochs, then ``final`` for the cooldown epochs up to ``total``."""
+    """timm train.py (metaformer 0.6.11, ml-fastvit >= 0.9, RSB A3): LR set once per epoch e; warm-up
+    ``warmup_lr + e (peak − warmup_lr) / W``, then cosine over all ``decay`` epochs, then ``final`` for the cooldown
+    epochs up to ``total``."""
     out = []
     for e in range(total):
         if e < warmup:
@@ -84,14 +85,18 @@ def test_convnext_lr_per_update_equals_the_reference_formula(name):
 
 
 @pytest.mark.parametrize(
-    "name,peak,warmup,decay,total",
-    [("convformer_s18_dcls", 4e-3, 20, 300, 310), ("fastvit_sa24", 1e-3, 5, 300, 310)],
+    "name,peak,final,warmup_lr,warmup,decay,total",
+    [
+        ("convformer_s18_dcls", 4e-3, 1e-5, 1e-6, 20, 300, 310),
+        ("fastvit_sa24", 1e-3, 1e-5, 1e-6, 5, 300, 310),
+        ("resnet50_dcls", 8e-3, 1e-6, 1e-4, 5, 100, 100),
+    ],
 )
-def test_timm_recipes_lr_per_epoch_equals_their_train_py(name, peak, warmup, decay, total):
+def test_timm_recipes_lr_per_epoch_equals_their_train_py(name, peak, final, warmup_lr, warmup, decay, total):
     cfg = _cfg(f"experiment={name}")
     per_epoch = 3
     ours = _lr_per_update(cfg, per_epoch)
-    ref = timm_epoch_reference(peak, 1e-5, 1e-6, warmup, decay, total)
+    ref = timm_epoch_reference(peak, final, warmup_lr, warmup, decay, total)
     assert len(ours) == total * per_epoch
     for k, lr in enumerate(ours):
         assert abs(lr - ref[k // per_epoch]) < 1e-9, (k, lr, ref[k // per_epoch])
