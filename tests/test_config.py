@@ -1,5 +1,5 @@
-"""Every experiment composes, validates, and carries its thesis recipe (docs/design.md §3); the schemas changed
-no value but one."""
+"""Every experiment composes, validates, and carries its reference recipe (docs/design.md §3, README "Recipes"); the
+schemas changed no value but one, and issue 16 changed the values listed in ISSUE16 (each against its source)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ BILINEAR_DCLS = [
     "convnext_small_dcls",
     "convnext_base_dcls",
     "convformer_s18_dcls",
+    "convformer_s18_dcls_k34",
     "resnet50_dcls",
     "resnet50_dcls_k6",
 ]
@@ -40,11 +41,70 @@ CONVNEXT_RECIPE = [
     "convnext_small_dcls",
     "convnext_base_dcls",
     "convnext_tiny_dcls_gauss",
-    "convformer_s18",
-    "convformer_s18_dcls",
-    "convformer_s18_dcls_gauss",
 ]
+CONVFORMER_RECIPE = ["convformer_s18", "convformer_s18_dcls", "convformer_s18_dcls_gauss", "convformer_s18_dcls_k34"]
+FASTVIT_RECIPE = ["fastvit_sa24", "fastvit_sa24_dcls"]
 A3_RECIPE = ["resnet50", "resnet50_dcls", "resnet50_dcls_k6"]
+
+# Issue 16, against the reference code (README "Recipes"): new keys everywhere, and per recipe the values changed.
+NEW_KEYS = {
+    "optim.lr_scale_rule": None,
+    "sched.warmup_prefix": False,
+    "aug.train_interpolation": None,
+    "trainer.repulsive.start_epoch": 21,  # DCLS engine.py: `if epoch > 20` (0-based)
+}
+CONVNEXT_16 = {  # ConvNeXt utils.cosine_scheduler (also ConvNeXt-dcls); lr 4e-3 is for 4096
+    "optim.lr_base_batch": 4096,
+    "optim.lr_scale_rule": "sqrt",
+    "sched.warmup_prefix": True,
+}
+CONVFORMER_16 = {  # sail-sg/metaformer train_convformer_s18.sh + train.py defaults (timm 0.6.11), default_cfgs
+    **CONVNEXT_16,
+    "sched.warmup_prefix": False,
+    "sched.warmup_lr": 1e-6,
+    "sched.min_lr": 1e-5,
+    "sched.cooldown_epochs": 10,
+    "sched.step_on_epochs": True,
+    "trainer.epochs": 310,
+    "trainer.ema.enabled": False,
+    "data.crop_pct": 1.0,
+    "aug.train_interpolation": "random",
+}
+FASTVIT_16 = {  # apple/ml-fastvit README (SA24) + train.py defaults (timm >= 0.9), timm default_cfgs
+    **CONVNEXT_16,
+    "optim.lr_base_batch": 1024,
+    "sched.warmup_prefix": False,
+    "sched.warmup_lr": 1e-6,
+    "sched.min_lr": 1e-5,
+    "sched.cooldown_epochs": 10,
+    "sched.step_on_epochs": True,
+    "trainer.epochs": 310,
+    "data.img_size": 256,
+    "data.crop_pct": 0.9,
+    "aug.mixup": 0.2,
+}
+A3_16 = {  # timm train.py lr_base_scale for LAMB; the RSB-era timm scheduler steps per epoch
+    "optim.lr_base_batch": 2048,
+    "optim.lr_scale_rule": "sqrt",
+    "sched.step_on_epochs": True,
+}
+ISSUE16 = {
+    **{n: CONVNEXT_16 for n in ["recipe_convnext", *CONVNEXT_RECIPE]},
+    **{n: CONVFORMER_16 for n in ["recipe_convformer", *CONVFORMER_RECIPE]},
+    **{n: FASTVIT_16 for n in ["recipe_fastvit", *FASTVIT_RECIPE]},
+    **{n: A3_16 for n in ["recipe_a3", *A3_RECIPE]},
+}
+ISSUE16["convformer_s18_dcls_k34"] = {  # new: convformer_s18_dcls with the 17/34 model
+    **CONVFORMER_16,
+    "model.name": "convformer_s18_dcls_k34",
+    "experiment_name": "convformer_s18_dcls_k34",
+}
+# files added by issue 16: what they were part of before
+BEFORE_OF = {
+    "recipe_convformer": "recipe_convnext",
+    "recipe_fastvit": "fastvit_sa24",
+    "convformer_s18_dcls_k34": "convformer_s18_dcls",
+}
 
 
 @functools.cache
@@ -66,9 +126,8 @@ def _experiment(name: str):
 
 
 def test_every_thesis_row_has_an_experiment():
-    assert set(
-        CONVNEXT_RECIPE + A3_RECIPE + ["fastvit_sa24", "fastvit_sa24_dcls", "quickstart", "quickstart_baseline"]
-    ) <= set(EXPERIMENTS)
+    rows = CONVNEXT_RECIPE + CONVFORMER_RECIPE + FASTVIT_RECIPE + A3_RECIPE + ["quickstart", "quickstart_baseline"]
+    assert set(rows) <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -82,16 +141,53 @@ def test_experiment_composes_and_validates(name):
 def test_convnext_recipe(name):
     cfg = _experiment(name)
     assert cfg.model.name == name
-    assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 4096  # documented: 8 GPUs
+    assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 4096 == cfg.optim.lr_base_batch  # documented: 8 GPUs
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
-    assert (cfg.trainer.epochs, cfg.sched.warmup_epochs, cfg.sched.min_lr) == (300, 20, 1e-6)
+    assert cfg.optim.lr_scale_rule == "sqrt"  # timm train.py's lr_base_scale for AdamW (the recipe has no rule)
+    assert (cfg.trainer.epochs, cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (300, 20, 0.0, 1e-6)
+    assert cfg.sched.warmup_prefix and not cfg.sched.step_on_epochs and cfg.sched.cooldown_epochs == 0
     assert cfg.trainer.ema.enabled and cfg.trainer.ema.decay == 0.9999
     assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
     assert cfg.aug.auto_augment == "rand-m9-mstd0.5-inc1"
-    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (float(name in BILINEAR_DCLS), 20)
+    assert (cfg.data.img_size, cfg.data.crop_pct, cfg.aug.train_interpolation) == (224, 0.875, None)
+    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (float(name in BILINEAR_DCLS), 21)
     assert cfg.optim.pos_lr_scale == 5.0
-    expected_dp = {"small": 0.4, "base": 0.5}.get(name.split("_")[1], 0.2 if "convformer" in name else 0.1)
+    expected_dp = {"small": 0.4, "base": 0.5}.get(name.split("_")[1], 0.1)
     assert cfg.model.drop_path_rate == expected_dp
+
+
+@pytest.mark.parametrize("name", CONVFORMER_RECIPE)
+def test_convformer_recipe(name):
+    """sail-sg/metaformer scripts/convformer/train_convformer_s18.sh, its train.py defaults, timm default_cfgs."""
+    cfg = _experiment(name)
+    assert (cfg.model.name, cfg.model.drop_path_rate) == (name, 0.2)
+    assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 4096 == cfg.optim.lr_base_batch
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
+    assert cfg.optim.lr_scale_rule == "sqrt"  # timm train.py's lr_base_scale for AdamW (the recipe has no rule)
+    assert (cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (20, 1e-6, 1e-5)
+    assert (cfg.trainer.epochs, cfg.sched.cooldown_epochs, cfg.sched.step_on_epochs) == (310, 10, True)
+    assert not cfg.sched.warmup_prefix and not cfg.trainer.ema.enabled  # --model-ema is off by default
+    assert (cfg.data.img_size, cfg.data.crop_pct, cfg.aug.train_interpolation) == (224, 1.0, "random")
+    assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
+    assert cfg.aug.auto_augment == "rand-m9-mstd0.5-inc1"
+    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (float(name in BILINEAR_DCLS), 21)
+
+
+@pytest.mark.parametrize("name", FASTVIT_RECIPE)
+def test_fastvit_recipe(name):
+    """apple/ml-fastvit README (FastViT-SA24, without distillation), its train.py defaults, timm default_cfgs."""
+    cfg = _experiment(name)
+    assert (cfg.model.name, cfg.model.drop_path_rate) == (name, 0.1)
+    assert cfg.trainer.batch_size * cfg.trainer.accum * 8 == 1024 == cfg.optim.lr_base_batch  # -b 128 x 8 GPUs
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert cfg.optim.lr_scale_rule == "sqrt"  # timm train.py's lr_base_scale for AdamW (the recipe has no rule)
+    assert (cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (5, 1e-6, 1e-5)
+    assert (cfg.trainer.epochs, cfg.sched.cooldown_epochs, cfg.sched.step_on_epochs) == (310, 10, True)
+    assert not cfg.sched.warmup_prefix and cfg.trainer.ema.enabled and cfg.trainer.ema.decay == 0.9995
+    assert (cfg.data.img_size, cfg.data.test_img_size, cfg.data.crop_pct) == (256, None, 0.9)  # eval at 256 too
+    assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.label_smoothing, cfg.aug.reprob) == (0.2, 1.0, 0.1, 0.25)
+    assert cfg.aug.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.aug.train_interpolation is None  # bicubic
+    assert cfg.trainer.repulsive.weight == 0.0  # gauss
 
 
 @pytest.mark.parametrize("name", A3_RECIPE)
@@ -99,9 +195,14 @@ def test_a3_recipe(name):
     cfg = _experiment(name)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("lamb", 8e-3, 0.02)
     assert (cfg.trainer.epochs, cfg.trainer.batch_size * cfg.trainer.accum * 8) == (100, 2048)
+    assert (cfg.optim.lr_base_batch, cfg.optim.lr_scale_rule) == (2048, "sqrt")
     assert (cfg.trainer.loss, cfg.trainer.bce_target_thresh, cfg.data.img_size) == ("bce", 0.2, 160)
     assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.sched.warmup_epochs) == (0.1, 1.0, 5)
+    assert (cfg.sched.warmup_lr, cfg.sched.min_lr, cfg.sched.warmup_prefix) == (1e-4, 1e-6, False)
+    assert cfg.sched.step_on_epochs and cfg.sched.cooldown_epochs == 0
     assert (cfg.data.test_img_size, cfg.data.crop_pct) == (224, 0.95)  # train 160, evaluate 224
+    assert not cfg.trainer.ema.enabled and cfg.model.drop_path_rate == 0.0  # A3: no EMA, no stochastic depth
+    assert (cfg.trainer.repulsive.weight, cfg.trainer.repulsive.start_epoch) == (float(name in BILINEAR_DCLS), 21)
 
 
 def test_quickstart_baseline_shares_the_quickstart_recipe():
@@ -138,7 +239,11 @@ def _flat(node, prefix: str = "") -> dict:
 
 def _before(name: str | None) -> dict:
     expected = dict(BEFORE["default"])
-    expected.update(BEFORE["experiments"][name] if name else {})
+    expected.update(BEFORE["experiments"][BEFORE_OF.get(name, name)] if name else {})
+    if name in BEFORE_OF and name.startswith("recipe_"):  # a new recipe file: model and name are the experiments'
+        expected = {k: v for k, v in expected.items() if k != "experiment_name" and not k.startswith("model.")}
+        expected.update({k: BEFORE["default"][k] for k in BEFORE["default"] if k.startswith("model.")})
+        expected["experiment_name"] = BEFORE["default"]["experiment_name"]
     return {k: v for k, v in expected.items() if v != "<absent>"}
 
 
@@ -147,12 +252,13 @@ def _typed(flat: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", [None, *ALL_EXPERIMENTS])
-def test_composition_equals_the_yaml_only_configs_but_for_repulsive_weight(name):
+def test_composition_equals_the_yaml_only_configs_but_for_repulsive_weight_and_issue16(name):
     cfg = _compose(*([f"experiment={name}"] if name else []))
     now = _flat(OmegaConf.to_container(cfg, resolve=False))
     before = _before(name)
     assert before.pop("trainer.repulsive.weight") == 1.0  # YAML said 1.0 for every experiment, gauss/baselines too
     assert now.pop("trainer.repulsive.weight") == float(name in BILINEAR_DCLS)
+    before.update({**NEW_KEYS, **ISSUE16.get(name, {})})
     assert _typed(now) == _typed(before)
 
 
@@ -164,9 +270,9 @@ def test_eval_config_composition_is_unchanged():
 
 
 @pytest.mark.parametrize("name", ALL_EXPERIMENTS)
-def test_repulsive_loss_is_on_for_bilinear_dcls_from_epoch_20_only(name):
+def test_repulsive_loss_is_on_for_bilinear_dcls_from_0_based_epoch_21_only(name):
     rep = _compose(f"experiment={name}").trainer.repulsive
-    assert (rep.weight, rep.start_epoch) == ((1.0, 20) if name in BILINEAR_DCLS else (0.0, 20)), name
+    assert (rep.weight, rep.start_epoch) == ((1.0, 21) if name in BILINEAR_DCLS else (0.0, 21)), name
     assert _compose().trainer.repulsive.weight == 0.0  # the schema default: off
 
 

@@ -26,11 +26,12 @@ PUBLISHED = {
     "convnext_small_dcls": (50.2e6, 0.001),
     "convnext_base_dcls": (88.6e6, 0.001),
     "convformer_s18_dcls_gauss": (26.76e6, 0.001),
+    "convformer_s18_dcls_k34": (26.76e6, 0.001),  # the thesis' bilinear ConvFormer count, read as 17/34
     "resnet50_dcls": (24.0e6, 0.001),
     "resnet50_dcls_k6": (26.0e6, 0.05e6 / 26.0e6),
 }
 # No published figure for these: the exact count (see test_unpublished_param_counts for the arithmetic).
-COMPUTED = {"convformer_s18_dcls": 26_848_432, "fastvit_sa24_dcls": 21_518_632}
+COMPUTED = {"convformer_s18_dcls": 26_848_432, "convformer_s18_dcls_k34": 26_763_952, "fastvit_sa24_dcls": 21_518_632}
 STAGES = {"convnext": 4, "convformer": 4, "fastvit": 4, "resnet50": 4}
 
 
@@ -70,7 +71,7 @@ def tiny(name: str, **kwargs) -> nn.Module:
 # ---------------------------------------------------------------- registration and counts
 def test_all_variants_registered():
     assert set(VARIANTS) <= set(timm.list_models("*dcls*"))
-    assert len(VARIANTS) == 9
+    assert len(VARIANTS) == 10
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -89,6 +90,11 @@ def test_unpublished_param_counts():
     # 3/3/9/3 blocks): per block -9 C, per stage +80 C: 53*128 + 53*256 - 1*640 + 53*1024 = +73,984. The
     # published 26.76M matches Gauss 23/26 (26,757,808) and bilinear 17/34 (26,763,952), not 17/40.
     assert n_params(cached_meta_model("convformer_s18_dcls")) == 26_774_448 + 73_984 == COMPUTED["convformer_s18_dcls"]
+    # 17/34: per block -15 C (49 -> 34), per stage +68 C: 23*128 + 23*256 - 67*640 + 23*1024 = -10,496 -> 26.76M,
+    # the count the thesis prints for its bilinear "17²/40" row.
+    k34 = n_params(cached_meta_model("convformer_s18_dcls_k34"))
+    assert k34 == 26_774_448 - 10_496 == COMPUTED["convformer_s18_dcls_k34"] and round(k34 / 1e6, 2) == 26.76
+    assert round(COMPUTED["convformer_s18_dcls"] / 1e6, 2) == 26.85
 
 
 def test_kwargs_override_dcls_settings_and_pass_timm_ones():

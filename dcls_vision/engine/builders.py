@@ -17,7 +17,7 @@ from dcls_vision.models.factory import plain_dict
 
 from .config import ConfigError
 from .loader import EpochLoader
-from .optim import create_optimizer, create_scheduler
+from .optim import create_optimizer, create_scheduler, lr_for_batch, timm_lr_scale_rule
 
 
 def build_criterion(cfg: DictConfig, mixup_active: bool) -> nn.Module:
@@ -105,13 +105,30 @@ def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.dev
     return Loaders(train_loader, val_loader, int(num_classes), batches_per_epoch, updates_per_epoch)
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> torch.optim.Optimizer:
-    """timm optimizer over the DCLS parameter groups; ``optim.lr`` is scaled by global batch / ``lr_base_batch``."""
+def lr_for_global_batch(cfg: DictConfig, global_batch: int) -> tuple[float, str | None]:
+    """``(lr, note)``: ``optim.lr`` rescaled from ``optim.lr_base_batch`` to ``global_batch``, and one line saying
+    so (None when the LR is used as given)."""
     ocfg = cfg.optim
-    lr = float(ocfg.lr)
-    base_batch = ocfg.lr_base_batch
-    if base_batch:
-        lr = lr * global_batch / int(base_batch)
+    lr, base = float(ocfg.lr), ocfg.lr_base_batch
+    if not base or int(base) == global_batch:
+        return lr, None
+    rule = ocfg.lr_scale_rule or timm_lr_scale_rule(str(ocfg.name))
+    scaled = lr_for_batch(lr, global_batch, int(base), rule)
+    why = "optim.lr_scale_rule" if ocfg.lr_scale_rule else f"timm's rule for {ocfg.name}"
+    factor = f"{global_batch}/{base}" if rule == "linear" else f"sqrt({global_batch}/{base})"
+    bs, accum = int(cfg.trainer.batch_size), int(cfg.trainer.accum)
+    note = (
+        f"lr {lr:.4g} -> {scaled:.4g}: global batch {global_batch} ({global_batch // (bs * accum)} process(es) x "
+        f"batch_size {bs} x accum {accum}) differs from optim.lr_base_batch={base}; {rule} scaling ({why}): "
+        f"lr x {factor}"
+    )
+    return scaled, note
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> torch.optim.Optimizer:
+    """timm optimizer over the DCLS parameter groups, with the LR of :func:`lr_for_global_batch`."""
+    ocfg = cfg.optim
+    lr, _ = lr_for_global_batch(cfg, global_batch)
     opt_kwargs = plain_dict(ocfg.kwargs)
     for key in ("betas", "eps"):
         if ocfg[key] is not None:
@@ -142,6 +159,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: i
         min_lr=float(scfg.min_lr),
         cooldown_epochs=int(scfg.cooldown_epochs),
         step_on_epochs=bool(scfg.step_on_epochs),
+        warmup_prefix=bool(scfg.warmup_prefix),
         **sched_kwargs,
     )
 
@@ -168,4 +186,5 @@ __all__ = [
     "build_mixup",
     "build_optimizer",
     "build_scheduler",
+    "lr_for_global_batch",
 ]

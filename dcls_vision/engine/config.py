@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcls_vision.data.builder import NAMES as DATA_NAMES
 from dcls_vision.utils.errors import UserError
 
-from .optim import SCHEDULERS
+from .optim import LR_SCALE_RULES, SCHEDULERS
 
 AMP_DTYPES = {
     "none": None,
@@ -123,6 +123,8 @@ def _check_optim(cfg: DictConfig) -> None:
     _num(cfg, "optim.pos_lr_scale", lambda v: v > 0, "> 0")
     _num(cfg, "optim.layer_decay", lambda v: 0 < v <= 1, "in (0, 1] or null")
     _num(cfg, "optim.lr_base_batch", lambda v: v >= 1, ">= 1 or null")
+    if _get(cfg, "optim.lr_scale_rule") is not None:
+        _choice(cfg, "optim.lr_scale_rule", LR_SCALE_RULES)
 
 
 def _check_sched(cfg: DictConfig) -> None:
@@ -132,6 +134,15 @@ def _check_sched(cfg: DictConfig) -> None:
     _num(cfg, "sched.min_lr", lambda v: v >= 0, ">= 0")
     _num(cfg, "sched.warmup_lr", lambda v: v >= 0, ">= 0")
     _num(cfg, "sched.cooldown_epochs", lambda v: v >= 0, ">= 0")
+    prefix = _get(cfg, "sched.warmup_prefix")
+    if prefix and _get(cfg, "sched.name") != "cosine":
+        raise ConfigError(f"sched.warmup_prefix=true with sched.name={_get(cfg, 'sched.name')!r}; allowed: cosine")
+    decay = epochs - _get(cfg, "sched.cooldown_epochs") - (_get(cfg, "sched.warmup_epochs") if prefix else 0)
+    if decay < 1:
+        raise ConfigError(
+            f"sched.cooldown_epochs={_get(cfg, 'sched.cooldown_epochs')} leaves {decay} decay epochs of "
+            f"trainer.epochs={epochs}; allowed: epochs - cooldown_epochs (- warmup_epochs with warmup_prefix) >= 1"
+        )
 
 
 def _check_aug(cfg: DictConfig) -> None:

@@ -10,6 +10,7 @@ Groups carry ``lr_scale``, which timm schedulers (and :func:`apply_lr_scale` for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ POSITION_LR_SCALE = 5.0
 """LR multiplier of DCLS positions and σ (thesis: 5× the LR of their layer, weight decay 0; docs/design.md)."""
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt", "none")
+LR_SCALE_RULES = ("linear", "sqrt")
 
 
 def _layer_map(model: nn.Module) -> dict[str, int]:
@@ -145,6 +147,41 @@ def create_optimizer(
     return create_optimizer_v2(groups, opt=opt, lr=lr, weight_decay=0.0, momentum=momentum, **kwargs)
 
 
+def timm_lr_scale_rule(opt: str) -> str:
+    """timm train.py's ``lr_base_scale`` default: ``sqrt`` for Adam-family and LAMB optimizers, else ``linear``."""
+    name = opt.lower()
+    return "sqrt" if any(k in name for k in ("ada", "lamb")) else "linear"
+
+
+def lr_for_batch(lr: float, global_batch: int, base_batch: int | None, rule: str) -> float:
+    """``lr`` given for ``base_batch`` images per update, rescaled to ``global_batch`` (``linear`` or ``sqrt``)."""
+    if not base_batch or global_batch == base_batch:
+        return lr
+    if rule not in LR_SCALE_RULES:
+        raise ValueError(f"lr scale rule {rule!r}; allowed: {', '.join(LR_SCALE_RULES)}")
+    ratio = global_batch / base_batch
+    return lr * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def _reference_cosine_class() -> type:
+    """timm's CosineLRScheduler whose warm-up ends AT the peak, as ``np.linspace`` does in ConvNeXt's schedule.
+
+    timm warms up as ``warmup_lr + t (lr − warmup_lr) / warmup_t`` (the peak is reached one step after the warm-up);
+    ConvNeXt's ``utils.cosine_scheduler`` uses ``np.linspace(warmup_lr, lr, warmup_t)``, i.e. divides by
+    ``warmup_t − 1``. After the warm-up both are timm's ``warmup_prefix`` cosine over the remaining steps.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    class ReferenceCosineLRScheduler(CosineLRScheduler):
+        def _get_lr(self, t: int) -> list[float]:
+            if t < self.warmup_t:
+                span = max(self.warmup_t - 1, 1)
+                return [self.warmup_lr_init + t * (v - self.warmup_lr_init) / span for v in self.base_values]
+            return super()._get_lr(t)
+
+    return ReferenceCosineLRScheduler
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     sched: str,
@@ -155,20 +192,40 @@ def create_scheduler(
     min_lr: float = 1e-6,
     cooldown_epochs: int = 0,
     step_on_epochs: bool = False,
+    warmup_prefix: bool = False,
     **kwargs: Any,
 ) -> Any:
     """timm scheduler, stepped per optimizer update (``step_update``) unless ``step_on_epochs``.
 
-    ``sched='none'`` gives a constant schedule that still applies ``lr_scale``.
+    ``epochs`` is the whole run: the decay spans ``epochs − cooldown_epochs`` (minus ``warmup_epochs`` with
+    ``warmup_prefix``), then the LR stays at ``min_lr`` for ``cooldown_epochs`` (timm's train.py runs
+    ``num_epochs + cooldown`` epochs). ``warmup_prefix`` (cosine only) is the ConvNeXt/DCLS reference
+    schedule: linear warm-up reaching ``lr`` at its last step, then cosine over the remaining steps
+    (:func:`_reference_cosine_class`). ``sched='none'`` gives a constant schedule that still applies ``lr_scale``.
     """
     from timm.scheduler import create_scheduler_v2
 
     if sched == "none":
         sched, warmup_epochs = "constant", 0
+    decay_epochs = epochs - cooldown_epochs - (warmup_epochs if warmup_prefix else 0)
+    if warmup_prefix:
+        if sched != "cosine":
+            raise ValueError(f"warmup_prefix with sched {sched!r}; allowed: cosine")
+        per = 1 if step_on_epochs else updates_per_epoch
+        return _reference_cosine_class()(
+            optimizer,
+            t_initial=int(decay_epochs * per),
+            lr_min=min_lr,
+            warmup_t=int(warmup_epochs * per),
+            warmup_lr_init=warmup_lr,
+            warmup_prefix=True,
+            t_in_epochs=step_on_epochs,
+            **kwargs,
+        )
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=sched,
-        num_epochs=epochs,
+        num_epochs=decay_epochs,
         warmup_epochs=warmup_epochs,
         warmup_lr=warmup_lr,
         min_lr=min_lr,

@@ -5,7 +5,8 @@ element i of kernel (o, c):
 
     R_l = 2 / (K (K − 1) · Cout · Cin/g) · Σ_{o,c} Σ_{i<j} max(0, 1 − ‖p_i − p_j‖₂)
 
-``R`` is the mean of ``R_l`` over distinct positions tensors; the trainer adds ``weight × R²`` to the loss.
+``R`` is the mean of ``R_l`` over distinct positions tensors; the trainer adds ``weight × R²`` to the loss in the
+epochs where :func:`repulsive_applies`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def _safe_norm(diff: Tensor, dim: int = -1) -> Tensor:
     sq = diff.pow(2).sum(dim)
     nonzero = sq > 0
     return torch.where(nonzero, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
+
+
+def repulsive_applies(epoch: int, start_epoch: int) -> bool:
+    """Whether 0-based ``epoch`` gets the repulsive term: from ``start_epoch`` on.
+
+    Both public DCLS training codes write ``if epoch > 20`` (0-based), so the recipes' ``start_epoch`` is 21.
+    """
+    return epoch >= start_epoch
 
 
 def repulsive_term(positions: Tensor) -> Tensor:

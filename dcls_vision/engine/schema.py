@@ -65,7 +65,7 @@ class ImageFolderDataConfig(DataConfig):
 
 @dataclass
 class OptimConfig:
-    """timm optimizer; lr is for the global batch of the recipe (``lr_base_batch`` rescales it linearly)."""
+    """timm optimizer; lr is for the recipe's global batch ``lr_base_batch``, rescaled by ``lr_scale_rule``."""
 
     name: str = MISSING  # adamw | lamb | sgd | momentum | any timm.optim.list_optimizers()
     lr: float = MISSING
@@ -75,20 +75,30 @@ class OptimConfig:
     eps: float | None = None
     pos_lr_scale: float = POSITION_LR_SCALE  # DCLS positions/sigma: lr x this, weight decay 0 (also under layer_decay)
     layer_decay: float | None = None  # e.g. 0.7: lr x layer_decay^(depth - layer)
+    # global batch (processes x batch_size x accum) that lr is for; another global batch rescales lr (one log
+    # line says so); null = lr used as given
     lr_base_batch: int | None = None
+    # linear | sqrt (lr x ratio or x sqrt(ratio)); null = timm train.py's rule: sqrt for Adam-family/LAMB, else linear
+    lr_scale_rule: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class SchedConfig:
-    """timm create_scheduler_v2, updated every optimizer step unless step_on_epochs; warm-up in epochs."""
+    """timm create_scheduler_v2, updated every optimizer step unless step_on_epochs; warm-up in epochs.
+
+    trainer.epochs is the whole run: the decay spans epochs - cooldown_epochs (- warmup_epochs with warmup_prefix).
+    """
 
     name: str = MISSING  # cosine | tanh | step | multistep | poly | constant | wsd | rsqrt | none
     warmup_epochs: int = 0
     warmup_lr: float = 0.0
     min_lr: float = 0.0
-    cooldown_epochs: int = 0
+    cooldown_epochs: int = 0  # last epochs at min_lr (timm train.py's --cooldown-epochs, counted in trainer.epochs)
     step_on_epochs: bool = False
+    # true (cosine only): ConvNeXt/DCLS utils.cosine_scheduler: warm-up reaching lr at its last step, then the
+    # cosine over the remaining epochs; false: timm's default, cosine over all epochs with the warm-up on top
+    warmup_prefix: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,6 +120,9 @@ class AugConfig:
     switch_prob: float = 0.5
     mixup_mode: str = "batch"
     label_smoothing: float = 0.0
+    # train resize interpolation (random | bilinear | bicubic ...); null = data.interpolation. Field shared with the
+    # issue-16 "logs" branch, which wires it into the train transforms (recipe_convformer sets random)
+    train_interpolation: str | None = None
 
 
 @dataclass
@@ -122,10 +135,13 @@ class EmaConfig:
 
 @dataclass
 class RepulsiveConfig:
-    """loss += weight * R^2 from start_epoch on. Off by default; the bilinear DCLS experiments set weight 1."""
+    """loss += weight * R^2 from 0-based epoch start_epoch on. Off by default; bilinear DCLS experiments set weight 1.
+
+    21 = the DCLS reference codes' ``if epoch > 20`` (0-based epochs): first applied in the 22nd epoch.
+    """
 
     weight: float = 0.0
-    start_epoch: int = 20
+    start_epoch: int = 21
 
 
 @dataclass

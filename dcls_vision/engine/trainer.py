@@ -39,7 +39,7 @@ from .distributed import all_reduce_max, all_reduce_sum, barrier, cleanup, init_
 from .ema import ModelEma
 from .evaluate import amp_context, evaluate
 from .optim import group_summary
-from .repulsive import repulsive_loss
+from .repulsive import repulsive_applies, repulsive_loss
 from .runlog import PositionTracker, RunLogger, fmt
 
 
@@ -206,7 +206,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- training
     def _repulsive_active(self, epoch: int) -> bool:
-        return self.has_positions and self.rep_weight > 0 and epoch >= self.rep_start
+        return self.has_positions and self.rep_weight > 0 and repulsive_applies(epoch, self.rep_start)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Micro-steps, an optimizer update every ``accum`` of them (or at the epoch's end), then ranks' sums."""
@@ -401,6 +401,9 @@ class Trainer:
             f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
             + (f" | BN stats {bn}" if self.world > 1 else "")
         )
+        _, lr_note = builders.lr_for_global_batch(self.cfg, self.global_batch)
+        if lr_note:
+            self.log.info(lr_note)
         for g in group_summary(self.optimizer):
             self.log.info(
                 f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
