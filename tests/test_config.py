@@ -136,8 +136,17 @@ def _flat(node, prefix: str = "") -> dict:
     return out
 
 
+# keys added after the fixture was taken, with their defaults (no earlier value changed)
+ADDED_SINCE = {
+    "aug.train_interpolation": None,  # issue 16: timm's switches
+    "trainer.compile": False,
+    "trainer.cudnn_benchmark": True,
+    "trainer.tf32": True,
+}
+
+
 def _before(name: str | None) -> dict:
-    expected = dict(BEFORE["default"])
+    expected = {**BEFORE["default"], **ADDED_SINCE}
     expected.update(BEFORE["experiments"][name] if name else {})
     return {k: v for k, v in expected.items() if v != "<absent>"}
 
