@@ -237,8 +237,16 @@ def _flat(node, prefix: str = "") -> dict:
     return out
 
 
+# keys added after the fixture was taken, with their defaults (no earlier value changed)
+ADDED_SINCE = {
+    "trainer.compile": False,  # issue 16: timm's switches (aug.train_interpolation: NEW_KEYS)
+    "trainer.cudnn_benchmark": True,
+    "trainer.tf32": True,
+}
+
+
 def _before(name: str | None) -> dict:
-    expected = dict(BEFORE["default"])
+    expected = {**BEFORE["default"], **ADDED_SINCE}
     expected.update(BEFORE["experiments"][BEFORE_OF.get(name, name)] if name else {})
     if name in BEFORE_OF and name.startswith("recipe_"):  # a new recipe file: model and name are the experiments'
         expected = {k: v for k, v in expected.items() if k != "experiment_name" and not k.startswith("model.")}

@@ -12,6 +12,9 @@ from timm.data.random_erasing import RandomErasing
 
 Transform = Callable[[Any], torch.Tensor]
 
+# timm's resize interpolations (timm.data.transforms.str_to_interp_mode); the train crop may also be 'random'
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+TRAIN_INTERPOLATIONS = (*INTERPOLATIONS, "random")
 DEFAULT_CROP_PCT = 0.875  # timm's / torchvision's ImageNet eval crop (224 of 256) when data.crop_pct is null
 
 
@@ -124,7 +127,8 @@ def imagenet_transforms(data_cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] 
     """(train, val) from ``timm.data.create_transform``: RandAugment/RRC/erasing; val resize + centre crop.
 
     ``test_img_size`` (default ``img_size``) sets the validation crop: timm's A3 recipe trains at 160
-    and evaluates at 224 (the "FixRes" train/test resolution discrepancy).
+    and evaluates at 224 (the "FixRes" train/test resolution discrepancy). The train crop resizes with
+    ``aug.train_interpolation`` (timm's ``--train-interpolation``), else with ``data.interpolation`` as val.
     """
     channels = int(_get(data_cfg, "in_chans", 3))
     size = int(_get(data_cfg, "img_size", 224))
@@ -134,6 +138,7 @@ def imagenet_transforms(data_cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] 
         "mean": _floats(_get(data_cfg, "mean", (0.485, 0.456, 0.406)), channels),
         "std": _floats(_get(data_cfg, "std", (0.229, 0.224, 0.225)), channels),
     }
+    train_interpolation = _get(aug_cfg, "train_interpolation") or common["interpolation"]
     train = create_transform(
         is_training=True,
         scale=_floats(_get(aug_cfg, "scale", (0.08, 1.0))),
@@ -144,7 +149,7 @@ def imagenet_transforms(data_cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any] 
         re_prob=float(_get(aug_cfg, "reprob", 0.0)),
         re_mode=str(_get(aug_cfg, "remode", "pixel")),
         input_size=(channels, size, size),
-        **common,
+        **{**common, "interpolation": str(train_interpolation)},
     )
     val = create_transform(
         is_training=False, crop_pct=val_crop_pct(data_cfg), input_size=(channels, test_size, test_size), **common

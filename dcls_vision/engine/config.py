@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dcls_vision.data.builder import NAMES as DATA_NAMES
+from dcls_vision.data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 from dcls_vision.utils.errors import UserError
 
 from .optim import LR_SCALE_RULES, SCHEDULERS
@@ -105,6 +106,7 @@ def _check_data(cfg: DictConfig) -> None:
     for key in ("data.img_size", "data.test_img_size", "data.in_chans"):
         _num(cfg, key, lambda v: v >= 1, ">= 1")
     _num(cfg, "data.num_workers", lambda v: v >= 0, ">= 0")
+    _choice(cfg, "data.interpolation", INTERPOLATIONS)
 
 
 def _check_optim(cfg: DictConfig) -> None:
@@ -152,6 +154,12 @@ def _check_aug(cfg: DictConfig) -> None:
         _num(cfg, key, lambda v: 0 <= v <= 1, "in [0, 1]")
     _num(cfg, "aug.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
     _num(cfg, "aug.pad_crop", lambda v: v >= 0, ">= 0 (0 disables)")
+    interp = _get(cfg, "aug.train_interpolation")
+    if interp is not None and interp not in TRAIN_INTERPOLATIONS:
+        raise ConfigError(
+            f"aug.train_interpolation={interp!r} is not supported; "
+            f"allowed: {', '.join(TRAIN_INTERPOLATIONS)}, null (= data.interpolation)"
+        )
 
 
 def _check_trainer(cfg: DictConfig) -> None:

@@ -54,9 +54,15 @@ class RunLogger:
         return None if self.wandb_run is None else self.wandb_run.id
 
     def info(self, msg: str) -> None:
+        """A line on stdout and in ``log.txt``; with bars on, written around them (tqdm.write) so none breaks."""
         if not self.enabled:
             return
-        print(msg, flush=True)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stdout)
+        else:
+            print(msg, flush=True)
         with open(self.run_dir / "log.txt", "a") as f:
             f.write(msg + "\n")
 

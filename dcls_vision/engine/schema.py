@@ -120,8 +120,8 @@ class AugConfig:
     switch_prob: float = 0.5
     mixup_mode: str = "batch"
     label_smoothing: float = 0.0
-    # train resize interpolation (random | bilinear | bicubic ...); null = data.interpolation. Field shared with the
-    # issue-16 "logs" branch, which wires it into the train transforms (recipe_convformer sets random)
+    # ImageNet-style data: resize interpolation of the train crop (timm's --train-interpolation; 'random' picks
+    # bilinear or bicubic per image); null = data.interpolation (which the eval transform uses)
     train_interpolation: str | None = None
 
 
@@ -177,6 +177,9 @@ class TrainerConfig:
     auto_resume: bool = True
     ckpt_interval_steps: int = 0  # also save last.pth every N optimizer steps mid-epoch (0 = off)
     max_epochs_per_run: int | None = None  # stop after N epochs in this invocation; resume continues
+    compile: bool = False  # torch.compile the training forward/backward (timm's --torchcompile; inductor)
+    cudnn_benchmark: bool = True  # torch.backends.cudnn.benchmark (as timm's train.py)
+    tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs (torch.backends.{cuda.matmul,cudnn}.allow_tf32)
 
 
 @dataclass
@@ -188,7 +191,7 @@ class LoggerConfig:
     project: str = "dcls-vision"
     entity: str | None = None
     name: str = "${experiment_name}"
-    log_interval: int = 50  # optimizer steps between W&B train/loss points
+    log_interval: int = 50  # optimizer steps between progress lines (stdout, log.txt) and W&B train/* points
     progress: bool | None = None  # tqdm bars: null = when stderr is a TTY (rank 0 only)
 
 

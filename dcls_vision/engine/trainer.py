@@ -39,6 +39,7 @@ from .distributed import all_reduce_max, all_reduce_sum, barrier, cleanup, init_
 from .ema import ModelEma
 from .evaluate import amp_context, evaluate
 from .optim import group_summary
+from .progress import Progress, StepMeter, peak_memory_gib, step_line, step_scalars
 from .repulsive import repulsive_applies, repulsive_loss
 from .runlog import PositionTracker, RunLogger, fmt
 
@@ -70,6 +71,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_backend_flags(cudnn_benchmark: bool, tf32: bool) -> None:
+    """``trainer.cudnn_benchmark`` / ``trainer.tf32`` as timm sets them (process-wide; no effect on CPU math)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -148,6 +156,8 @@ class Trainer:
         self.rep_weight, self.rep_start = float(rep.weight), int(rep.start_epoch)
         self.clip_grad, self.clip_mode = tcfg.clip_grad, tcfg.clip_mode
         self.ckpt_interval = int(tcfg.ckpt_interval_steps or 0)
+        self.compile = bool(tcfg.compile)
+        set_backend_flags(bool(tcfg.cudnn_benchmark), bool(tcfg.tf32))
 
     def _build_model(self) -> tuple[nn.Module, ModelEma | None]:
         """The model (same init on every rank), on the device, and its EMA if ``trainer.ema.enabled``."""
@@ -170,15 +180,18 @@ class Trainer:
         return model, ema
 
     def _wrap_ddp(self) -> nn.Module:
-        """The module forward/backward go through: DDP around the model when there are several ranks."""
-        if not self.ddp:
-            return self.model
-        from torch.nn.parallel import DistributedDataParallel
+        """The module forward/backward go through: DDP around the model when there are several ranks, then
+        ``torch.compile`` of it if ``trainer.compile`` (after DDP, as timm). Checkpoints, EMA and evaluation use
+        the plain ``self.model``, so the checkpoint keys do not change."""
+        net = self.model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
 
-        device = self.device
-        return DistributedDataParallel(
-            self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
-        )
+            device = self.device
+            net = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
+            )
+        return torch.compile(net) if self.compile else net
 
     def _start_logging(self, wandb_id: str | None) -> None:
         """Run logger (console, log.txt, metrics.jsonl, wandb), position tracker, and the resolved config.yaml."""
@@ -192,6 +205,8 @@ class Trainer:
             progress=lcfg.progress,
         )
         self.log_interval = int(lcfg.log_interval)
+        self.meter = StepMeter()
+        self._epoch_end_s = 0.0  # the last epoch's validation + save time (for the run ETA)
         self.positions = PositionTracker(self.model)
         if self.rank == 0:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
@@ -218,23 +233,28 @@ class Trainer:
         bar = self.log.bar(total - start, f"epoch {epoch + 1}/{self.epochs}")
         self.optimizer.zero_grad(set_to_none=True)
         b = start
+        t0 = time.perf_counter()
+        self.meter.restart()
         for batch in loader:
             if b >= total:
                 break
+            self.meter.fetched(0 if batch is None or batch[1] is None else len(batch[1]))
             last_micro = (b + 1) % self.accum == 0 or b + 1 == total
             group = min(self.accum, total - b // self.accum * self.accum)  # micro-batches in this update
             self._micro_step(batch, group, last_micro, rep_on, sums)
             b += 1
             if bar is not None:
                 bar.update(1)
-            if not last_micro:
-                continue
-            self._optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
-            sums.step_loss.zero_()
-            self.state.next_batch = b
-            self._after_update(epoch, b, total, sums, bar)
+            if last_micro:
+                self._optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
+                sums.step_loss.zero_()
+                self.state.next_batch = b
+                self.meter.steps += 1
+                self._after_update(epoch, b, total, sums, bar)
+            self.meter.mark()
         if bar is not None:
             bar.close()
+        seconds = time.perf_counter() - t0
         all_reduce_sum(sums.loss_sum)
         all_reduce_sum(sums.counts)
         steps_done = max(-(-(total - start) // self.accum), 1)
@@ -243,6 +263,7 @@ class Trainer:
             "repulsive": sums.rep_sum.item() / max(sums.counts[1].item() / self.world, 1.0) if rep_on else None,
             "skipped_train": int(sums.counts[2].item()),
             "steps": steps_done,
+            "img_per_s": sums.counts[0].item() / max(seconds, 1e-9),  # all ranks' images / this rank's time
         }
 
     def _micro_step(self, batch: Any, group: int, last_micro: bool, rep_on: bool, sums: EpochSums) -> None:
@@ -288,11 +309,7 @@ class Trainer:
         """Step logging, then a mid-epoch ``last.pth`` every ``ckpt_interval_steps`` or on a signal."""
         gs = self.state.global_step
         if gs % self.log_interval == 0:
-            lr = self._lr()
-            loss_val = sums.loss_sum.item() / max(sums.counts[0].item(), 1)
-            self.log.step({"train/loss": loss_val, "train/lr": lr}, gs)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}")
+            self._log_step(epoch, b, sums, bar)
         interval = self.ckpt_interval
         if interval and gs % interval == 0 and b < total:
             self.save_last()
@@ -300,6 +317,18 @@ class Trainer:
             self.save_last()
         if self.signal_level and b < total:
             self._after_signal_save(epoch, b)
+
+    def _log_step(self, epoch: int, b: int, sums: EpochSums, bar: Any) -> None:
+        """One progress line (stdout, log.txt) and its ``train/*`` scalars (W&B) for the steps since the last."""
+        loss = sums.loss_sum.item() / max(sums.counts[0].item(), 1)  # the epoch's running mean on this rank
+        where = Progress(self.state.global_step, epoch, self.epochs, -(-b // self.accum), self.updates_per_epoch)
+        scalars = step_scalars(
+            self.meter.take(), where, loss, self._lr(), self.world, peak_memory_gib(self.device), self._epoch_end_s
+        )
+        self.log.step(scalars, where.global_step)
+        self.log.info(step_line(where, scalars))
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}")
 
     def _lr(self) -> float:
         """The schedule's current value (a group's lr divided by its ``lr_scale``)."""
@@ -427,6 +456,7 @@ class Trainer:
                 seed_everything(_epoch_seed(self.seed, epoch, self.rank))
             resume_rng = None
             stats = self.train_one_epoch(epoch)
+            t_end = time.time()
             self.scheduler.step(epoch + 1)  # only acts when sched.step_on_epochs is true
             st.next_epoch, st.next_batch = epoch + 1, 0
             self._distribute_bn()
@@ -435,6 +465,7 @@ class Trainer:
             record = self._record(epoch, stats, val, ema, time.time() - t0, pos_delta)
             self.log.epoch(record)
             self.save_last(epoch_file=epoch)
+            self._epoch_end_s = time.time() - t_end
             self.log.info(self._summary_line(epoch, record))
             if self.signal_level and epoch + 1 < stop_at:
                 self._after_signal_save(epoch, 0)
@@ -486,6 +517,7 @@ class Trainer:
             "best_ema_top1": best["ema_top1"] if ema is not None else None,
             "repulsive": stats["repulsive"],
             "epoch_time": round(seconds, 3),
+            "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
             "skipped_train": stats["skipped_train"],
             "skipped_val": val["skipped"],
             "pos_delta": pos_delta,
@@ -505,7 +537,7 @@ class Trainer:
             parts.append(f"rep {r['repulsive']:.4f}")
         if r["pos_delta"]:
             parts.append(f"|dpos| {sum(r['pos_delta'].values()) / len(r['pos_delta']):.4f}")
-        parts.append(f"{r['epoch_time']:.1f}s")
+        parts.append(f"{r['epoch_time']:.1f}s ({r['train_img_per_s']:.0f} train img/s)")
         if r["skipped_train"] or r["skipped_val"]:
             parts.append(f"skipped {r['skipped_train']}+{r['skipped_val']}")
         return " | ".join(parts)
