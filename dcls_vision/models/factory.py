@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dcls_vision.utils.errors import UserError
-from dcls_vision.utils.io import BEST, BEST_EMA, LAST, load_checkpoint
+from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
 from .release import RELEASE_DESCRIPTION, ReleaseFormatError, convert_release, is_release, release_state
 
@@ -300,6 +300,8 @@ def read_checkpoint(
         )
     try:
         obj = load_checkpoint(path, map_location=map_location)
+    except UnsafeCheckpointError as err:  # one line naming the refused type
+        raise ModelLoadError(str(err), "unreadable", path) from err
     except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelLoadError(

@@ -3,21 +3,37 @@
 Files are written to a temporary file in the target directory, fsynced, then ``os.replace``d, so a run
 killed at any moment leaves either the previous or the new file, never a torn one. Contents are tensors
 and primitive containers only, so ``torch.load(path, weights_only=True)`` works (no pickled objects, no code
-execution on load). The trainer, the model factory, the downstream backbones and the analysis tools all read
-and write checkpoints through this module; it imports nothing else of ``dcls_vision``.
+execution on load). Foreign files (published releases) may also hold the harmless objects of
+:data:`SAFE_GLOBALS` (a training script's ``argparse.Namespace``), let through by ``torch.serialization``'s
+allow-list, never by a plain unpickle; anything else is refused with one line naming its type. The trainer, the
+model factory, the downstream backbones and the analysis tools all read and write checkpoints through this
+module; it imports nothing else of ``dcls_vision`` but the user-error base class.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import UserError
+
 # File names the trainer writes in a run dir (best_ema.pth holds EMA weights under its "model" entry).
 LAST, BEST, BEST_EMA = "last.pth", "best.pth", "best_ema.pth"
+# Non-tensor objects a checkpoint may hold and that unpickle without running code: the training args some
+# published releases save next to their weights. The only place this list lives.
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+_REFUSED = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+class UnsafeCheckpointError(UserError):
+    """A checkpoint holding a pickled object outside tensors, plain containers and :data:`SAFE_GLOBALS`."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,5 +66,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True`` (tensors and primitive containers only: no code execution)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` (tensors, primitive containers and :data:`SAFE_GLOBALS`).
+
+    Raises :class:`UnsafeCheckpointError` naming the type of any other pickled object (torch's own message is
+    a paragraph suggesting ``weights_only=False``, which would run the file's code).
+    """
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _REFUSED.search(str(err))
+        if found is None:
+            raise
+        allowed = ", ".join(f"{t.__module__}.{t.__qualname__}" for t in SAFE_GLOBALS)
+        raise UnsafeCheckpointError(
+            f"checkpoint={str(path)!r} holds a pickled {found[1]} object, which weights_only loading refuses (it "
+            f"could run code); allowed: tensors, plain containers and {allowed}"
+        ) from None
