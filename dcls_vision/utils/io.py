@@ -59,7 +59,10 @@ def _serialise(obj: Any, path: Path, f: Any) -> None:
 
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
         raise ValueError(f"{path}: a {SAFETENSORS} checkpoint holds {{'model': state_dict, ...JSON-able entries}}")
-    state = {k: v.contiguous() for k, v in obj["model"].items()}
+    state, seen = {}, set()
+    for key, value in obj["model"].items():  # safetensors stores no aliasing: shared positions are written per key
+        state[key] = value.detach().clone() if value.data_ptr() in seen else value.contiguous()
+        seen.add(value.data_ptr())
     f.write(save(state, metadata={k: json.dumps(v) for k, v in obj.items() if k != "model"}))
 
 
