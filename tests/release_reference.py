@@ -15,8 +15,6 @@ import torch
 from DCLS.construct.modules import Dcls2d as RefDcls2d
 from torch import Tensor, nn
 
-logging.getLogger().setLevel(logging.ERROR)  # Dcls2d logs that the implicit-GEMM kernel is not installed
-
 SIZES = {  # depths, dims of the three releases
     "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
     "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
@@ -41,9 +39,13 @@ class ChannelsFirstLayerNorm(nn.Module):
 class Block(nn.Module):
     def __init__(self, dim: int, P: nn.Parameter, SIG: nn.Parameter | None, size: int, count: int, version: str):
         super().__init__()
-        self.dwconv = RefDcls2d(
-            dim, dim, kernel_count=count, dilated_kernel_size=size, padding=size // 2, groups=dim, version=version
-        )
+        logging.disable(logging.WARNING)  # Dcls2d logs that the implicit-GEMM kernel is not installed
+        try:
+            self.dwconv = RefDcls2d(
+                dim, dim, kernel_count=count, dilated_kernel_size=size, padding=size // 2, groups=dim, version=version
+            )
+        finally:
+            logging.disable(logging.NOTSET)
         self.dwconv.P = P
         if SIG is not None:
             self.dwconv.SIG = SIG

@@ -158,6 +158,28 @@ def test_converter_cli_writes_our_format_and_reports(tiny_releases, tmp_path, ca
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic: no temporary left behind
 
 
+def test_converter_takes_any_factory_format(tmp_path, capsys):
+    """A timm-style wrapped state dict (our quickstart net) with --model NAME:kwargs: same logits after."""
+    import timm
+
+    net = timm.create_model("dcls_quickstart").eval()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "qs.pth")
+    report = _cli().main(
+        [
+            str(tmp_path / "qs.pth"),
+            str(tmp_path / "qs_ours.pth"),
+            "--model",
+            "dcls_quickstart:num_classes=10,in_chans=1",
+        ]
+    )
+    assert report["format"] == "wrapped" and report["mapped"] == len(net.state_dict())
+    loaded = load_model(tmp_path / "qs_ours.pth")
+    assert loaded.provenance.format == "ours" and (loaded.num_classes, loaded.in_chans) == (10, 1)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded.model(x))
+
+
 def test_converter_verify_val_computes_top1_and_warns(tmp_path, capsys):
     cli = _cli()
     from dcls_vision.data.imagefolder import SkipBadImageFolder
@@ -187,10 +209,14 @@ def test_converter_errors_are_one_line(tiny_releases, tmp_path, capsys):
     cli = _cli()
 
     _, path = tiny_releases["bilinear"]
+    plain = tmp_path / "plain.pth"
+    torch.save({"conv.weight": torch.zeros(2, 1, 3, 3)}, plain)
     cases = [
         ([str(path), str(tmp_path / "x.bin")], "has suffix '.bin'; allowed: .pth, .pt, .safetensors"),
         ([str(path), str(tmp_path / "x.pth"), "--model", "convnext_small_dcls"], "allowed: --model convnext_tiny_dcls"),
         ([str(path), str(tmp_path / "x.pth"), "--verify-val", str(tmp_path)], "has 0 class folders"),
+        ([str(plain), str(tmp_path / "x.pth")], "is a state dict without a model config; allowed: --model NAME"),
+        ([str(path), str(tmp_path / "x.pth"), "--limit", "5"], "--limit 5 without --verify-val"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -222,10 +248,19 @@ def test_downstream_runner_starts_from_a_release(tmp_path):
 
     config = ROOT / "configs/downstream/tiny/upernet_tiny-dcls-gauss_ade-shapes.py"
     runner = build_runner(
-        [str(config), "--work-dir", str(tmp_path / "seg"), "--data-root", str(ade), "--backbone-checkpoint",
-         str(tmp_path / "convnext_dcls_tiny_gauss_1k_224_ema.pth"), "--cfg-options", "train_cfg.max_iters=1",
-         "train_cfg.val_interval=1"]
-    )  # fmt: skip
+        [
+            str(config),
+            "--work-dir",
+            str(tmp_path / "seg"),
+            "--data-root",
+            str(ade),
+            "--backbone-checkpoint",
+            str(tmp_path / "convnext_dcls_tiny_gauss_1k_224_ema.pth"),
+            "--cfg-options",
+            "train_cfg.max_iters=1",
+            "train_cfg.val_interval=1",
+        ]
+    )
     runner.register_hook(Probe())
     runner.train()
     assert Probe.loaded is True

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=None,
         metavar="NAME",
-        help="our model name (checked for a release; needed for bare state dicts)",
+        help="our model (checked for a release; state dicts: NAME[:num_classes=N,...])",
     )
     parser.add_argument(
         "--convention",

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 
-from dcls_vision.models.factory import build_model, load_model
+from dcls_vision.models.factory import ModelLoadError, build_model, load_model, parse_model_spec
 from dcls_vision.models.release import Conversion, convert_release, release_state
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import atomic_save, load_checkpoint
@@ -63,24 +63,28 @@ def _release_reference(model: nn.Module, source: Mapping[str, Tensor], conv: Con
         from DCLS.construct.modules import Dcls2d as RefDcls2d
     except ImportError:
         return None
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "implicit GEMM not installed"
     ref, s = copy.deepcopy(model), conv.dilated_kernel_size
-    for i, stage in enumerate(ref.stages):
-        for j, block in enumerate(stage.blocks):
-            dim = block.conv_dw.in_channels
-            layer = RefDcls2d(
-                dim,
-                dim,
-                conv.arch.kernel_count,
-                padding=s // 2,
-                dilated_kernel_size=s,
-                groups=dim,
-                version=conv.convention,
-            )
-            with torch.no_grad():
-                for name in ("weight", "bias", "P") + (("SIG",) if layer.SIG is not None else ()):
-                    getattr(layer, name).copy_(source[f"stages.{i}.{j}.dwconv.{name}"])
-            block.conv_dw = layer
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # Dcls2d logs, per layer, that its implicit-GEMM kernel is not installed
+    try:
+        for i, stage in enumerate(ref.stages):
+            for j, block in enumerate(stage.blocks):
+                dim = block.conv_dw.in_channels
+                layer = RefDcls2d(
+                    dim,
+                    dim,
+                    conv.arch.kernel_count,
+                    padding=s // 2,
+                    dilated_kernel_size=s,
+                    groups=dim,
+                    version=conv.convention,
+                )
+                with torch.no_grad():
+                    for name in ("weight", "bias", "P") + (("SIG",) if layer.SIG is not None else ()):
+                        getattr(layer, name).copy_(source[f"stages.{i}.{j}.dwconv.{name}"])
+                block.conv_dw = layer
+    finally:
+        logging.disable(previous)
     return ref.eval()
 
 
@@ -114,7 +118,15 @@ def _source(src: Path, model: str | None, convention: str | None, dilated_kernel
         }
     if convention is not None or dilated_kernel_size is not None:
         raise ConvertError(f"--convention/--dilated-kernel-size apply to ConvNeXt-dcls releases; {src.name} is not one")
-    loaded = load_model(src, model_name=model)
+    name, kwargs = parse_model_spec(model) if model else (None, {})
+    try:
+        loaded = load_model(src, model_name=name, **kwargs)
+    except ModelLoadError as err:
+        if err.reason != "no_config":
+            raise
+        raise ConvertError(
+            f"{str(src)!r} is a state dict without a model config; allowed: --model NAME[:num_classes=N,...]"
+        ) from err
     d = loaded.data
     data = {
         "num_classes": d.num_classes,
