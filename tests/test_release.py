@@ -123,7 +123,8 @@ def test_foreign_objects_are_refused_with_their_type(tiny_releases, tmp_path):
     state, info = read_checkpoint(tmp_path / "ns_ema.pth")
     assert info.format == "release" and "stages.0.blocks.0.conv_dw.positions" in state
     torch.save({**obj, "trainer": NotAllowed()}, tmp_path / "bad.pth")
-    with pytest.raises(ModelLoadError, match=r"holds a pickled test_release\.NotAllowed object") as err:
+    refused = r"weights_only=True: it holds a pickled test_release\.NotAllowed object"
+    with pytest.raises(ModelLoadError, match=refused) as err:
         read_checkpoint(tmp_path / "bad.pth")
     assert "\n" not in str(err.value) and "argparse.Namespace" in str(err.value)
 

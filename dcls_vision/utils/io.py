@@ -115,6 +115,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise
         allowed = ", ".join(f"{t.__module__}.{t.__qualname__}" for t in SAFE_GLOBALS)
         raise UnsafeCheckpointError(
-            f"checkpoint={str(path)!r} holds a pickled {found[1]} object, which weights_only loading refuses (it "
-            f"could run code); allowed: tensors, plain containers and {allowed}"
+            f"checkpoint={str(path)!r} cannot be loaded with weights_only=True: it holds a pickled {found[1]} object "
+            f"(unpickling it could run code); allowed: tensors, plain containers and {allowed}"
         ) from None
