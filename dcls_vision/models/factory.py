@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dcls_vision.utils.errors import UserError
-from dcls_vision.utils.io import BEST, BEST_EMA, LAST, load_checkpoint
+from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
+
+from .release import RELEASE_DESCRIPTION, ReleaseFormatError, convert_release, is_release, release_state
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -75,7 +77,7 @@ class Provenance:
     """Where the weights of a :class:`LoadedModel` came from."""
 
     source: str  # the checkpoint path, or "timm:<spec>"
-    format: str  # "ours", "wrapped", "plain" or "timm"
+    format: str  # "ours", "release", "wrapped", "plain" or "timm"
     key: str | None = None
 
 
@@ -218,6 +220,20 @@ def _read_plain(obj: Mapping[str, Tensor], path: Path, use_ema: bool) -> tuple[M
     return obj, CheckpointInfo(path, "plain", None, "model")
 
 
+def _read_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    """A ConvNeXt-dcls release (:mod:`.release`) in our layout; its config (model, data) is inferred from the
+    tensors. The published files hold EMA weights (``*_ema.pth``): labelled "ema" when the name says so."""
+    weights = "ema" if "ema" in path.stem.lower() else "model"
+    if use_ema and weights != "ema":
+        raise _no_ema(path, "a release file without _ema in its name: one set of weights")
+    try:
+        conv = convert_release(release_state(obj))
+    except ReleaseFormatError as err:
+        raise ModelLoadError(f"checkpoint={str(path)!r}: {err}", "mismatch", path) from err
+    key = "model" if isinstance(obj, Mapping) and "model" in obj else None
+    return conv.state, CheckpointInfo(path, "release", key, weights, conv.run_config())
+
+
 @dataclass(frozen=True)
 class CheckpointFormat:
     """One kind of checkpoint file: ``detect(obj, path)`` says if a loaded file is one, ``read`` takes its weights."""
@@ -240,6 +256,7 @@ CHECKPOINT_FORMATS: list[CheckpointFormat] = [
         ),
         _read_ours,
     ),
+    CheckpointFormat("release", RELEASE_DESCRIPTION, lambda obj, path: is_release(obj), _read_release),
     CheckpointFormat(
         "wrapped",
         "wrapped: a state dict under 'state_dict' or 'model' (timm, mmengine; needs model_name=)",
@@ -283,6 +300,8 @@ def read_checkpoint(
         )
     try:
         obj = load_checkpoint(path, map_location=map_location)
+    except UnsafeCheckpointError as err:  # one line naming the refused type
+        raise ModelLoadError(str(err), "unreadable", path) from err
     except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelLoadError(

@@ -3,13 +3,15 @@
 The reference maps its position axes differently per version: bilinear ("v0") puts ``P[0]`` on
 kernel rows, while "v1"/"max"/"gauss" put ``P[0]`` on the *last* kernel axis and centre every axis
 with its own ``floor(s/2)``, which mis-centres non-square kernels. We translate to our single
-convention (positions[a] along input axis a, offset from floor(s_a/2)).
+convention (positions[a] along input axis a, offset from floor(s_a/2)). The rule lives in
+:func:`positions_from_dcls` (tensors only), shared by :func:`from_dcls` (layers) and the release converter
+(:mod:`dcls_vision.models.release`, checkpoints).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .dcls import Dcls1d, Dcls2d, Dcls3_1d, Dcls3d, DclsLayer
 
@@ -23,6 +25,33 @@ _SOURCE_AXIS = {
     ("spread", 2): (1, 0),
     ("spread", 3): (2, 1, 0),
 }
+
+
+def _translate(
+    P: Tensor, SIG: Tensor | None, sizes: tuple[int, ...], source: tuple[int, ...], with_sigma: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Our (positions, σ) from the reference's (P, SIG): axis a takes reference axis ``source[a]``, re-centred."""
+    with torch.no_grad():
+        positions = torch.stack([P[src] + sizes[src] // 2 - sizes[a] // 2 for a, src in enumerate(source)])
+        if not with_sigma:
+            return positions, None
+        sigma = torch.stack([SIG[src] if SIG is not None else torch.zeros_like(P[src]) for src in source])
+    return positions, sigma
+
+
+def positions_from_dcls(
+    P: Tensor, SIG: Tensor | None, version: str, dilated_kernel_size: tuple[int, ...], with_sigma: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Our ``positions`` (and ``sigma`` when ``with_sigma``) from a ``dcls`` layer's ``P`` / ``SIG`` tensors.
+
+    ``version``: the reference's kernel construction, which fixes the axis order: "v0" (``P[0]`` on rows) or
+    "v1"/"max"/"gauss" (``P[0]`` on the last kernel axis). Shapes stay (n_axes, out, in/groups, K).
+    """
+    if version not in _VERSIONS:
+        raise ValueError(f"dcls version={version!r} is not supported; allowed: {', '.join(_VERSIONS)}")
+    sizes = tuple(dilated_kernel_size)
+    source = _SOURCE_AXIS[("v0" if version == "v0" else "spread", len(sizes))]
+    return _translate(P, SIG, sizes, source, with_sigma)
 
 
 def from_dcls(layer: nn.Module) -> DclsLayer:
@@ -65,14 +94,14 @@ def from_dcls(layer: nn.Module) -> DclsLayer:
     else:
         ours = classes[name](layer.in_channels, layer.out_channels, layer.kernel_count, sizes, **common)
         source = _SOURCE_AXIS[("v0" if version == "v0" else "spread", len(sizes))]
+    positions, sigma = _translate(layer.P, layer.SIG, sizes, source, ours.sigma is not None)
     with torch.no_grad():
         ours.weight.copy_(layer.weight)
         if layer.bias is not None:
             ours.bias.copy_(layer.bias)
-        for a, src in enumerate(source):
-            ours.positions[a].copy_(layer.P[src] + sizes[src] // 2 - sizes[a] // 2)
-            if ours.sigma is not None:
-                ours.sigma[a].copy_(layer.SIG[src] if layer.SIG is not None else torch.zeros_like(layer.P[src]))
+        ours.positions.copy_(positions)
+        if ours.sigma is not None:
+            ours.sigma.copy_(sigma)
     if version == "v1":
         ours.sigma.requires_grad_(False)
     return ours
