@@ -313,7 +313,8 @@ def read_checkpoint(
     """The (EMA) state dict of a checkpoint file, wrapper prefixes stripped, and what the file says about it.
 
     Read with ``weights_only=True`` (``.safetensors``: safetensors); the first of :data:`CHECKPOINT_FORMATS` (or
-    of ``formats``) that detects the file reads it. Raises :class:`ModelLoadError` naming the file and the formats understood.
+    of ``formats``) that detects the file reads it. Raises :class:`ModelLoadError` naming the file and the formats
+    understood.
     """
     path, readers = Path(path), _formats(formats)
     allowed = "; ".join(f.description for f in readers)
