@@ -66,8 +66,8 @@ def _optional_bool(cfg: DictConfig, key: str) -> None:
 
 
 _SOURCES = (
-    "checkpoint=<a train.py .pth (last/best/best_ema/epoch_XXXX), or a state dict file with model.name=...>, "
-    "or model.name=<timm name> model.pretrained_file=<timm weights file>"
+    "a .pth written by train.py (last/best/best_ema/epoch_XXXX), a release / state dict / .safetensors file "
+    "with model.name=<timm name>, or checkpoint=null with model.name=<timm name> model.pretrained_file=<file>"
 )
 
 
@@ -78,7 +78,7 @@ def _validate_weights_source(cfg: DictConfig) -> None:
         raise EvalConfigError(f"checkpoint=None is required; allowed: {_SOURCES}")
     if ckpt not in (None, "") and pretrained not in (None, ""):
         raise EvalConfigError(
-            f"checkpoint={ckpt!r} and model.pretrained_file={pretrained!r} are both set; allowed: one of {_SOURCES}"
+            f"checkpoint={ckpt!r} and model.pretrained_file={pretrained!r} are both set; allowed: {_SOURCES}"
         )
     key, value = ("checkpoint", ckpt) if ckpt not in (None, "") else ("model.pretrained_file", pretrained)
     if not resolve_path(str(value), key).is_file():
