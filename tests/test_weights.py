@@ -185,7 +185,9 @@ def test_init_checkpoint_fine_tunes_with_another_head_and_resume_wins(five_class
     trainer = Trainer(cfg, 0, 1, 0, torch.device("cpu"))
     note = trainer.resume_note
     assert "skipped the classifier" in note and "head.weight 5x" in note and "->10x" in note, note
-    assert note.count("\n") == 0
+    assert note.count("\n") == 0 and note.startswith("model.init_checkpoint: loaded ")
+    assert f"tensors from {path} (wrapped format)" in note
+    assert trainer.resumed_from is None  # a new run, not a resume
     own = trainer.model.state_dict()
     head = {k for k in own if k.startswith("head.")}
     assert head and all(own[k].shape[0] == 10 for k in head)

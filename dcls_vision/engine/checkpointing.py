@@ -171,11 +171,12 @@ class CheckpointManager:
         path, note = choose_resume_source(own, [("trainer.resume", tcfg.resume), ("model.init_checkpoint", init)])
         if path is None:
             return Resumed(TrainState(), note=note)
-        if init and path != own and not tcfg.resume:  # a new run from these weights: fresh optimizer and schedule
+        if init and path != own and not tcfg.resume:  # not a resume: a new run from these weights
             report = init_from_checkpoint(self.model, path)
             if self.ema is not None:
                 self.ema.set(self.model)
-            return Resumed(TrainState(), path, f"{note}; {report}")
+            why = f"new run (the run dir has no {ckpt.LAST} yet): fresh optimizer, schedule and epoch counter"
+            return Resumed(TrainState(), None, f"{report}; {why}")
         state = ckpt.load_checkpoint(path, map_location="cpu")
         self.model.load_state_dict(state["model"])
         if "optimizer" not in state:  # best.pth / best_ema.pth: weights only, a warm start from epoch 1
