@@ -23,6 +23,7 @@ from dcls_vision.engine.checkpoint import load_checkpoint
 from dcls_vision.engine.config import validate_config
 from dcls_vision.engine.trainer import Trainer
 from dcls_vision.models.factory import ModelLoadError, build_model, init_from_checkpoint
+from dcls_vision.models.factory import load_model as load_model_from
 from dcls_vision.ops import dcls_parameters
 from dcls_vision.robustness import EvalConfigError, load_model, run_eval
 from dcls_vision.robustness.classes import imagenet_synsets
@@ -128,6 +129,10 @@ def test_pretrained_file_goes_through_timm_and_adapts_head_and_stem(baseline, tm
     assert got["fc.weight"].shape == (10, 512)
     assert torch.allclose(got["conv1.weight"], ref["conv1.weight"].sum(1, keepdim=True))
     assert all(torch.equal(got[k], ref[k]) for k in ref if not k.startswith(("fc.", "conv1.")))
+    run = {"model": {"name": "resnet18", "kwargs": {}, "pretrained_file": str(tmp_path / "moved.safetensors")}}
+    torch.save({"model": model.state_dict(), "config": run}, tmp_path / "best.pth")  # a run fine-tuned from a file
+    rebuilt = load_model_from(tmp_path / "best.pth")  # its weights, without reloading the (moved) timm file
+    assert all(torch.equal(v, ref[k]) for k, v in rebuilt.model.state_dict().items())
     with pytest.raises(ModelLoadError, match=r"model.pretrained_file='/nope.safetensors' does not exist"):
         build_model({"name": "resnet18", "pretrained_file": "/nope.safetensors"}, 1000, 3)
     with pytest.raises(ModelLoadError, match=r"convnext_tiny_dcls.*model.init_checkpoint"):

@@ -462,7 +462,8 @@ def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str
                 "mismatch",
                 info.path,
             )
-        cfg = dict(run_model)
+        # the run's initial weights (a timm file, a fine-tuning source) are superseded by these: never reload them
+        cfg = {k: v for k, v in run_model.items() if k not in ("pretrained_file", "init_checkpoint")}
     elif model_name is None:
         raise ModelLoadError(
             f"checkpoint={str(info.path)!r} ({info.format} format) stores no model config; allowed: "
