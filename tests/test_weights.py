@@ -119,6 +119,9 @@ def test_eval_data_config_comes_from_timm_pretrained_cfg_and_is_overridable(base
     overrides = {"crop_pct": 1.0, "img_size": 160}
     over = load_model(root / "resnet18.safetensors", model={"name": "resnet18"}, data=overrides)
     assert (over.config.data.crop_pct, over.config.data.img_size) == (1.0, 160)
+    mm = root / "mmengine_like.pth"  # a foreign "config" entry is not a run config: timm's data config again
+    torch.save({"state_dict": torch.load(root / "resnet18_wrapped.pth")["model"], "config": {"lr": 0.1}}, mm)
+    assert load_model(mm, model={"name": "resnet18"}).config.data.crop_pct == timm_cfg["crop_pct"]
 
 
 def test_pretrained_file_goes_through_timm_and_adapts_head_and_stem(baseline, tmp_path):

@@ -519,7 +519,8 @@ def load_model(
     state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema, map_location, formats)
     num_classes, in_chans = overrides.pop("num_classes", None), overrides.pop("in_chans", None)
     model_cfg = _model_cfg(info, model_name, overrides)
-    run_data = _data_from_run(info.config) if info.config else None
+    has_data = bool(info.config) and isinstance(info.config.get("data"), Mapping)  # else: timm's pretrained cfg
+    run_data = _data_from_run(info.config) if has_data else None
     if run_data is not None:
         num_classes, in_chans = num_classes or run_data.num_classes, in_chans or run_data.in_chans
         run_data = replace(run_data, num_classes=int(num_classes), in_chans=int(in_chans))

@@ -76,7 +76,7 @@ def load_model(
             loaded = factory_load_model(path, use_ema=use_ema, model_name=name, **kwargs)
     except ModelLoadError as err:
         raise EvalConfigError(str(err).replace("model_name=", "model.name=")) from err
-    if loaded.config is None:
+    if loaded.config is None or not {"data", "trainer"} <= set(loaded.config.keys()):  # not a train.py run config
         loaded.config = _foreign_run_config(loaded)
     loaded.config = _with_data_overrides(loaded.config, dict(data or {}))
     loaded.model.to(device).eval()

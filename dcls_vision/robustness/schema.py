@@ -62,7 +62,8 @@ class CorruptedConfig(BenchmarkConfig):
 @dataclass
 class EvalConfig:
     """``python eval.py checkpoint=<run>/best.pth [key=value ...]``: the model, its class order and its
-    preprocessing come from the config stored in the checkpoint."""
+    preprocessing come from the config stored in the checkpoint; for weights without one (``model.name=``, or
+    ``model.pretrained_file=``) from the model's timm pretrained config; ``data.*`` overrides either."""
 
     # our train.py's .pth (last/best/best_ema/epoch_XXXX), any CHECKPOINT_FORMATS file (a release, a plain or
     # {"model": ...} state dict, .safetensors: these need model.name) — or null with model.pretrained_file
