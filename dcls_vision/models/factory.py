@@ -1,10 +1,12 @@
 """Config → model and checkpoint → model, in one place.
 
 :func:`build_model` is how a run config becomes a network (the trainer's call): ``timm.create_model`` of
-``model.name`` with ``model.kwargs`` and ``model.drop_path_rate``. :func:`load_model` gives a ready model (eval
-mode) from any source: one of our checkpoints (rebuilt from the run config stored in it), a run dir, a bare or
-wrapped state dict (with ``model_name=``) or a timm model spec, with its data config, which weights were loaded
-and where they came from. Files are read with ``weights_only=True`` by the first matching reader of
+``model.name`` with ``model.kwargs`` and ``model.drop_path_rate`` (and, with ``model.pretrained_file``, timm's
+own weights from that local file). :func:`init_from_checkpoint` starts a new run from any checkpoint
+(``model.init_checkpoint``; the classifier is skipped when ``num_classes`` differs). :func:`load_model` gives a
+ready model (eval mode) from any source: one of our checkpoints (rebuilt from the run config stored in it), a
+run dir, a bare or wrapped state dict (with ``model_name=``) or a timm model spec, with its data config, which
+weights were loaded and where they came from. Files are read with ``weights_only=True`` by the first matching reader of
 :data:`CHECKPOINT_FORMATS`; teaching the factory a new source (published releases) is appending a reader.
 This module sits in the models layer: it imports ops/utils/timm, never engine, data or anything above.
 """
