@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from dcls_vision.analysis.erf import erf_map, load_images, summarise
     from dcls_vision.analysis.loading import load
 
-    loaded = load(args.model, args.checkpoint, args.ema)
+    loaded = load(args.model, args.checkpoint, args.ema, args.checkpoint_model)
     size = (args.img_size, args.img_size) if args.img_size else loaded.img_size
     images = load_images(args.images, size, loaded.in_chans, loaded.mean, loaded.std, args.num_images)
     erf = erf_map(loaded.model, images, args.layer, args.reduce, args.batch_size)

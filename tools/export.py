@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from dcls_vision.analysis.export import export_and_verify
     from dcls_vision.analysis.loading import example_input, load
 
-    loaded = load(args.model, args.checkpoint, args.ema)
+    loaded = load(args.model, args.checkpoint, args.ema, args.checkpoint_model)
     example = example_input(loaded, args.batch, args.img_size, seed=0)
     check = example_input(loaded, args.batch + 1, args.img_size, seed=1)
     with torch.no_grad():

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         specs = [("convnext_tiny", None), ("convnext_tiny_dcls", None)]
     results = []
     for spec, checkpoint in specs:
-        loaded = load(spec, checkpoint, args.ema)
+        loaded = load(spec, checkpoint, args.ema, args.checkpoint_model)
         h, w = (args.img_size, args.img_size) if args.img_size else loaded.img_size
         counts = analyse(loaded.model, (args.batch, loaded.in_chans, h, w))
         results.append({"model": loaded.name, "source": loaded.source, **counts})

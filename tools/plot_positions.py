@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif not checkpoint and not args.model:
         raise AnalysisError("nothing to plot; allowed: --checkpoint PATH, --run-dir DIR or --model NAME")
     if checkpoint or args.model:
-        loaded = load(args.model, checkpoint, args.ema)
+        loaded = load(args.model, checkpoint, args.ema, args.checkpoint_model)
         groups = position_groups(loaded.model)
         hists = [histograms(g, args.bins_per_cell) for g in groups]
         kernels = [kernel_images(g, args.channels) for g in groups]

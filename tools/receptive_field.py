@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     specs = specs or [(m, None) for m in TABLE_6_1]
     tables = []
     for spec, checkpoint in specs:
-        loaded = load(spec, checkpoint, args.ema)
+        loaded = load(spec, checkpoint, args.ema, args.checkpoint_model)
         h, w = (args.img_size, args.img_size) if args.img_size else loaded.img_size
         shape = (1, loaded.in_chans, h, w)
         try:

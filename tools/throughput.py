@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dcls_vision.analysis.cli import (
+    add_checkpoint_model_arg,
     add_out_arg,
     make_parser,
     non_negative_int,
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="timm model names (name:key=value,... for kwargs), measured in turn in one run",
     )
-    parser.add_argument("--checkpoint", default=None, metavar="PATH", help="also a trainer checkpoint's model")
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="PATH", help="also a checkpoint's model (any format the factory reads)"
+    )
+    add_checkpoint_model_arg(parser)
     parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 8, 32], metavar="N")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--img-size", type=positive_int, default=None, help="input side (default: the model's)")
@@ -90,7 +94,7 @@ def _measure(args: argparse.Namespace, device: Any, amp: Any) -> list[dict[str, 
     specs = [(m, None) for m in args.models] + ([(None, args.checkpoint)] if args.checkpoint else [])
     models = []
     for spec, checkpoint in specs:
-        loaded = load(spec, checkpoint)
+        loaded = load(spec, checkpoint, checkpoint_model=args.checkpoint_model)
         model = loaded.model.to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -47,9 +47,21 @@ def add_model_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
         "--checkpoint",
         default=None,
         metavar="PATH",
-        help="trainer checkpoint (.pth) or run dir; the model is rebuilt from its stored config",
+        help="checkpoint or run dir: ours (the model is rebuilt from its stored config), a release, a state dict "
+        "or .safetensors (then give --checkpoint-model)",
     )
+    add_checkpoint_model_arg(parser)
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+
+
+def add_checkpoint_model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint-model",
+        default=None,
+        metavar="NAME",
+        help="timm model (name:key=value,...) of a --checkpoint that stores no run config (a state dict, "
+        ".safetensors); default: --model",
+    )
 
 
 def add_out_arg(parser: argparse.ArgumentParser, tool: str) -> None:

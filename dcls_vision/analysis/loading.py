@@ -1,4 +1,4 @@
-"""Models for analysis, through the model factory: a timm spec, or a trainer checkpoint (file or run dir).
+"""Models for analysis, through the model factory: a timm spec, or a checkpoint of any format (file or run dir).
 
 :func:`dcls_vision.models.factory.load_model` rebuilds a checkpoint's network exactly as the trainer built it
 (``build_model`` on its stored ``config``), so what the tools analyse is what was trained. Here its errors get
@@ -11,25 +11,33 @@ from pathlib import Path
 
 import torch
 
-from dcls_vision.models.factory import LoadedModel, ModelLoadError, load_model
+from dcls_vision.models.factory import LoadedModel, ModelLoadError, load_model, parse_model_spec
 
 from .errors import AnalysisError
 
 __all__ = ["LoadedModel", "example_input", "from_checkpoint", "load"]
 
 
-def from_checkpoint(path: str | Path, ema: bool = False, map_location: str = "cpu") -> LoadedModel:
-    """A checkpoint file or run dir (its ``last.pth``; with ``ema`` else ``best_ema.pth``) as a model."""
+def from_checkpoint(
+    path: str | Path, ema: bool = False, map_location: str = "cpu", model: str | None = None
+) -> LoadedModel:
+    """A checkpoint of any format the factory reads (file or run dir) as a model; ``model`` (a timm spec) names
+    the network of a file without a run config (a state dict, ``.safetensors``) and must match one with."""
+    name, kwargs = parse_model_spec(model) if model else (None, {})
     try:
-        return load_model(Path(path), use_ema=ema, map_location=map_location)
+        return load_model(Path(path), use_ema=ema, map_location=map_location, model_name=name, **kwargs)
     except ModelLoadError as e:
-        raise AnalysisError(f"{'--ema' if e.reason == 'no_ema' else '--checkpoint'}: {e}") from e
+        option = {"no_ema": "--ema", "no_config": "--checkpoint-model"}.get(e.reason, "--checkpoint")
+        raise AnalysisError(f"{option}: {e}".replace("model_name=", "--checkpoint-model ")) from e
 
 
-def load(model: str | None = None, checkpoint: str | None = None, ema: bool = False) -> LoadedModel:
-    """The model a tool analyses: ``checkpoint`` if given, else the timm ``model`` spec."""
+def load(
+    model: str | None = None, checkpoint: str | None = None, ema: bool = False, checkpoint_model: str | None = None
+) -> LoadedModel:
+    """The model a tool analyses: ``checkpoint`` if given (its network: the run config, else ``checkpoint_model``
+    or ``model``), else the timm ``model`` spec."""
     if checkpoint:
-        return from_checkpoint(checkpoint, ema)
+        return from_checkpoint(checkpoint, ema, model=checkpoint_model or model)
     if model:
         try:
             return load_model(f"timm:{model}")

@@ -19,6 +19,8 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from dcls_vision.models.factory import init_from_checkpoint
+
 from . import checkpoint as ckpt
 from .distributed import barrier, broadcast_object
 from .ema import ModelEma
@@ -158,15 +160,23 @@ class CheckpointManager:
             )
 
     def resume(self) -> Resumed:
-        """Load the checkpoint :func:`choose_resume_source` picks (run dir ``last.pth`` > ``trainer.resume``).
+        """Load the checkpoint :func:`choose_resume_source` picks (run dir ``last.pth`` > ``trainer.resume`` >
+        ``model.init_checkpoint``).
 
-        A weights-only file (``best*.pth``) is a warm start from epoch 1; a full one restores everything.
+        A weights-only file (``best*.pth``) is a warm start from epoch 1; a full one restores everything;
+        ``model.init_checkpoint`` (any format, head skipped when num_classes differs) starts a new run.
         """
-        tcfg = self.cfg.trainer
+        tcfg, init = self.cfg.trainer, self.cfg.model.init_checkpoint
         own = self.run_dir / ckpt.LAST if tcfg.auto_resume else None
-        path, note = choose_resume_source(own, [("trainer.resume", tcfg.resume)])
+        path, note = choose_resume_source(own, [("trainer.resume", tcfg.resume), ("model.init_checkpoint", init)])
         if path is None:
             return Resumed(TrainState(), note=note)
+        if init and path != own and not tcfg.resume:  # not a resume: a new run from these weights
+            report = init_from_checkpoint(self.model, path)
+            if self.ema is not None:
+                self.ema.set(self.model)
+            why = f"new run (the run dir has no {ckpt.LAST} yet): fresh optimizer, schedule and epoch counter"
+            return Resumed(TrainState(), None, f"{report}; {why}")
         state = ckpt.load_checkpoint(path, map_location="cpu")
         self.model.load_state_dict(state["model"])
         if "optimizer" not in state:  # best.pth / best_ema.pth: weights only, a warm start from epoch 1

@@ -82,6 +82,22 @@ def _check_model(cfg: DictConfig) -> None:
             f"e.g. {', '.join(dcls[:12]) or 'resnet50, convnext_tiny'}"
         )
     _num(cfg, "model.drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1) or null")
+    pretrained, init = _get(cfg, "model.pretrained_file"), _get(cfg, "model.init_checkpoint")
+    if pretrained and init:
+        raise ConfigError(
+            f"model.pretrained_file={pretrained!r} and model.init_checkpoint={init!r} are both set; allowed: one "
+            "source of initial weights"
+        )
+    if pretrained and not Path(str(pretrained)).is_file():  # checked before any data loads
+        raise ConfigError(
+            f"model.pretrained_file={pretrained!r} is not a file; allowed: a local .safetensors/.bin/.pth file of "
+            f"timm weights for {name} (nothing is downloaded), or null"
+        )
+    if init and not Path(str(init)).exists():
+        raise ConfigError(
+            f"model.init_checkpoint={init!r} does not exist; allowed: a checkpoint file (any format) or run dir, "
+            "or null"
+        )
 
 
 def _check_data(cfg: DictConfig) -> None:

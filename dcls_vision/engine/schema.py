@@ -19,12 +19,28 @@ from .optim import POSITION_LR_SCALE
 
 
 @dataclass
-class ModelConfig:
-    """``timm.create_model(name, drop_path_rate=..., **kwargs)``; kwargs is open: ``+model.kwargs.dim=16``."""
+class ModelSpecConfig:
+    """``timm.create_model(name, drop_path_rate=..., **kwargs)``; kwargs is open: ``+model.kwargs.dim=16``.
+
+    Shared by train.py (:class:`ModelConfig`) and eval.py (``dcls_vision.robustness.schema``).
+    """
 
     name: str = MISSING
     drop_path_rate: float | None = None  # null = the model's default
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # timm baselines: timm's own weights from a local file (.safetensors, .bin, .pth), loaded by timm
+    # (pretrained_cfg_overlay file=); a different num_classes drops the head. Nothing is ever downloaded.
+    pretrained_file: str | None = None
+
+
+@dataclass
+class ModelConfig(ModelSpecConfig):
+    """train.py's model group: the network and, to fine-tune, the weights a NEW run starts from."""
+
+    # a checkpoint of any format (ours, a release, a plain/wrapped state dict, safetensors): fresh optimizer,
+    # schedule and epoch; the classifier is skipped (reported) when num_classes differs. A run dir's own
+    # last.pth and trainer.resume win over it.
+    init_checkpoint: str | None = None
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Config → model and checkpoint → model, in one place.
 
 :func:`build_model` is how a run config becomes a network (the trainer's call): ``timm.create_model`` of
-``model.name`` with ``model.kwargs`` and ``model.drop_path_rate``. :func:`load_model` gives a ready model (eval
-mode) from any source: one of our checkpoints (rebuilt from the run config stored in it), a run dir, a bare or
-wrapped state dict (with ``model_name=``) or a timm model spec, with its data config, which weights were loaded
-and where they came from. Files are read with ``weights_only=True`` by the first matching reader of
+``model.name`` with ``model.kwargs`` and ``model.drop_path_rate`` (and, with ``model.pretrained_file``, timm's
+own weights from that local file). :func:`init_from_checkpoint` starts a new run from any checkpoint
+(``model.init_checkpoint``; the classifier is skipped when ``num_classes`` differs). :func:`load_model` gives a
+ready model (eval mode) from any source: one of our checkpoints (rebuilt from the run config stored in it), a
+run dir, a bare or wrapped state dict (with ``model_name=``) or a timm model spec, with its data config, which
+weights were loaded and where they came from. Files are read with ``weights_only=True`` by the first matching reader of
 :data:`CHECKPOINT_FORMATS`; teaching the factory a new source (published releases) is appending a reader.
 This module sits in the models layer: it imports ops/utils/timm, never engine, data or anything above.
 """
@@ -77,7 +79,7 @@ class Provenance:
     """Where the weights of a :class:`LoadedModel` came from."""
 
     source: str  # the checkpoint path, or "timm:<spec>"
-    format: str  # "ours", "release", "wrapped", "plain" or "timm"
+    format: str  # a CheckpointFormat name ("ours", "release", ...), "timm" (fresh), "timm-file" (pretrained_file)
     key: str | None = None
 
 
@@ -89,7 +91,7 @@ class LoadedModel:
     name: str  # model.name of the run, or the timm spec
     model_cfg: dict[str, Any]  # name, kwargs (, drop_path_rate): what build_model was given
     data: DataConfig
-    weights: str  # "model", "ema", or "init" (a freshly initialised timm model)
+    weights: str  # "model", "ema", "init" (a freshly initialised timm model) or "pretrained" (timm's, from a file)
     provenance: Provenance
     config: DictConfig | None = None  # the training run's resolved config (our checkpoints)
     epoch: int | None = None
@@ -150,11 +152,44 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, in_chans: int) -
     """
     inner = model_cfg.get("model")
     node = inner if isinstance(inner, Mapping) else model_cfg
-    kwargs = plain_dict(node.get("kwargs"))
+    name, kwargs = str(node["name"]), plain_dict(node.get("kwargs"))
     drop_path = node.get("drop_path_rate")
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
-    return timm.create_model(str(node["name"]), num_classes=num_classes, in_chans=in_chans, **kwargs)
+    pretrained_file = node.get("pretrained_file")
+    if not pretrained_file:
+        return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    overlay = _pretrained_file_overlay(name, str(pretrained_file))
+    try:  # timm's own loader: its filter_fn, a different num_classes drops the head, in_chans adapts the stem
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=num_classes, in_chans=in_chans, **kwargs
+        )
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"model.pretrained_file={pretrained_file!r} cannot be loaded into {name!r} ({first}); allowed: timm's "
+            "weights of that baseline (safetensors, .bin or .pth); for a DCLS model or one of our checkpoints use "
+            "model.init_checkpoint= (train.py) or checkpoint= (eval.py)",
+            "mismatch",
+            Path(pretrained_file),
+        ) from err
+
+
+PRETRAINED_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def _pretrained_file_overlay(name: str, pretrained_file: str) -> dict[str, Any]:
+    """timm's ``pretrained_cfg_overlay`` that loads ``pretrained_file`` and can never download (no hub id, url)."""
+    path = Path(pretrained_file).expanduser()
+    if not path.is_file() or not path.name.endswith(PRETRAINED_SUFFIXES):
+        why = "does not exist" if not path.is_file() else "is not a weights file"
+        raise ModelLoadError(
+            f"model.pretrained_file={pretrained_file!r} {why}; allowed: a local file of timm weights for {name!r} "
+            f"({', '.join(PRETRAINED_SUFFIXES)}); nothing is downloaded",
+            "missing",
+            path,
+        )
+    return {"file": str(path.resolve()), "source": "", "hf_hub_id": None, "url": None, "state_dict": None}
 
 
 # ------------------------------------------------------------------------------- checkpoint formats
@@ -287,8 +322,9 @@ def read_checkpoint(
 ) -> tuple[dict[str, Tensor], CheckpointInfo]:
     """The (EMA) state dict of a checkpoint file, wrapper prefixes stripped, and what the file says about it.
 
-    Read with ``weights_only=True``; the first of :data:`CHECKPOINT_FORMATS` (or of ``formats``) that detects
-    the file reads it. Raises :class:`ModelLoadError` naming the file and the formats understood.
+    Read with ``weights_only=True`` (``.safetensors``: safetensors); the first of :data:`CHECKPOINT_FORMATS` (or
+    of ``formats``) that detects the file reads it. Raises :class:`ModelLoadError` naming the file and the formats
+    understood.
     """
     path, readers = Path(path), _formats(formats)
     allowed = "; ".join(f.description for f in readers)
@@ -404,11 +440,20 @@ def _data_from_timm(model: nn.Module, in_chans: int | None = None) -> DataConfig
     )
 
 
-def _from_timm(spec: str, overrides: dict[str, Any]) -> LoadedModel:
-    """A freshly initialised timm model (weights "init"): the analysis tools' ``--model``."""
+def _from_timm(spec: str, overrides: dict[str, Any], pretrained_file: str | None = None) -> LoadedModel:
+    """A timm model: freshly initialised (weights "init", the analysis tools' ``--model``), or with timm's own
+    weights from ``pretrained_file`` (weights "pretrained", via :func:`build_model`)."""
     spec = spec.removeprefix("timm:")
     name, kwargs = parse_model_spec(spec)
     kwargs = {**kwargs, **overrides}
+    if pretrained_file:
+        num_classes = kwargs.pop("num_classes", None) or timm.get_pretrained_cfg_value(name, "num_classes") or 1000
+        in_chans = int(kwargs.pop("in_chans", None) or 3)
+        model_cfg = {"name": name, "kwargs": kwargs, "pretrained_file": str(pretrained_file)}
+        model = build_model(model_cfg, int(num_classes), in_chans)
+        data = _data_from_timm(model, in_chans)
+        provenance = Provenance(str(pretrained_file), "timm-file")
+        return LoadedModel(model.eval(), spec, model_cfg, data, "pretrained", provenance)
     try:
         model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
@@ -429,7 +474,8 @@ def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str
                 "mismatch",
                 info.path,
             )
-        cfg = dict(run_model)
+        # the run's initial weights (a timm file, a fine-tuning source) are superseded by these: never reload them
+        cfg = {k: v for k, v in run_model.items() if k not in ("pretrained_file", "init_checkpoint")}
     elif model_name is None:
         raise ModelLoadError(
             f"checkpoint={str(info.path)!r} ({info.format} format) stores no model config; allowed: "
@@ -463,6 +509,7 @@ def load_model(
     map_location: str | torch.device = "cpu",
     model_name: str | None = None,
     formats: Sequence[str] | None = None,
+    pretrained_file: str | None = None,
     **overrides: Any,
 ) -> LoadedModel:
     """A model in eval mode from a checkpoint file, a run dir or a timm spec (``"timm:name:k=v"`` or a bare name).
@@ -470,14 +517,22 @@ def load_model(
     Checkpoints are rebuilt with :func:`build_model` from the run config they store (``model_name=`` for state
     dicts without one) and their weights (``use_ema``: the EMA ones) loaded strictly. ``overrides``: more
     ``timm.create_model`` kwargs (``num_classes`` / ``in_chans`` replace the run's). ``formats`` restricts the
-    readers (eval.py needs ``("ours",)``: its data config comes from the run).
+    readers. ``pretrained_file`` (with a timm spec only): timm's own weights of that model from a local file.
+    Without a run config in the file the data config is the model's timm pretrained config.
     """
     if _is_timm_spec(source):
-        return _from_timm(str(source), overrides)
+        return _from_timm(str(source), overrides, pretrained_file)
+    if pretrained_file:
+        raise ModelLoadError(
+            f"model.pretrained_file={pretrained_file!r} and checkpoint={str(source)!r} both given; allowed: one "
+            "source of weights",
+            "bad_spec",
+        )
     state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema, map_location, formats)
     num_classes, in_chans = overrides.pop("num_classes", None), overrides.pop("in_chans", None)
     model_cfg = _model_cfg(info, model_name, overrides)
-    run_data = _data_from_run(info.config) if info.config else None
+    has_data = bool(info.config) and isinstance(info.config.get("data"), Mapping)  # else: timm's pretrained cfg
+    run_data = _data_from_run(info.config) if has_data else None
     if run_data is not None:
         num_classes, in_chans = num_classes or run_data.num_classes, in_chans or run_data.in_chans
         run_data = replace(run_data, num_classes=int(num_classes), in_chans=int(in_chans))
@@ -496,3 +551,52 @@ def load_model(
         info.epoch,
         info.metrics,
     )
+
+
+# ------------------------------------------------------------------------------ init (fine-tuning)
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier (``get_classifier()``, else timm's ``pretrained_cfg['classifier']``)."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    prefixes = [f"{n}." for n, m in model.named_modules() if n and classifier is not None and m is classifier]
+    if not prefixes:
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+        prefixes = [f"{n}." for n in ([names] if isinstance(names, str) else names)]
+    return {k for k in model.state_dict() if k.startswith(tuple(prefixes))} if prefixes else set()
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def init_from_checkpoint(model: nn.Module, source: str | os.PathLike, use_ema: bool = False) -> str:
+    """Load a checkpoint of any format into ``model`` to start a new run (fine-tuning); one line saying what.
+
+    Strict except for the classifier: when its shapes differ (another ``num_classes``) the head keeps its fresh
+    init and is reported as skipped. Any other missing, unexpected or mis-shaped key is a :class:`ModelLoadError`.
+    Parameters are copied in place, so optimizer groups built from them (DCLS positions/sigma) are unchanged.
+    """
+    state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema)
+    own, head = model.state_dict(), _head_keys(model)
+    bad_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
+    skip = {k for k in head if k in state} if any(k in head for k in bad_shape) else set()
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and k not in skip]
+    problems = [f"{k}: {_shape(state[k])} in the file vs {_shape(own[k])} here" for k in bad_shape if k not in skip]
+    problems += [f"unexpected {k}" for k in unexpected] + [f"missing {k}" for k in missing]
+    if problems:
+        trained = ((info.config or {}).get("model") or {}).get("name")
+        was = f", trained as {trained!r}" if trained else ""
+        raise ModelLoadError(
+            f"model.init_checkpoint={str(source)!r} ({info.format} format{was}) does not fit this model beyond its "
+            f"classifier: {len(problems)} problem(s): {'; '.join(problems[:4])}; allowed: a checkpoint of the same "
+            "architecture and model.kwargs (only the head may differ)",
+            "mismatch",
+            info.path,
+        )
+    with torch.no_grad():
+        model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=not skip)
+    line = f"model.init_checkpoint: loaded {len(state) - len(skip)} tensors from {info.path} ({info.format} format)"
+    if skip:
+        shapes = ", ".join(f"{k} {_shape(state[k])}->{_shape(own[k])}" for k in sorted(skip))
+        line += f"; skipped the classifier (another num_classes), freshly initialised: {shapes}"
+    return line

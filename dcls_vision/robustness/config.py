@@ -65,16 +65,31 @@ def _optional_bool(cfg: DictConfig, key: str) -> None:
         raise EvalConfigError(f"{key}={value!r} must be true, false or null")
 
 
+_SOURCES = (
+    "a .pth written by train.py (last/best/best_ema/epoch_XXXX), a release / state dict / .safetensors file "
+    "with model.name=<timm name>, or checkpoint=null with model.name=<timm name> model.pretrained_file=<file>"
+)
+
+
+def _validate_weights_source(cfg: DictConfig) -> None:
+    """Exactly one weights file: ``checkpoint`` or ``model.pretrained_file`` (which needs ``model.name``)."""
+    ckpt, pretrained = _select(cfg, "checkpoint"), _select(cfg, "model.pretrained_file")
+    if ckpt in (None, "") and pretrained in (None, ""):
+        raise EvalConfigError(f"checkpoint=None is required; allowed: {_SOURCES}")
+    if ckpt not in (None, "") and pretrained not in (None, ""):
+        raise EvalConfigError(
+            f"checkpoint={ckpt!r} and model.pretrained_file={pretrained!r} are both set; allowed: {_SOURCES}"
+        )
+    key, value = ("checkpoint", ckpt) if ckpt not in (None, "") else ("model.pretrained_file", pretrained)
+    if not resolve_path(str(value), key).is_file():
+        raise EvalConfigError(f"{key}={value!r} is not a file; allowed: {_SOURCES}")
+    if key == "model.pretrained_file" and _select(cfg, "model.name") in (None, ""):
+        raise EvalConfigError(f"model.pretrained_file={value!r} needs model.name=<the timm model it belongs to>")
+
+
 def validate_eval_config(cfg: DictConfig) -> list[str]:
     """Raise :class:`EvalConfigError` for the first unusable value; returns the benchmarks to run, in order."""
-    ckpt = _select(cfg, "checkpoint")
-    if ckpt in (None, ""):
-        raise EvalConfigError(
-            "checkpoint=None is required; allowed: a .pth written by train.py "
-            "(last.pth, best.pth, best_ema.pth, epoch_XXXX.pth)"
-        )
-    if not resolve_path(str(ckpt), "checkpoint").is_file():
-        raise EvalConfigError(f"checkpoint={ckpt!r} is not a file; allowed: a .pth written by train.py")
+    _validate_weights_source(cfg)
     if not isinstance(_select(cfg, "use_ema"), bool):
         raise EvalConfigError(f"use_ema={_select(cfg, 'use_ema')!r} must be true or false")
     benchmarks = _choices(cfg, "benchmarks", list(BENCHMARKS))
@@ -111,4 +126,7 @@ def validate_eval_config(cfg: DictConfig) -> list[str]:
 
 
 def checkpoint_path(cfg: DictConfig) -> Path:
-    return resolve_path(str(cfg.checkpoint), "checkpoint")
+    """The weights file evaluated: ``checkpoint``, else ``model.pretrained_file``."""
+    if cfg.checkpoint:
+        return resolve_path(str(cfg.checkpoint), "checkpoint")
+    return resolve_path(str(cfg.model.pretrained_file), "model.pretrained_file")

@@ -57,7 +57,9 @@ class Evaluator:
         self.out_dir = self._setup_out_dir(Path(str(cfg.output_dir)))
         self.log = RunLogger(self.out_dir, rank, progress=cfg.get("progress"))
         self.ckpt = checkpoint_path(cfg)
-        self.loaded: LoadedModel = load_model(self.ckpt, bool(cfg.get("use_ema", False)), device)
+        self.loaded: LoadedModel = load_model(
+            self.ckpt, bool(cfg.use_ema), device, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.data)
+        )
         train_cfg = self.loaded.config
         tcfg, self.data_cfg = train_cfg.trainer, OmegaConf.to_container(train_cfg.data, resolve=True)
         self.batch_size = int(cfg.get("batch_size") or tcfg.get("val_batch_size") or tcfg.batch_size)
@@ -350,6 +352,11 @@ class Evaluator:
             "channels_last": self.channels_last,
             "benchmarks": list(self.benchmarks),
         }
+        given = {k: v for k, v in OmegaConf.to_container(self.cfg.data).items() if v is not None}
+        if given:  # data.* overrides change every figure
+            key["data"] = given
+        if self.cfg.model.name:  # weights without a run config: the architecture they were loaded into
+            key["model"] = {"name": str(self.cfg.model.name), "kwargs": OmegaConf.to_container(self.cfg.model.kwargs)}
         for k in self.benchmarks:
             section = self.cfg.get(k, {})
             root = section.get("root")

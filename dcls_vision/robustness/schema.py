@@ -9,9 +9,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from dcls_vision.engine.schema import ModelSpecConfig
 
 from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, SEVERITIES
+
+
+@dataclass
+class EvalModelConfig(ModelSpecConfig):
+    """The network when the weights file stores no run config (a plain/wrapped state dict, safetensors, or
+    timm's weights via pretrained_file); with one of our checkpoints name may stay null (the run's)."""
+
+    name: str | None = None  # a timm name: convnext_tiny, resnet50, convnext_tiny_dcls, ...
+
+
+@dataclass
+class EvalDataConfig:
+    """Preprocessing overrides; null = the checkpoint's run config, else the model's timm pretrained config."""
+
+    img_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass
@@ -43,9 +62,14 @@ class CorruptedConfig(BenchmarkConfig):
 @dataclass
 class EvalConfig:
     """``python eval.py checkpoint=<run>/best.pth [key=value ...]``: the model, its class order and its
-    preprocessing come from the config stored in the checkpoint."""
+    preprocessing come from the config stored in the checkpoint; for weights without one (``model.name=``, or
+    ``model.pretrained_file=``) from the model's timm pretrained config; ``data.*`` overrides either."""
 
-    checkpoint: str = MISSING  # a .pth written by train.py: last.pth, best.pth, best_ema.pth, epoch_XXXX.pth
+    # our train.py's .pth (last/best/best_ema/epoch_XXXX), any CHECKPOINT_FORMATS file (a release, a plain or
+    # {"model": ...} state dict, .safetensors: these need model.name) — or null with model.pretrained_file
+    checkpoint: str | None = None
+    model: EvalModelConfig = field(default_factory=EvalModelConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
     use_ema: bool = False  # true: the EMA weights of last.pth (best_ema.pth holds EMA weights either way)
     benchmarks: Any = field(default_factory=lambda: list(BENCHMARKS))  # subset, run order
     name: str | None = None  # table row label; null = the run's experiment_name (+ " (EMA)")
