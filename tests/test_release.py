@@ -265,3 +265,29 @@ def test_downstream_runner_starts_from_a_release(tmp_path):
     runner.register_hook(Probe())
     runner.train()
     assert Probe.loaded is True
+
+
+def test_eval_py_reads_a_release_file_as_it_is(tmp_path):
+    """eval.py checkpoint=<release .pth> (no conversion): top-1 of the reference network on the same images."""
+    from hydra import compose, initialize_config_dir
+
+    from dcls_vision.data.imagefolder import SkipBadImageFolder
+    from dcls_vision.data.transforms import imagenet_transforms
+    from dcls_vision.robustness.runner import run_eval
+    from dcls_vision.utils.paths import config_dir
+
+    ref = ReleaseConvNeXtDcls(**TINY, num_classes=4, seed=5).eval()
+    release_file(ref, tmp_path / "four_ema.pth")
+    val = _image_folder(tmp_path / "val", 4, 3)
+    (tmp_path / "classes.txt").write_text("".join(f"n{c:08d}\n" for c in range(4)))
+    overrides = [f"checkpoint={tmp_path / 'four_ema.pth'}", f"val.root={val}", f"classes={tmp_path / 'classes.txt'}"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"output_dir={tmp_path / 'out'}", "progress=false", "device=cpu", *overrides])
+    top1 = run_eval(cfg)["benchmarks"]["val"]["top1"]
+    data = load_model(tmp_path / "four_ema.pth").data  # the data config eval.py used (the model's timm config)
+    transform = imagenet_transforms(
+        {"img_size": data.img_size[0], "crop_pct": data.crop_pct, "interpolation": data.interpolation}, None
+    )[1]
+    with torch.no_grad():
+        hits = [int(ref(x[None]).argmax()) == y for x, y in SkipBadImageFolder(val, transform=transform)]
+    assert top1 == pytest.approx(100.0 * sum(hits) / len(hits))
