@@ -26,10 +26,11 @@ THESIS_SIZES = {"mmdet": (1280, 800), "mmseg": (2048, 512)}  # (W, H): COCO 1280
 NUM_PROPOSALS, NUM_MASK_ROIS = 1000, 100
 
 
-def load_model(config: str | Path, cfg_options: dict | None = None) -> tuple[nn.Module, Any]:
+def load_model(config: str | Path, backbone: str | None = None) -> tuple[nn.Module, Any]:
     """The config's whole model (random weights: costs do not depend on them), in eval mode, and the config.
 
-    The backbone's ``checkpoint`` is dropped: nothing is read from disk.
+    The backbone's ``checkpoint`` is dropped: nothing is read from disk. ``backbone``: a timm model name that
+    replaces the config's backbone (``DclsBackbone``), e.g. ``convnext_tiny`` for the baseline of a -dcls config.
     """
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -39,8 +40,9 @@ def load_model(config: str | Path, cfg_options: dict | None = None) -> tuple[nn.
     if not Path(config).is_file():
         raise CliError(f"config {str(config)!r} does not exist; allowed: an mmengine config file (configs/downstream/)")
     cfg = Config.fromfile(str(config))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    if backbone:
+        keep = {k: cfg.model.backbone[k] for k in ("out_indices", "drop_path_rate") if k in cfg.model.backbone}
+        cfg.model.backbone = dict(type="DclsBackbone", model_name=backbone, **keep)
     scope = cfg.get("default_scope")
     if scope not in THESIS_SIZES:
         raise CliError(f"config {str(config)!r} has default_scope {scope!r}; allowed: mmdet, mmseg")

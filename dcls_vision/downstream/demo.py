@@ -1,4 +1,4 @@
-"""Draw a fine-tuned model's predictions: ``python -m dcls_vision.downstream.demo CONFIG CHECKPOINT IMAGE... --out DIR``.
+"""Draw a fine-tuned model's predictions: ``python -m dcls_vision.downstream.demo CONFIG CKPT IMAGE... --out DIR``.
 
 Detectors: boxes, masks and class/score labels (mmdet's ``DetLocalVisualizer``); segmentors: the class map blended
 over the image (mmseg's ``SegLocalVisualizer``). One PNG per input, ``DIR/<image stem>.png``, drawn off-screen
