@@ -8,7 +8,7 @@ heads on 100, every cascade stage (the convention of mmdet/mmseg's get_flops beh
 Parameters: the whole model (auxiliary head included). Weights are random: costs do not depend on them.
 
     python tools/downstream_flops.py configs/downstream/ade20k/*.py configs/downstream/coco/*.py
-    python tools/downstream_flops.py configs/downstream/ade20k/upernet_convnext-t-dcls_8xb2-*.py --backbone convnext_tiny
+    python tools/downstream_flops.py configs/downstream/ade20k/upernet_convnext-t-dcls_8xb2*.py --backbone convnext_tiny
     python tools/downstream_flops.py configs/downstream/tiny/*.py --size 256 128 --out flops.jsonl
 """
 

@@ -51,6 +51,17 @@ def _device(name: str) -> Any:
     return device
 
 
+def _cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def measure(config: str, args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """One config: build, move to ``device``, time preprocessing + ``predict`` on random images."""
     import torch
@@ -76,7 +87,7 @@ def measure(config: str, args: argparse.Namespace, device: Any) -> dict[str, Any
         "size_wh": [shape[3], shape[2]],
         "test_mode": str((cfg.model.get("test_cfg") or {}).get("mode", "")) or None,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         **timing,
