@@ -66,7 +66,7 @@ class Views(Hook):
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         inputs = data_batch["inputs"]
-        self.views.append(len(inputs) if isinstance(inputs[0], list) else 1)
+        self.views.append(len(inputs) if isinstance(inputs[0], (list, tuple)) else 1)
 
 
 # ------------------------------------------------------------------------------------------------- TTA
