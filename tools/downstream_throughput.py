@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--size", nargs=2, type=int, metavar=("W", "H"), help="input size (default: 1280 800 det, 2048 512 seg)"
     )
+    parser.add_argument(
+        "--backbone", metavar="TIMM_NAME", help="replace the backbone, e.g. convnext_tiny: the -dcls config's baseline"
+    )
     parser.add_argument("--batch", type=int, default=1, help="images per predict call (default 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls, median reported (default 3)")
@@ -69,7 +72,7 @@ def measure(config: str, args: argparse.Namespace, device: Any) -> dict[str, Any
     from dcls_vision.analysis.throughput import time_step
     from dcls_vision.downstream import complexity
 
-    model, cfg = complexity.load_model(config)
+    model, cfg = complexity.load_model(config, args.backbone)
     model = model.to(device)
     shape = complexity.input_shape(cfg, tuple(args.size) if args.size else None, args.batch)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(255).to(device)
@@ -84,6 +87,7 @@ def measure(config: str, args: argparse.Namespace, device: Any) -> dict[str, Any
     return {
         "config": config,
         "model": type(model).__name__,
+        "backbone": cfg.model.backbone.get("model_name", cfg.model.backbone.type),
         "size_wh": [shape[3], shape[2]],
         "test_mode": str((cfg.model.get("test_cfg") or {}).get("mode", "")) or None,
         "device": str(device),
