@@ -16,6 +16,7 @@ per input element of every reduction and per scattered element (the bilinear sca
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,29 +100,61 @@ def _groups(model: nn.Module) -> list[str]:
     return names
 
 
-def count_forward(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
-    """FLOPs (2 x MACs) of one forward of a plain-convolution copy of ``model`` on meta tensors, and per part.
+Forward = Callable[[nn.Module, torch.Tensor], Any]
+
+
+def _call(model: nn.Module, x: torch.Tensor) -> Any:
+    return model(x)
+
+
+def count_forward(
+    model: nn.Module, input_shape: tuple[int, ...], forward: Forward = _call, device: str = "meta"
+) -> tuple[int, dict[str, int]]:
+    """FLOPs (2 x MACs) of ``forward(plain, x)`` on a plain-convolution copy of ``model``, and per part.
 
     The copy is converted where the model is (building kernels on meta tensors runs slow Python meta
-    kernels), then moved to meta: the forward then costs nothing.
+    kernels), then moved to ``device``: on meta the forward costs nothing; ``device="cpu"`` (real zeros in,
+    computed) is for models whose forward has ops without meta kernels (mmcv's RoIAlign in a detector).
+    ``forward`` picks what one inference is (default ``plain(x)``; a detector's or segmentor's test-time path).
     """
-    plain = convert_to_conv(copy.deepcopy(model).eval()).to("meta")
-    x = torch.empty(input_shape, device="meta")
+    plain = convert_to_conv(copy.deepcopy(model).eval()).to(device)
+    x = torch.zeros(input_shape, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        plain(x)
-    counts = fc.get_flop_counts()
+        forward(plain, x)
+    return int(fc.get_total_flops()), _parts(plain, fc.get_flop_counts())
+
+
+def _parts(plain: nn.Module, counts: dict[str, dict[Any, int]]) -> dict[str, int]:
+    """FLOPs per part (see :func:`_groups`). FlopCounterMode names a module by its path under the root when the
+    root was called, else (a forward that calls parts directly) by its class: such a class counts for the one
+    part that holds it. What no part claims is ``other``."""
     root = type(plain).__name__
-    parts = {g: int(sum(counts.get(f"{root}.{g}", {}).values())) for g in _groups(plain)}
-    return int(fc.get_total_flops()), parts
+    groups = _groups(plain)
+    owners: dict[str, set[str]] = {}
+    for g in groups:
+        for m in plain.get_submodule(g).modules():
+            owners.setdefault(type(m).__name__, set()).add(g)
+    parts = {g: int(sum(counts.get(f"{root}.{g}", {}).values())) for g in groups}
+    for key, per_op in counts.items():
+        owner = owners.get(key, set())
+        if "." not in key and key not in (root, "Global") and len(owner) == 1:
+            parts[next(iter(owner))] += int(sum(per_op.values()))
+    other = int(sum(counts.get("Global", {}).values())) - sum(parts.values())
+    if other:
+        parts["other"] = other
+    return parts
 
 
-def analyse(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+def analyse(
+    model: nn.Module, input_shape: tuple[int, ...], forward: Forward = _call, device: str = "meta"
+) -> dict[str, Any]:
     """Parameters, forward MACs/FLOPs (per image and per part) and construction cost of ``model``.
 
     ``input_shape`` is (N, C, H, W); forward figures are per image (divided by N), construction per pass.
+    ``forward`` and ``device`` as in :func:`count_forward` (whole detectors / segmentors pass theirs).
     """
     batch = input_shape[0]
-    flops, parts = count_forward(model, input_shape)
+    flops, parts = count_forward(model, input_shape, forward, device)
     layers = list(dcls_layers(model))
     construction = [count_construction(layer) for layer in layers]
     c_matmul = sum(c.matmul_flops for c in construction)

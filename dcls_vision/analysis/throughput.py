@@ -61,6 +61,29 @@ def _step_fn(
     return train_step
 
 
+def time_step(
+    step: Callable[[], Any], device: torch.device, batch: int, warmup: int = 2, repeats: int = 5
+) -> dict[str, Any]:
+    """``warmup`` untimed then ``repeats`` timed calls of ``step`` (CUDA synchronised): median latency and
+    images/s for a step that processes ``batch`` images. Any step: a classifier's, a whole detector's."""
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "batch": batch,
+        "median_ms": 1e3 * median,
+        "min_ms": 1e3 * min(times),
+        "images_per_s": batch / median,
+        "repeats": repeats,
+    }
+
+
 def measure(
     model: nn.Module,
     mode: str,
@@ -84,22 +107,7 @@ def measure(
     model.train(mode == "train")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-8) if mode == "train" else None
     step = _step_fn(model, mode, x, y, amp, optimizer)
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    out = {
-        "batch": batch,
-        "median_ms": 1e3 * median,
-        "min_ms": 1e3 * min(times),
-        "images_per_s": batch / median,
-        "repeats": repeats,
-    }
+    out = time_step(step, device, batch, warmup, repeats)
     if memory:
         resident = (model, x, y) if optimizer is None else (model, optimizer, x, y)
         out["peak_mem_mb"] = peak_memory_bytes(step, device, resident) / 2**20

@@ -1,6 +1,7 @@
 """Evaluate a fine-tuned detector / segmentor: ``python -m dcls_vision.downstream.test CONFIG CHECKPOINT``.
 
-Prints the metrics (COCO bbox/segm AP, mIoU, ...) as one JSON line on rank 0. Same launchers as ``train``
+Prints the metrics (COCO bbox/segm AP, mIoU, ...) as one JSON line on rank 0. ``--tta``: multi-scale (0.5-1.75 ×
+the test scale) + flip testing, see :mod:`dcls_vision.downstream.tta`. Same launchers as ``train``
 (``torchrun ... -m dcls_vision.downstream.test``, ``srun ...``). Exit codes: 0 done, 2 bad argument.
 """
 
@@ -21,10 +22,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("checkpoint", help="a checkpoint written by `dcls_vision.downstream.train` (iter_N.pth ...)")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="multi-scale (0.5, 0.75, 1.0, 1.25, 1.5, 1.75 x the test scale) + flip: segmentation and box detectors",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def build_runner(argv: Sequence[str] | None = None) -> tuple[Any, int]:
+    """The test Runner for the command line ``argv`` (the checkpoint loads when it runs) and this process' rank."""
     args = parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise CliError(
@@ -36,9 +43,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg.load_from = args.checkpoint
     cfg.model.backbone.checkpoint = None  # the fine-tuned weights come from the checkpoint
     ensure_hooks(cfg)
+    if args.tta:
+        from .tta import apply_tta
+
+        apply_tta(cfg)
     from mmengine.runner import Runner
 
-    metrics = Runner.from_cfg(cfg).test()
+    return Runner.from_cfg(cfg), rank
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    runner, rank = build_runner(argv)
+    metrics = runner.test()
     if rank == 0:
         print(
             json.dumps({k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()}), flush=True
