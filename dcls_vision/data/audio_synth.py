@@ -142,9 +142,12 @@ def ensure_embedded_audioset(
         _write_split(tmp, "train", n_train, rng, bank, range(TRAIN_RENDITIONS))
         _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS))
         (tmp / DONE).write_text(json.dumps(settings))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
         if root.exists():
             if not done.is_file() and any(root.iterdir()):
-                raise AudioDataError(f"data.root={root} exists and is not an embedded audio set; choose an empty folder")
+                raise AudioDataError(
+                    f"data.root={root} exists and is not an embedded audio set; choose an empty folder"
+                )
             shutil.rmtree(root)  # an embedded set made with other settings
         os.replace(tmp, root)
     finally:
