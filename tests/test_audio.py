@@ -129,3 +129,20 @@ def test_audio_quickstart_trains_end_to_end(embedded: Path, tmp_path: Path) -> N
     assert (tmp_path / "run" / "best.pth").is_file()
     stats = json.loads((embedded / "norm_stats_folder_train.json").read_text())  # training-set normalisation
     assert stats["clips"] == N_TRAIN and stats["std"] > 0
+
+
+def test_init_checkpoint_copies_matching_tensors_through_the_factory(tmp_path: Path) -> None:
+    """An image checkpoint initialises the audio net: body copied, new (2,16) stem and 30-way head left fresh."""
+    from dcls_vision.models.factory import ModelLoadError, build_model
+
+    image = timm.create_model("dcls_quickstart", num_classes=10)
+    torch.save(image.state_dict(), tmp_path / "image.pth")
+    torch.manual_seed(0)
+    audio = build_model({"name": "dcls_quickstart_audio", "init_checkpoint": str(tmp_path / "image.pth")}, 30, 1)
+    src, dst = image.state_dict(), audio.state_dict()
+    body = [k for k in dst if k.startswith("stages.")]
+    assert body and all(torch.equal(dst[k], src[k]) for k in body)  # positions/sigma included
+    assert dst["stem.0.weight"].shape == (32, 1, 2, 16) and dst["head.weight"].shape == (30, 32)
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ModelLoadError, match="init_checkpoint=.*match"):
+        build_model({"name": "dcls_quickstart_audio", "init_checkpoint": str(tmp_path / "other.pth")}, 30, 1)

@@ -25,6 +25,8 @@ class ModelConfig:
     name: str = MISSING
     drop_path_rate: float | None = None  # null = the model's default
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # a checkpoint whose tensors matching by name and shape initialise the model (ImageNet -> audio; factory)
+    init_checkpoint: str | None = None
 
 
 @dataclass

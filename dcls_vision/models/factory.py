@@ -152,7 +152,32 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, in_chans: int) -
     drop_path = node.get("drop_path_rate")
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
-    return timm.create_model(str(node["name"]), num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = timm.create_model(str(node["name"]), num_classes=num_classes, in_chans=in_chans, **kwargs)
+    init = node.get("init_checkpoint")
+    if init:
+        init_from_checkpoint(model, init)
+    return model
+
+
+def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, min_fraction: float = 0.5) -> dict[str, int]:
+    """Copy every tensor of checkpoint ``path`` whose name and shape match ``model`` (e.g. ImageNet weights into
+    an audio model: the new stem and the 527-way head keep their fresh init, as DCLS-Audio's strict=False load).
+
+    Any format :func:`read_checkpoint` reads. Fewer than ``min_fraction`` of the model's tensors matched means the
+    checkpoint is of another architecture: :class:`ModelLoadError`. Returns counts of loaded/skipped tensors.
+    """
+    state, _ = read_checkpoint(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(fits) < min_fraction * len(own):
+        raise ModelLoadError(
+            f"model.init_checkpoint={str(path)!r}: only {len(fits)} of the model's {len(own)} tensors match it by "
+            f"name and shape; allowed: a checkpoint of the same architecture (stem/head may differ)",
+            "mismatch",
+            Path(path),
+        )
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": len(fits), "skipped": len(own) - len(fits)}
 
 
 # ------------------------------------------------------------------------------- checkpoint formats
