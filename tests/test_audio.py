@@ -146,3 +146,33 @@ def test_init_checkpoint_copies_matching_tensors_through_the_factory(tmp_path: P
     torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "other.pth")
     with pytest.raises(ModelLoadError, match="init_checkpoint=.*match"):
         build_model({"name": "dcls_quickstart_audio", "init_checkpoint": str(tmp_path / "other.pth")}, 30, 1)
+
+
+@pytest.mark.parametrize("freq", [440.0, 1000.0, 6000.0])
+def test_logmel_puts_a_tone_in_its_htk_mel_band(freq: float) -> None:
+    """128 HTK-mel bands in 50 Hz-14 kHz (torchaudio MelScale defaults): a pure tone peaks in the band centred on it."""
+    t = torch.arange(CLIP_SAMPLES) / 32000.0
+    db = LogMel(mean=0.0, std=1.0).db_mel((0.5 * torch.sin(2 * np.pi * freq * t))[None])
+    assert db.shape == (1, 128, 1001)
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    centres = 700.0 * (10 ** (np.linspace(mel(50.0), mel(14000.0), 130)[1:-1] / 2595.0) - 1.0)
+    assert int(db[0, :, 500].argmax()) == int(np.abs(centres - freq).argmin())
+    assert float(db[0, :, 500].max()) > float(db[0, :, 500].median()) + 30  # a sharp peak, in dB
+
+
+def test_arrays_layout_waveforms_and_precomputed_mel(tmp_path: Path) -> None:
+    from dcls_vision.data.audio import AudioDataError, AudioSetArrays
+
+    targets = np.eye(3, dtype=np.uint8)[[0, 2]]
+    np.save(tmp_path / "train_data.npy", (np.ones((2, 16000)) * 16384).astype(np.int16))  # 0.5 s of int16
+    np.save(tmp_path / "train_targets.npy", targets)
+    ds = AudioSetArrays(tmp_path, "train")
+    wave, target = ds[1]
+    assert wave.shape == (CLIP_SAMPLES,) and wave[:16000].eq(0.5).all() and wave[16000:].eq(0).all()
+    assert target.tolist() == [0.0, 0.0, 1.0]
+    np.save(tmp_path / "eval_data.npy", np.full((2, 128, 1001), -18.0, dtype=np.float32))  # dB mel
+    np.save(tmp_path / "eval_targets.npy", targets)
+    mel = AudioSetArrays(tmp_path, "eval")[0][0]
+    assert LogMel(mean=-20.0, std=4.0)(mel[None]).flatten().unique().tolist() == [0.5]  # only normalised
+    with pytest.raises(AudioDataError, match="test_data.npy not found"):
+        AudioSetArrays(tmp_path, "test")

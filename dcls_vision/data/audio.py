@@ -178,7 +178,7 @@ class AudioSetArrays(Dataset):
                 x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
             x = pad_or_truncate(x.astype(np.float32), self.clip_samples)
         target = torch.from_numpy(np.asarray(self.targets[i], dtype=np.float32))
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), target
+        return torch.from_numpy(np.array(x, dtype=np.float32)), target  # a copy: memmaps are read-only
 
 
 def norm_stats(dataset: Dataset, cache: Path | None, max_clips: int = 1000) -> tuple[float, float]:
