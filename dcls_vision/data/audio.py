@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,9 @@ def norm_stats(dataset: Dataset, cache: Path | None, max_clips: int = 1000) -> t
     std = max((s2 / count - mean**2) ** 0.5, 1e-6)
     if cache is not None:
         try:
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"mean": mean, "std": std, "clips": len(idx)}))
+            fd, tmp = tempfile.mkstemp(prefix=cache.name, dir=cache.parent)  # unique: ranks may race here
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"mean": mean, "std": std, "clips": len(idx)}))
             os.replace(tmp, cache)
         except OSError:
             pass  # a read-only data folder: recomputed next time

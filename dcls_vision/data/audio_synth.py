@@ -143,6 +143,8 @@ def ensure_embedded_audioset(
         _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS))
         (tmp / DONE).write_text(json.dumps(settings))
         tmp.chmod(0o755)  # mkdtemp makes it 0700
+        if done.is_file() and json.loads(done.read_text()) == settings:
+            return root  # another process (a DDP rank) finished the same set meanwhile: keep its copy
         if root.exists():
             if not done.is_file() and any(root.iterdir()):
                 raise AudioDataError(
