@@ -163,7 +163,7 @@ def _typed(flat: dict) -> dict:
 
 
 # keys added to the schemas after the snapshot, with the value every snapshotted experiment composes to
-ADDED_KEYS = {"model.init_checkpoint": None}
+ADDED_KEYS = {"model.init_checkpoint": None, "trainer.head_bias_prior": False}
 
 
 @pytest.mark.parametrize("name", [None, *(n for n in ALL_EXPERIMENTS if n in BEFORE["experiments"])])

@@ -169,6 +169,7 @@ class TrainerConfig:
     clip_mode: str = "norm"  # norm | value | agc
     loss: str = "ce"  # ce | bce (timm BinaryCrossEntropy)
     bce_target_thresh: float | None = None
+    head_bias_prior: bool = False  # multi-label: classifier bias = logit of each label's training frequency
     ema: EmaConfig = field(default_factory=EmaConfig)
     repulsive: RepulsiveConfig = field(default_factory=RepulsiveConfig)
     sync_bn: bool = False  # >1 process: BatchNorm -> torch SyncBatchNorm (CUDA only); then dist_bn is off

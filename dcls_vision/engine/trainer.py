@@ -157,6 +157,8 @@ class Trainer:
         cfg, tcfg, device = self.cfg, self.cfg.trainer, self.device
         seed_everything(self.seed)  # same init on every rank
         model = build_model(cfg, self.num_classes, int(cfg.data.in_chans))
+        if tcfg.head_bias_prior:
+            self._head_bias_prior(model)
         if self.sync_bn:
             model = convert_sync_bn(model, device)
         model.to(device)
@@ -171,6 +173,22 @@ class Trainer:
                 device=torch.device(tcfg.ema.device) if tcfg.ema.device else None,
             )
         return model, ema
+
+    def _head_bias_prior(self, model: nn.Module) -> None:
+        """Classifier bias = logit of each label's training frequency (multi-label; Lin et al. 2017's prior init).
+
+        With 1-3 positives among many labels, BCE otherwise spends its first ~1000 AdamW steps only moving the
+        biases from logit 0 down to the prior: short runs (the audio quickstart) never get past that phase.
+        """
+        targets = getattr(self.train_loader.loader.dataset, "targets", None)
+        if not self.multilabel or targets is None:
+            raise ConfigError(
+                "trainer.head_bias_prior=true needs multi-label data (data.name=audioset); allowed: false"
+            )
+        p = torch.as_tensor(np.asarray(targets), dtype=torch.float64).mean(0).clamp(1e-4, 1 - 1e-4)
+        head = model.get_classifier()
+        with torch.no_grad():
+            head.bias.copy_(torch.log(p / (1 - p)).to(head.bias.dtype))
 
     def _wrap_ddp(self) -> nn.Module:
         """The module forward/backward go through: DDP around the model when there are several ranks."""

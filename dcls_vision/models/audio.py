@@ -140,7 +140,8 @@ def fastvit_sa24_dcls_audio(pretrained: bool = False, **kwargs: Any) -> nn.Modul
 
 def _quickstart_audio(name: str, pretrained: bool, dcls: bool, kwargs: dict[str, Any]) -> QuickstartNet:
     """The quickstart net with the audio stem: (1, 128, 1001) -> (dim, 64, 62)."""
-    model = _create(name, pretrained, {"dcls": dcls, "in_chans": 1}, kwargs)
+    # max pooling: a word fills ~3 of the 62 time steps, a mean over the map would dilute it ~20x
+    model = _create(name, pretrained, {"dcls": dcls, "in_chans": 1, "global_pool": "max"}, kwargs)
     model.stem[0] = audio_stem(model.stem[0].out_channels, bias=True)
     model.pretrained_cfg = model.default_cfg = _audio_cfg("stem.0", model.num_classes) | {"classifier": "head"}
     return model
