@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything dcls-vision needs on a fresh Debian machine (idempotent: re-running is cheap).
-#   bash tools/install.sh          runtime: Python packages + the embedded Fashion-MNIST data
+#   bash tools/install.sh          runtime: Python packages + the embedded Fashion-MNIST data + espeak-ng (audio set)
 #   bash tools/install.sh --dev    also the test/lint tools, the reference `dcls` package, the loopback SLURM
 #                                  cluster and the OpenMMLab extra (tools/install_mm.sh: mmcv is compiled once
 #                                  per machine, ~35 min on 2 cores, then cached)
@@ -15,7 +15,7 @@ for arg in "$@"; do
   esac
 done
 
-apt_packages=(dataset-fashion-mnist)
+apt_packages=(dataset-fashion-mnist espeak-ng)  # espeak-ng: the embedded audio set
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

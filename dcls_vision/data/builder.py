@@ -8,13 +8,14 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .audio_builder import build_audioset
 from .fashion_mnist import DEFAULT_SOURCE, FashionMNISTTensor, prepare_fashion_mnist
 from .imagefolder import SkipBadImageFolder
 from .paths import resolve_path
 from .subset import stratified_indices
 from .transforms import imagenet_transforms, small_image_transforms
 
-NAMES = ("fashion_mnist", "imagefolder")
+NAMES = ("fashion_mnist", "imagefolder", "audioset")
 IMAGE_HINT = "root/{split}/<class>/*.JPEG"
 
 
@@ -100,4 +101,6 @@ def build_datasets(
         return _fashion_mnist(data_cfg, aug_cfg)
     if name == "imagefolder":
         return _imagefolder(data_cfg, aug_cfg)
+    if name == "audioset":  # multi-hot targets; batches need data.audio_builder.batch_transform on the device
+        return build_audioset(data_cfg, aug_cfg)
     raise ValueError(f"data.name={name!r} is not supported; allowed: {', '.join(NAMES)}")

@@ -54,8 +54,20 @@ def build_mixup(cfg: DictConfig, num_classes: int) -> Any:
     )
 
 
-def build_loss(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple[Any, nn.Module]:
-    """``(mixup or None, criterion on device)``; the criterion takes soft targets when mixup is on."""
+def build_loss(
+    cfg: DictConfig, num_classes: int, device: torch.device, multilabel: bool = False
+) -> tuple[Any, nn.Module]:
+    """``(mixup or None, criterion on device)``; the criterion takes soft targets when mixup is on.
+
+    Multi-label data (config check: ``trainer.loss=bce``): mixup with multi-hot targets and the DCLS-Audio label
+    smoothing (:func:`dcls_vision.data.multilabel_mixup`), then BCE on the soft targets.
+    """
+    if multilabel:
+        from dcls_vision.data import multilabel_mixup
+
+        aug = cfg.aug
+        mixup = multilabel_mixup(float(aug.mixup or 0.0), float(aug.label_smoothing or 0.0), num_classes)
+        return mixup, nn.BCEWithLogitsLoss().to(device)
     mixup = build_mixup(cfg, num_classes)
     return mixup, build_criterion(cfg, mixup is not None).to(device)
 
@@ -69,11 +81,14 @@ class Loaders:
     num_classes: int
     batches_per_epoch: int  # micro-batches per rank
     updates_per_epoch: int  # optimizer steps, a last shorter group included
+    multilabel: bool = False  # multi-hot targets (BCE, mAP)
+    train_transform: nn.Module | None = None  # applied to batches on the device (audio: waveform -> dB mel)
+    val_transform: nn.Module | None = None
 
 
 def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.device, accum: int) -> Loaders:
     """Datasets and their rank-sharded loaders; a batch larger than the training set is a config error."""
-    from dcls_vision.data import build_datasets
+    from dcls_vision.data import batch_transform, build_datasets, is_multilabel
 
     tcfg = cfg.trainer
     seed = int(tcfg.seed)
@@ -102,7 +117,11 @@ def build_loaders(cfg: DictConfig, world_size: int, rank: int, device: torch.dev
             f"trainer.batch_size={tcfg.batch_size} (x accum={accum} x world={world_size}) is larger than the "
             f"training set ({len(train_ds)} samples); allowed: a smaller batch, accum or more data"
         )
-    return Loaders(train_loader, val_loader, int(num_classes), batches_per_epoch, updates_per_epoch)
+    tfs = [batch_transform(ds) for ds in (train_ds, val_ds)]
+    tfs = [None if tf is None else tf.to(device) for tf in tfs]
+    return Loaders(
+        train_loader, val_loader, int(num_classes), batches_per_epoch, updates_per_epoch, is_multilabel(train_ds), *tfs
+    )
 
 
 def lr_for_global_batch(cfg: DictConfig, global_batch: int) -> tuple[float, str | None]:

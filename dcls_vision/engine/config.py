@@ -114,6 +114,12 @@ def _check_data(cfg: DictConfig) -> None:
                     f"data.root={root!r} (data.{sub}={split!r}): {path} is not a directory; "
                     "allowed: an existing ImageFolder root"
                 )
+    if _get(cfg, "data.name") == "audioset":
+        _choice(cfg, "data.format", ("folder", "arrays"))
+        if _get(cfg, "trainer.loss") != "bce":
+            raise ConfigError(
+                f"trainer.loss={_get(cfg, 'trainer.loss')!r} with data.name=audioset (multi-label); allowed: bce"
+            )
     source = OmegaConf.select(cfg, "data.source", default=None)
     if source and not Path(os.path.expanduser(str(source))).exists():
         raise ConfigError(f"data.source={source!r} does not exist; allowed: an existing path")

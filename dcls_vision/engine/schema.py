@@ -47,7 +47,7 @@ class ModelConfig(ModelSpecConfig):
 class DataConfig:
     """Keys every dataset has; the options (configs/data/*.yaml) set their own values."""
 
-    name: str = MISSING  # fashion_mnist | imagefolder (dcls_vision.data.builder)
+    name: str = MISSING  # fashion_mnist | imagefolder | audioset (dcls_vision.data.builder)
     root: str = MISSING  # relative paths resolve against the directory the program started from
     train_subset: int | None = None  # int N: deterministic class-stratified subset (seed 0)
     val_subset: int | None = None
@@ -77,6 +77,29 @@ class ImageFolderDataConfig(DataConfig):
     train_dir: str = "train"
     val_dir: str = "val"
     test_img_size: int | None = None  # validation crop size; null = img_size
+
+
+@dataclass
+class AudioSetDataConfig(DataConfig):
+    """configs/data/audioset*.yaml: AudioSet-style multi-label clips (dcls_vision/data/audio.py), 10 s at 32 kHz.
+
+    ``mean``/``std`` are of the dB mel; [] = computed once from the training set (cached in data.root).
+    """
+
+    name: str = "audioset"
+    format: str = "folder"  # folder (segments CSV + clips) | arrays (<split>_data.npy + <split>_targets.npy)
+    embedded: bool = False  # true: generate the espeak-ng word set into data.root on first use
+    train_split: str = "train"  # <split>_segments.csv, audio/<split>/ (folder) or <split>_data.npy (arrays)
+    val_split: str = "eval"
+    labels_csv: str = "class_labels_indices.csv"
+    audio_dir: str = "audio"
+    in_chans: int = 1
+    mean: list[float] = field(default_factory=list)  # [] = computed from the training set (cached in data.root)
+    std: list[float] = field(default_factory=list)
+    stats_clips: int = 1000  # clips (evenly spaced) used for the training-set mean/std
+    roll: bool = True  # training: random circular shift of the waveform
+    speed_p: float = 0.5  # training: speed perturbation probability, rate in speed_rates
+    speed_rates: list[float] = field(default_factory=lambda: [0.5, 1.5])
 
 
 @dataclass
@@ -176,6 +199,7 @@ class TrainerConfig:
     clip_mode: str = "norm"  # norm | value | agc
     loss: str = "ce"  # ce | bce (timm BinaryCrossEntropy)
     bce_target_thresh: float | None = None
+    head_bias_prior: bool = False  # multi-label: classifier bias = logit of each label's training frequency
     ema: EmaConfig = field(default_factory=EmaConfig)
     repulsive: RepulsiveConfig = field(default_factory=RepulsiveConfig)
     sync_bn: bool = False  # >1 process: BatchNorm -> torch SyncBatchNorm (CUDA only); then dist_bn is off
@@ -231,6 +255,7 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
     ("model", "base_model", ModelConfig),
     ("data", "base_fashion_mnist", FashionMNISTDataConfig),
     ("data", "base_imagefolder", ImageFolderDataConfig),
+    ("data", "base_audioset", AudioSetDataConfig),
     ("optim", "base_optim", OptimConfig),
     ("sched", "base_sched", SchedConfig),
     ("aug", "base_aug", AugConfig),

@@ -37,7 +37,7 @@ from .checkpointing import CheckpointManager, setup_run_dir
 from .config import ConfigError, amp_dtype, validate_config
 from .distributed import all_reduce_max, all_reduce_sum, barrier, cleanup, init_distributed
 from .ema import ModelEma
-from .evaluate import amp_context, evaluate
+from .evaluate import amp_context, evaluate, evaluate_multilabel
 from .optim import group_summary
 from .progress import Progress, StepMeter, peak_memory_gib, step_line, step_scalars
 from .repulsive import repulsive_applies, repulsive_loss
@@ -114,12 +114,15 @@ class Trainer:
         loaders = builders.build_loaders(cfg, world_size, rank, device, self.accum)
         self.train_loader, self.val_loader, self.num_classes = loaders.train, loaders.val, loaders.num_classes
         self.batches_per_epoch, self.updates_per_epoch = loaders.batches_per_epoch, loaders.updates_per_epoch
+        self.multilabel, self.train_tf, self.val_tf = loaders.multilabel, loaders.train_transform, loaders.val_transform
+        # the metric best.pth follows (kept under the checkpoint's "top1" key): top-1 %, or mAP % for multi-label
+        self.metric = "mAP" if self.multilabel else "top1"
         self.model, self.ema = self._build_model()
         self.global_batch = int(cfg.trainer.batch_size) * self.accum * world_size
         self.optimizer = builders.build_optimizer(cfg, self.model, self.global_batch)
         self.scheduler = builders.build_scheduler(cfg, self.optimizer, self.epochs, self.updates_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "float16")
-        self.mixup, self.criterion = builders.build_loss(cfg, self.num_classes, device)
+        self.mixup, self.criterion = builders.build_loss(cfg, self.num_classes, device, self.multilabel)
         self.has_positions = bool(dcls_parameters(self.model)["positions"])
         self.ckpt = CheckpointManager(
             self.run_dir,
@@ -164,6 +167,8 @@ class Trainer:
         cfg, tcfg, device = self.cfg, self.cfg.trainer, self.device
         seed_everything(self.seed)  # same init on every rank
         model = build_model(cfg, self.num_classes, int(cfg.data.in_chans))
+        if tcfg.head_bias_prior:
+            self._head_bias_prior(model)
         if self.sync_bn:
             model = convert_sync_bn(model, device)
         model.to(device)
@@ -178,6 +183,22 @@ class Trainer:
                 device=torch.device(tcfg.ema.device) if tcfg.ema.device else None,
             )
         return model, ema
+
+    def _head_bias_prior(self, model: nn.Module) -> None:
+        """Classifier bias = logit of each label's training frequency (multi-label; Lin et al. 2017's prior init).
+
+        With 1-3 positives among many labels, BCE otherwise spends its first ~1000 AdamW steps only moving the
+        biases from logit 0 down to the prior: short runs (the audio quickstart) never get past that phase.
+        """
+        targets = getattr(self.train_loader.loader.dataset, "targets", None)
+        if not self.multilabel or targets is None:
+            raise ConfigError(
+                "trainer.head_bias_prior=true needs multi-label data (data.name=audioset); allowed: false"
+            )
+        p = torch.as_tensor(np.asarray(targets), dtype=torch.float64).mean(0).clamp(1e-4, 1 - 1e-4)
+        head = model.get_classifier()
+        with torch.no_grad():
+            head.bias.copy_(torch.log(p / (1 - p)).to(head.bias.dtype))
 
     def _wrap_ddp(self) -> nn.Module:
         """The module forward/backward go through: DDP around the model when there are several ranks, then
@@ -295,6 +316,8 @@ class Trainer:
     def _forward_loss(self, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, int]:
         """Task loss of a non-empty micro-batch (mixup applied) and the number of samples it used."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.train_tf is not None:  # e.g. waveform -> dB mel spectrogram, before mixup
+            x = self.train_tf.train()(x)
         if self.mixup is not None:
             if n % 2:  # timm's batch mixup needs an even batch (a skipped image can make it odd)
                 x, y, n = x[:-1], y[:-1], n - 1
@@ -404,14 +427,22 @@ class Trainer:
             distribute_bn(self.ema.module, self.world, reduce)
 
     # --------------------------------------------------------------------------------------- fit
+    def _evaluate(self, model: nn.Module, device: torch.device, desc: str) -> dict[str, float]:
+        """Top-1/top-5, or mAP/AUC/d' for multi-label data; ``score`` is the metric best.pth follows."""
+        args = (model, self.val_loader, device, self.amp, self.channels_last, self.log, desc)
+        if not self.multilabel:
+            res = evaluate(*args)
+        else:
+            tf = None if self.val_tf is None else self.val_tf.to(device).eval()
+            res = evaluate_multilabel(*args, transform=tf)
+        return {**res, "score": res[self.metric]}
+
     def _evaluate_all(self) -> tuple[dict[str, float], dict[str, float] | None]:
-        val = evaluate(self.model, self.val_loader, self.device, self.amp, self.channels_last, self.log, "val")
+        val = self._evaluate(self.model, self.device, "val")
         ema = None
         if self.ema is not None:
             ema_device = next(self.ema.module.parameters()).device  # trainer.ema.device may differ
-            ema = evaluate(
-                self.ema.module, self.val_loader, ema_device, self.amp, self.channels_last, self.log, "val ema"
-            )
+            ema = self._evaluate(self.ema.module, ema_device, "val ema")
         return val, ema
 
     def _log_start(self) -> None:
@@ -472,13 +503,12 @@ class Trainer:
         if val is None:  # nothing left to train (resumed a finished run): report the current weights
             val, ema = self._evaluate_all()
         barrier()
+        m = self.metric
         result = {
-            "top1": val["top1"],
-            "top5": val["top5"],
-            "ema_top1": ema["top1"] if ema else None,
-            "ema_top5": ema["top5"] if ema else None,
-            "best_top1": st.best["top1"],
-            "best_ema_top1": st.best["ema_top1"] if self.ema is not None else None,
+            **{k: val[k] for k in self._metric_names()},
+            **{f"ema_{k}": ema[k] if ema else None for k in self._metric_names()},
+            f"best_{m}": st.best["top1"],
+            f"best_ema_{m}": st.best["ema_top1"] if self.ema is not None else None,
             "epochs_done": st.next_epoch,
             "global_step": st.global_step,
             "run_dir": str(self.run_dir),
@@ -496,25 +526,23 @@ class Trainer:
         seconds: float,
         pos_delta: dict[str, float],
     ) -> dict[str, Any]:
-        best = self.state.best
-        if val["top1"] > best["top1"]:
-            best["top1"], best["epoch"] = val["top1"], epoch
+        best, m, names = self.state.best, self.metric, self._metric_names()
+        if val["score"] > best["top1"]:
+            best["top1"], best["epoch"] = val["score"], epoch
             self.ckpt.save_best(ckpt.BEST, self.model.state_dict(), epoch, val)
-        if ema is not None and ema["top1"] > best["ema_top1"]:
-            best["ema_top1"], best["ema_epoch"] = ema["top1"], epoch
+        if ema is not None and ema["score"] > best["ema_top1"]:
+            best["ema_top1"], best["ema_epoch"] = ema["score"], epoch
             self.ckpt.save_best(ckpt.BEST_EMA, self.ema.module.state_dict(), epoch, ema)
         return {
             "epoch": epoch,
             "global_step": self.state.global_step,
             "train_loss": stats["train_loss"],
             "lr": self._lr(),
-            "val_top1": val["top1"],
-            "val_top5": val["top5"],
+            **{f"val_{k}": val[k] for k in names},
             "val_loss": val["loss"],
-            "ema_top1": None if ema is None else ema["top1"],
-            "ema_top5": None if ema is None else ema["top5"],
-            "best_top1": best["top1"],
-            "best_ema_top1": best["ema_top1"] if ema is not None else None,
+            **{f"ema_{k}": None if ema is None else ema[k] for k in names},
+            f"best_{m}": best["top1"],
+            f"best_ema_{m}": best["ema_top1"] if ema is not None else None,
             "repulsive": stats["repulsive"],
             "epoch_time": round(seconds, 3),
             "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
@@ -523,16 +551,24 @@ class Trainer:
             "pos_delta": pos_delta,
         }
 
+    def _metric_names(self) -> tuple[str, ...]:
+        """Validation metrics in records and results: top-1/top-5 %, or mAP/AUC % and d' for multi-label data."""
+        return ("mAP", "AUC", "d_prime") if self.multilabel else ("top1", "top5")
+
     def _summary_line(self, epoch: int, r: dict[str, Any]) -> str:
+        a, b = self._metric_names()[:2]
+        label = "" if a == "top1" else f"{a}/{b} "
         parts = [
             f"epoch {epoch + 1}/{self.epochs}",
             f"train_loss {r['train_loss']:.4f}",
             f"lr {r['lr']:.3e}",
-            f"val {fmt(r['val_top1'])}/{fmt(r['val_top5'])}",
+            f"val {label}{fmt(r[f'val_{a}'])}/{fmt(r[f'val_{b}'])}",
         ]
-        if r["ema_top1"] is not None:
-            parts.append(f"ema {fmt(r['ema_top1'])}/{fmt(r['ema_top5'])}")
-        parts.append(f"best {fmt(r['best_top1'])}")
+        if self.multilabel:
+            parts.append(f"d' {r['val_d_prime']:.3f}")
+        if r[f"ema_{a}"] is not None:
+            parts.append(f"ema {fmt(r[f'ema_{a}'])}/{fmt(r[f'ema_{b}'])}")
+        parts.append(f"best {fmt(r[f'best_{self.metric}'])}")
         if r["repulsive"] is not None:
             parts.append(f"rep {r['repulsive']:.4f}")
         if r["pos_delta"]:

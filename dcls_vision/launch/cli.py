@@ -19,6 +19,12 @@ def final_line(r: dict[str, Any], downstream: bool) -> str:
     if downstream:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()))
         return f"final: {metrics} iter={r['iter']} work_dir={r['work_dir']}"
+    if "mAP" in r:  # multi-label (audio) runs
+        ema = f" ema_mAP={r['ema_mAP']:.2f}" if r.get("ema_mAP") is not None else ""
+        return (
+            f"final: mAP={r['mAP']:.2f} AUC={r['AUC']:.2f} d_prime={r['d_prime']:.3f}{ema} best_mAP={r['best_mAP']:.2f}"
+            f" global_step={r['global_step']} run_dir={r['run_dir']}"
+        )
     line = f"final: top1={r['top1']:.2f} top5={r['top5']:.2f}"
     if r.get("ema_top1") is not None:
         line += f" ema_top1={r['ema_top1']:.2f} ema_top5={r['ema_top5']:.2f}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -568,35 +568,64 @@ def _shape(t: Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
 
+def _stem_keys(model: nn.Module, keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` under the module holding timm's ``pretrained_cfg['first_conv']`` (e.g. ``stem.``)."""
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    prefix = f"{first.split('.')[0]}." if isinstance(first, str) and first else None
+    return {k for k in keys if prefix and k.startswith(prefix)}
+
+
+def _adaptable(model: nn.Module, state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, set[str]]:
+    """The file's classifier / stem tensors to leave freshly initialised: a part is skipped whole when any of its
+    tensors differs in shape or presence (another ``num_classes``; another ``in_chans`` or input stem, e.g. the
+    (2, 16) spectrogram stem of an ImageNet-initialised audio model)."""
+    skip = {}
+    for part, keys in (("classifier", _head_keys(model)), ("stem", _stem_keys(model, [*own, *state]))):
+        keys = {k for k in keys if k not in skip.get("classifier", set())}
+        differs = any(k not in own or k not in state or state[k].shape != own[k].shape for k in keys)
+        if keys and differs:
+            skip[part] = keys
+    return skip
+
+
 def init_from_checkpoint(model: nn.Module, source: str | os.PathLike, use_ema: bool = False) -> str:
     """Load a checkpoint of any format into ``model`` to start a new run (fine-tuning); one line saying what.
 
-    Strict except for the classifier: when its shapes differ (another ``num_classes``) the head keeps its fresh
-    init and is reported as skipped. Any other missing, unexpected or mis-shaped key is a :class:`ModelLoadError`.
-    Parameters are copied in place, so optimizer groups built from them (DCLS positions/sigma) are unchanged.
+    Strict except for the classifier and the input stem: when one of them differs (another ``num_classes``,
+    ``in_chans`` or stem) it keeps its fresh init and is reported as skipped. Any other missing, unexpected or
+    mis-shaped key is a :class:`ModelLoadError`. Parameters are copied in place, so optimizer groups built from
+    them (DCLS positions/sigma) are unchanged.
     """
     state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema)
-    own, head = model.state_dict(), _head_keys(model)
-    bad_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
-    skip = {k for k in head if k in state} if any(k in head for k in bad_shape) else set()
-    unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state and k not in skip]
-    problems = [f"{k}: {_shape(state[k])} in the file vs {_shape(own[k])} here" for k in bad_shape if k not in skip]
-    problems += [f"unexpected {k}" for k in unexpected] + [f"missing {k}" for k in missing]
+    own = model.state_dict()
+    parts = _adaptable(model, state, own)
+    skip = set().union(*parts.values()) if parts else set()
+    kept = {k: v for k, v in state.items() if k not in skip}
+    problems = [
+        f"{k}: {_shape(v)} in the file vs {_shape(own[k])} here"
+        for k, v in kept.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems += [f"unexpected {k}" for k in kept if k not in own]
+    problems += [f"missing {k}" for k in own if k not in kept and k not in skip]
     if problems:
         trained = ((info.config or {}).get("model") or {}).get("name")
         was = f", trained as {trained!r}" if trained else ""
         raise ModelLoadError(
             f"model.init_checkpoint={str(source)!r} ({info.format} format{was}) does not fit this model beyond its "
-            f"classifier: {len(problems)} problem(s): {'; '.join(problems[:4])}; allowed: a checkpoint of the same "
-            "architecture and model.kwargs (only the head may differ)",
+            f"classifier and stem: {len(problems)} problem(s): {'; '.join(problems[:4])}; allowed: a checkpoint of "
+            "the same architecture and model.kwargs (only the head and the input stem may differ)",
             "mismatch",
             info.path,
         )
     with torch.no_grad():
-        model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=not skip)
-    line = f"model.init_checkpoint: loaded {len(state) - len(skip)} tensors from {info.path} ({info.format} format)"
-    if skip:
-        shapes = ", ".join(f"{k} {_shape(state[k])}->{_shape(own[k])}" for k in sorted(skip))
-        line += f"; skipped the classifier (another num_classes), freshly initialised: {shapes}"
+        model.load_state_dict(kept, strict=not skip)
+    line = f"model.init_checkpoint: loaded {len(kept)} tensors from {info.path} ({info.format} format)"
+    for part, keys in parts.items():
+        shapes = ", ".join(
+            f"{k} {_shape(state[k]) if k in state else '-'}->{_shape(own[k]) if k in own else '-'}"
+            for k in sorted(keys)
+        )
+        why = "another num_classes" if part == "classifier" else "another input stem"
+        line += f"; skipped the {part} ({why}), freshly initialised: {shapes}"
     return line

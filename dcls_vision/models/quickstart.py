@@ -24,6 +24,8 @@ from dcls_vision.ops import Dcls2d, share_positions
 
 __all__ = ["QuickstartNet", "matched_kernel_count"]
 
+POOLS = ("avg", "max")  # max: tagging a short event (a word) in a long map, as the audio quickstart nets
+
 
 def matched_kernel_count(depth: int, dense_kernel_size: int) -> int:
     """DCLS-gauss kernel_count whose stage parameter count matches ``depth`` dense k x k depthwise convs.
@@ -88,8 +90,8 @@ class QuickstartNet(nn.Module):
         super().__init__()
         if kwargs:
             raise TypeError(f"unexpected arguments for QuickstartNet: {', '.join(sorted(kwargs))}")
-        if global_pool != "avg":
-            raise ValueError(f"global_pool={global_pool!r} is not supported; allowed: 'avg'")
+        if global_pool not in POOLS:
+            raise ValueError(f"global_pool={global_pool!r} is not supported; allowed: 'avg', 'max'")
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.num_features = self.head_hidden_size = dim
         self.drop_rate = drop_rate
@@ -140,8 +142,9 @@ class QuickstartNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and global_pool != "avg":
-            raise ValueError(f"global_pool={global_pool!r} is not supported; allowed: 'avg'")
+        if global_pool is not None and global_pool not in POOLS:
+            raise ValueError(f"global_pool={global_pool!r} is not supported; allowed: 'avg', 'max'")
+        self.global_pool = global_pool or self.global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -151,7 +154,8 @@ class QuickstartNet(nn.Module):
         return self.stages(self.stem(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.norm(x.mean((2, 3))))
+        x = x.amax((2, 3)) if self.global_pool == "max" else x.mean((2, 3))
+        x = self.head_drop(self.norm(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,173 @@
+"""The embedded multi-label audio set: spoken words (espeak-ng) mixed into 10-s noisy clips, in AudioSet layout.
+
+Generated offline on first use into the data folder (nothing is shipped: ~90 MB of WAV would bloat the repository,
+the generator is a few kB and deterministic). Needs the Debian package ``espeak-ng`` (tools/install.sh installs it).
+Each of the :data:`WORDS` is a class. Every word is spoken in :data:`RENDITIONS` renditions (voice, variant, pitch
+and speed drawn from a seeded generator); training clips use renditions 0-3, eval clips the held-out 4-5, so eval
+measures generalisation to unseen voices. A clip holds 1-3 distinct words at random times over white or pink noise
+(SNR 0-20 dB), lasts 6-10 s (the reader pads to 10 s), and is stored as 16-bit 16 kHz mono WAV (the reader resamples
+to 32 kHz). Layout: ``class_labels_indices.csv``, ``{train,eval}_segments.csv``, ``audio/{train,eval}/<YTID>.wav``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .audio import AudioDataError
+
+WORDS = (
+    "apple", "banana", "bicycle", "castle", "dolphin", "elephant", "forest", "guitar", "hammer", "island",
+    "jacket", "kitten", "lemon", "mountain", "number", "orange", "pencil", "rabbit", "silver", "tiger",
+    "umbrella", "violin", "window", "yellow", "zebra", "rocket", "garden", "winter", "monkey", "doctor",
+)  # fmt: skip
+VOICES = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+VARIANTS = ("", "+m1", "+m3", "+m5", "+f1", "+f2", "+f3", "+f4")
+RENDITIONS, TRAIN_RENDITIONS = 6, 4
+STORE_RATE, CLIP_SECONDS = 16000, 10
+VERSION = 1
+DONE = "embedded.json"
+
+
+def _espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise AudioDataError(
+            "the embedded audio set needs espeak-ng; install it (apt-get install espeak-ng, or bash tools/install.sh)"
+        )
+    return exe
+
+
+def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path) -> np.ndarray:
+    """One rendition as float32 at :data:`STORE_RATE`, peak-normalised."""
+    from math import gcd
+
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    out = tmp / "w.wav"
+    subprocess.run([exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(out), word], check=True)
+    sr, data = wavfile.read(out)
+    wave = data.astype(np.float32) / 32768.0
+    g = gcd(int(sr), STORE_RATE)
+    wave = resample_poly(wave, STORE_RATE // g, int(sr) // g).astype(np.float32)
+    return wave / max(float(np.abs(wave).max()), 1e-6)
+
+
+def _renditions(rng: np.random.Generator, n_words: int) -> list[list[np.ndarray]]:
+    """``bank[word][r]``: every word in :data:`RENDITIONS` seeded voice/variant/pitch/speed settings."""
+    exe = _espeak()
+    bank = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for word in WORDS[:n_words]:
+            row = []
+            for _ in range(RENDITIONS):
+                voice = f"{rng.choice(VOICES)}{rng.choice(VARIANTS)}"
+                row.append(_speak(exe, word, voice, int(rng.integers(20, 81)), int(rng.integers(120, 221)), Path(tmp)))
+            bank.append(row)
+    return bank
+
+
+def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    white = rng.standard_normal(n).astype(np.float32)
+    if rng.random() < 0.5:
+        return white
+    spec = np.fft.rfft(white)
+    spec /= np.sqrt(np.arange(1, len(spec) + 1))  # 1/f power: pink
+    pink = np.fft.irfft(spec, n).astype(np.float32)
+    return pink / float(pink.std() + 1e-8)
+
+
+def make_clip(rng: np.random.Generator, bank: list[list[np.ndarray]], renditions: range) -> tuple[np.ndarray, list]:
+    """One clip: 1-3 distinct words at random times over noise; returns (int16 wave, word indices)."""
+    n = int(STORE_RATE * rng.uniform(6.0, CLIP_SECONDS))
+    speech = np.zeros(n, dtype=np.float32)
+    words = sorted(rng.choice(len(bank), size=int(rng.integers(1, 4)), replace=False).tolist())
+    for w in words:
+        utt = bank[w][int(rng.choice(renditions))] * rng.uniform(0.5, 1.0)
+        utt = utt[: n - 1]
+        start = int(rng.integers(0, n - len(utt)))
+        speech[start : start + len(utt)] += utt
+    rms = float(np.sqrt(np.mean(speech[speech != 0] ** 2))) if speech.any() else 1.0
+    noise = _noise(rng, n) * rms / (10 ** (rng.uniform(0.0, 20.0) / 20))
+    mix = speech + noise
+    mix = 0.9 * mix / max(float(np.abs(mix).max()), 1e-6)
+    return (mix * 32767).astype(np.int16), words
+
+
+def _write_split(root: Path, split: str, count: int, rng, bank, renditions: range) -> None:
+    from scipy.io import wavfile
+
+    folder = root / "audio" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["# Segments csv created by dcls_vision.data.audio_synth (embedded set)", "# YTID, start_seconds, ..."]
+    for i in range(count):
+        ytid = f"{split[:2]}{i:09d}"  # 11 characters, as YouTube ids
+        wave, words = make_clip(rng, bank, renditions)
+        wavfile.write(folder / f"{ytid}.wav", STORE_RATE, wave)
+        labels = ",".join(f"/x/{WORDS[w]}" for w in words)
+        lines.append(f'{ytid}, 0.000, {len(wave) / STORE_RATE:.3f}, "{labels}"')
+    (root / f"{split}_segments.csv").write_text("\n".join(lines) + "\n")
+
+
+def ensure_embedded_audioset(
+    root: Path, n_train: int = 320, n_eval: int = 120, seed: int = 0, n_words: int = len(WORDS)
+) -> Path:
+    """Generate the set into ``root`` unless a complete one with the same settings is there; returns ``root``.
+
+    Written into a temporary sibling folder and renamed at the end, so an interrupted run leaves nothing half-made.
+    """
+    settings = {"version": VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed, "words": n_words}
+    done = root / DONE
+    if done.is_file() and json.loads(done.read_text()) == settings:
+        return root
+    rng = np.random.default_rng(seed)
+    if not 1 <= n_words <= len(WORDS):
+        raise AudioDataError(f"embedded audio set: n_words={n_words}; allowed: 1..{len(WORDS)}")
+    bank = _renditions(rng, n_words)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        with (tmp / "class_labels_indices.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "mid", "display_name"])
+            writer.writerows([i, f"/x/{w}", w] for i, w in enumerate(WORDS[:n_words]))
+        _write_split(tmp, "train", n_train, rng, bank, range(TRAIN_RENDITIONS))
+        _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS))
+        (tmp / DONE).write_text(json.dumps(settings))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        if done.is_file() and json.loads(done.read_text()) == settings:
+            return root  # another process (a DDP rank) finished the same set meanwhile: keep its copy
+        if root.exists():
+            if not done.is_file() and any(root.iterdir()):
+                raise AudioDataError(
+                    f"data.root={root} exists and is not an embedded audio set; choose an empty folder"
+                )
+            shutil.rmtree(root)  # an embedded set made with other settings
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root
+
+
+def main() -> None:
+    """``python -m dcls_vision.data.audio_synth <root> [n_train n_eval seed n_words]``: generate the embedded set."""
+    import sys
+
+    args = sys.argv[1:]
+    if not args:
+        raise SystemExit("usage: python -m dcls_vision.data.audio_synth ROOT [N_TRAIN N_EVAL SEED N_WORDS]")
+    nums = [int(a) for a in args[1:5]]
+    print(ensure_embedded_audioset(Path(args[0]), *nums))
+
+
+if __name__ == "__main__":
+    main()

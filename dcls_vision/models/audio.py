@@ -1,0 +1,159 @@
+"""Audio-tagging variants (thesis ch. 5, DCLS-Audio repository): the image models on a (128 mel x 1001 frame) input.
+
+Every model keeps its timm (or DCLS zoo) body and swaps its stem for one common convolution of kernel (2, 16)
+and stride (2, 16) on the single-channel dB mel spectrogram, giving (64, 62) maps; 527 AudioSet classes by default.
+As the reference code: ConvNeXt-T keeps its stem LayerNorm and the conv has a bias; ConvFormer-S18 keeps its stem
+norm and the conv has no bias; FastViT-SA24's whole MobileOne stem becomes the bias-free conv. Parameter counts
+(527 classes) match the DCLS-Audio table: ConvNeXt-T 28.6M, ConvFormer-S18 26.8M, FastViT-SA24 21.5M, each DCLS
+variant within 0.1M of its baseline. ``dcls_quickstart_audio`` / ``_baseline`` are the small CPU nets of the
+embedded audio set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from timm.layers import trunc_normal_
+from timm.models import register_model
+from torch import nn
+
+from .quickstart import QuickstartNet, _create
+from .zoo import create_dcls_model
+
+AUDIO_STEM = (2, 16)  # kernel = stride (mel, time)
+AUDIO_INPUT = (1, 128, 1001)  # 10 s at 32 kHz, hop 320, 128 mel bands
+AUDIOSET_CLASSES = 527
+# dB mel mean/std of the AudioSet balanced training set (DCLS-Audio datasets.py)
+AUDIOSET_MEAN, AUDIOSET_STD = (-18.2696,), (30.5735,)
+
+# name -> (family, DCLS zoo variant or None for the dense timm base, timm base)
+AUDIO_MODELS: dict[str, tuple[str, str | None, str]] = {
+    "convnext_tiny_audio": ("convnext", None, "convnext_tiny"),
+    "convnext_tiny_dcls_audio": ("convnext", "convnext_tiny_dcls_gauss", "convnext_tiny"),
+    "convformer_s18_audio": ("metaformer", None, "convformer_s18"),
+    "convformer_s18_dcls_audio": ("metaformer", "convformer_s18_dcls_gauss", "convformer_s18"),
+    "fastvit_sa24_audio": ("fastvit", None, "fastvit_sa24"),
+    "fastvit_sa24_dcls_audio": ("fastvit", "fastvit_sa24_dcls", "fastvit_sa24"),
+}
+
+
+def audio_stem(out_chans: int, bias: bool) -> nn.Conv2d:
+    """The common (2, 16) / stride (2, 16) stem convolution on one input channel (trunc-normal 0.02 init)."""
+    conv = nn.Conv2d(1, out_chans, kernel_size=AUDIO_STEM, stride=AUDIO_STEM, bias=bias)
+    trunc_normal_(conv.weight, std=0.02)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def swap_stem(model: nn.Module, family: str) -> str:
+    """Replace the stem of a timm ``family`` model by :func:`audio_stem`; returns the new first conv's name."""
+    if family == "convnext":
+        model.stem[0] = audio_stem(model.stem[0].out_channels, bias=True)
+        return "stem.0"
+    if family == "metaformer":
+        model.stem.conv = audio_stem(model.stem.conv.out_channels, bias=False)
+        return "stem.conv"
+    if family == "fastvit":
+        model.stem = audio_stem(_fastvit_stem_width(model), bias=False)
+        return "stem"
+    raise ValueError(f"family={family!r} has no audio stem; allowed: convnext, metaformer, fastvit")
+
+
+def _fastvit_stem_width(model: nn.Module) -> int:
+    """Output channels of FastViT's MobileOne stem (its last block's conv output)."""
+    convs = [m for m in model.stem.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+def _audio_cfg(first_conv: str, num_classes: int) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": num_classes,
+        "input_size": AUDIO_INPUT,
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": AUDIOSET_MEAN,
+        "std": AUDIOSET_STD,
+        "first_conv": first_conv,
+        "classifier": "head.fc",
+    }
+
+
+def create_audio_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build audio model ``name`` (timm kwargs; ``dcls_*`` kwargs for DCLS variants), stem swapped, 527 classes."""
+    if pretrained:
+        raise ValueError(
+            f"pretrained=True is not supported for {name!r}; allowed: pretrained=False "
+            "(ImageNet initialisation: model.init_checkpoint=<path> in the training config)"
+        )
+    family, variant, base = AUDIO_MODELS[name]
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    kwargs.setdefault("num_classes", AUDIOSET_CLASSES)
+    in_chans = kwargs.pop("in_chans", 1)
+    if in_chans != 1:
+        raise ValueError(f"{name}: in_chans={in_chans} is not supported; allowed: 1 (a mono mel spectrogram)")
+    model = create_dcls_model(variant, **kwargs) if variant else timm.create_model(base, pretrained=False, **kwargs)
+    first = swap_stem(model, family)
+    model.pretrained_cfg = model.default_cfg = _audio_cfg(first, int(kwargs["num_classes"]))
+    return model
+
+
+@register_model
+def convnext_tiny_audio(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ConvNeXt-T on mel spectrograms, (2,16) stem (28.6M with 527 classes)."""
+    return create_audio_model("convnext_tiny_audio", pretrained, **kwargs)
+
+
+@register_model
+def convnext_tiny_dcls_audio(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ConvNeXt-T, depthwise 7x7 -> DCLS Gauss 23/26, (2,16) stem (28.6M)."""
+    return create_audio_model("convnext_tiny_dcls_audio", pretrained, **kwargs)
+
+
+@register_model
+def convformer_s18_audio(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ConvFormer-S18 on mel spectrograms, (2,16) stem (26.8M)."""
+    return create_audio_model("convformer_s18_audio", pretrained, **kwargs)
+
+
+@register_model
+def convformer_s18_dcls_audio(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ConvFormer-S18, depthwise 7x7 -> DCLS Gauss 23/26, (2,16) stem (26.8M)."""
+    return create_audio_model("convformer_s18_dcls_audio", pretrained, **kwargs)
+
+
+@register_model
+def fastvit_sa24_audio(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """FastViT-SA24 on mel spectrograms, (2,16) stem instead of the MobileOne stem (21.5M)."""
+    return create_audio_model("fastvit_sa24_audio", pretrained, **kwargs)
+
+
+@register_model
+def fastvit_sa24_dcls_audio(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """FastViT-SA24, ConvMlp depthwise 7x7 -> DCLS Gauss 23/26, (2,16) stem (21.5M)."""
+    return create_audio_model("fastvit_sa24_dcls_audio", pretrained, **kwargs)
+
+
+def _quickstart_audio(name: str, pretrained: bool, dcls: bool, kwargs: dict[str, Any]) -> QuickstartNet:
+    """The quickstart net with the audio stem: (1, 128, 1001) -> (dim, 64, 62)."""
+    # max pooling: a word fills ~3 of the 62 time steps, a mean over the map would dilute it ~20x
+    model = _create(name, pretrained, {"dcls": dcls, "in_chans": 1, "global_pool": "max"}, kwargs)
+    model.stem[0] = audio_stem(model.stem[0].out_channels, bias=True)
+    model.pretrained_cfg = model.default_cfg = _audio_cfg("stem.0", model.num_classes) | {"classifier": "head"}
+    return model
+
+
+@register_model
+def dcls_quickstart_audio(pretrained: bool = False, **kwargs: Any) -> QuickstartNet:
+    """Small DCLS-gauss net for the embedded audio set (CPU minutes)."""
+    return _quickstart_audio("dcls_quickstart_audio", pretrained, True, kwargs)
+
+
+@register_model
+def dcls_quickstart_audio_baseline(pretrained: bool = False, **kwargs: Any) -> QuickstartNet:
+    """The same net with dense depthwise convs, parameter count matched."""
+    return _quickstart_audio("dcls_quickstart_audio_baseline", pretrained, False, kwargs)

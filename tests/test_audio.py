@@ -1,0 +1,182 @@
+"""Audio tagging (thesis ch. 5): the embedded espeak-ng set and its reader, mAP vs scikit-learn, the (2,16)-stem
+models (parameter counts, shapes, DCLS optimizer rules) and a short multi-label training run end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from hydra import compose, initialize_config_dir
+
+from dcls_vision.data.audio import AudioSetFolder
+from dcls_vision.data.audio_features import CLIP_SAMPLES, LogMel, num_frames
+from dcls_vision.data.audio_synth import STORE_RATE, WORDS, ensure_embedded_audioset
+from dcls_vision.engine import create_optimizer, train
+from dcls_vision.engine.evaluate import multilabel_metrics
+from dcls_vision.ops import dcls_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+N_WORDS, N_TRAIN, N_EVAL = 4, 8, 6
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small embedded set (4 words, 8 + 6 clips): the same generator as the quickstart, fewer clips."""
+    return ensure_embedded_audioset(tmp_path_factory.mktemp("audio") / "set", N_TRAIN, N_EVAL, seed=0, n_words=N_WORDS)
+
+
+def test_embedded_reader_labels_lengths_and_spectrogram(embedded: Path) -> None:
+    ds = AudioSetFolder(
+        embedded / "train_segments.csv", embedded / "audio" / "train", embedded / "class_labels_indices.csv"
+    )
+    assert len(ds) == N_TRAIN and ds.missing == 0 and ds.classes == list(WORDS[:N_WORDS])
+    rows = [r for r in csv.reader((embedded / "train_segments.csv").open(), skipinitialspace=True) if r[0][0] != "#"]
+    for i, (ytid, _, end, labels) in enumerate(rows):
+        wave, target = ds[i]
+        expected = np.zeros(N_WORDS)
+        expected[[WORDS.index(m.split("/")[-1]) for m in labels.split(",")]] = 1
+        assert ds.files[i].stem == ytid and target.tolist() == expected.tolist() and 1 <= target.sum() <= 3
+        assert wave.shape == (CLIP_SAMPLES,) and wave.dtype == torch.float32  # 6-10 s clips padded to 10 s at 32 kHz
+        stored = round(float(end) * STORE_RATE) * 2  # 16 kHz file resampled x2
+        assert float(end) < 10 and wave[stored + 200 :].abs().max() == 0 and wave[: stored - 200].abs().max() > 0.1
+    spec = LogMel(mean=-20.0, std=30.0)(torch.stack([ds[0][0], ds[1][0]]))
+    assert spec.shape == (2, 1, 128, 1001) and num_frames(CLIP_SAMPLES, 320) == 1001 and torch.isfinite(spec).all()
+    # a second call with the same settings reuses the set (no regeneration: file times unchanged)
+    mtime = (embedded / "train_segments.csv").stat().st_mtime_ns
+    ensure_embedded_audioset(embedded, N_TRAIN, N_EVAL, seed=0, n_words=N_WORDS)
+    assert (embedded / "train_segments.csv").stat().st_mtime_ns == mtime
+
+
+def test_map_equals_sklearn_macro_average_precision() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 20)) < 0.15).astype(int)
+    y[:, 7] = 0  # a class without positives: sklearn counts AP 0
+    scores = np.round(rng.random((300, 20)), 2) + 0.4 * y  # rounded: many tied scores
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_map = average_precision_score(y, scores, average="macro")
+    ours = multilabel_metrics(y > 0, scores)
+    assert ours["mAP"] == pytest.approx(100.0 * ref_map, abs=1e-10)
+    keep = [c for c in range(20) if c != 7]
+    assert ours["AUC"] == pytest.approx(100.0 * roc_auc_score(y[:, keep], scores[:, keep], average=None).mean())
+    assert 0 < ours["d_prime"] < 5
+
+
+# parameters with a 1000-way head, as the DCLS-Audio table reports them (28.6M / 26.8M / 21.5M)
+TABLE = {"convnext_tiny": 28.6, "convformer_s18": 26.8, "fastvit_sa24": 21.5}
+
+
+@pytest.mark.parametrize("base", sorted(TABLE))
+def test_audio_models_parameter_counts_and_stem(base: str) -> None:
+    dense = timm.create_model(f"{base}_audio", num_classes=1000)
+    dcls = timm.create_model(f"{base}_dcls_audio", num_classes=1000)
+    n_dense, n_dcls = (sum(p.numel() for p in m.parameters()) for m in (dense, dcls))
+    assert round(n_dense / 1e6, 1) == TABLE[base] == round(n_dcls / 1e6, 1)
+    assert n_dcls <= n_dense  # "equal or fewer parameters"
+    assert dcls_parameters(dcls)["positions"] and not dcls_parameters(dense)["positions"]
+    stem = [m for m in dcls.modules() if isinstance(m, torch.nn.Conv2d)][0]
+    assert stem.in_channels == 1 and stem.kernel_size == (2, 16) and stem.stride == (2, 16)
+    assert stem(torch.zeros(1, 1, 128, 1001)).shape[-2:] == (64, 62)
+    assert dcls.pretrained_cfg["input_size"] == (1, 128, 1001)
+
+
+def test_audio_model_output_and_dcls_optimizer_rules() -> None:
+    model = timm.create_model("convnext_tiny_dcls_audio")
+    assert model.num_classes == 527
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 128, 1001)).shape == (2, 527)
+    optimizer = create_optimizer(model, "adamw", lr=4e-3, weight_decay=0.05)
+    by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    dcls = dcls_parameters(model)
+    assert len(dcls["positions"]) == 4 and len(dcls["sigma"]) == 4  # one shared tensor per stage
+    for p in dcls["positions"] + dcls["sigma"]:
+        assert by_id[id(p)]["lr_scale"] == 5.0 and by_id[id(p)]["weight_decay"] == 0.0
+    assert by_id[id(model.stem[0].weight)]["weight_decay"] == 0.05
+
+
+def test_audio_quickstart_trains_end_to_end(embedded: Path, tmp_path: Path) -> None:
+    overrides = [
+        "experiment=audio_quickstart",
+        f"data.root={embedded}",
+        "data.embedded=false",
+        f"data.num_classes={N_WORDS}",
+        "model.kwargs.dim=8",
+        "model.kwargs.depth=1",
+        "trainer.epochs=1",
+        "trainer.batch_size=4",
+        "aug.mixup=0.8",
+        "aug.label_smoothing=0.1",
+        "aug.reprob=0.5",
+        "aug.remode=const",
+        "logger.wandb=false",
+        "logger.progress=false",
+        f"trainer.output_dir={tmp_path / 'run'}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    result = train(cfg)
+    assert 0 < result["mAP"] <= 100 and 0 <= result["AUC"] <= 100 and result["best_mAP"] == result["mAP"]
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["val_mAP"] == result["mAP"] and "val_top1" not in record and record["train_loss"] > 0
+    assert (tmp_path / "run" / "best.pth").is_file()
+    stats = json.loads((embedded / "norm_stats_folder_train.json").read_text())  # training-set normalisation
+    assert stats["clips"] == N_TRAIN and stats["std"] > 0
+
+
+def test_init_checkpoint_copies_matching_tensors_through_the_factory(tmp_path: Path) -> None:
+    """An image checkpoint initialises the audio net: body copied, new (2,16) stem and 30-way head left fresh."""
+    from dcls_vision.models.factory import ModelLoadError, build_model, init_from_checkpoint
+
+    image = timm.create_model("dcls_quickstart", num_classes=10)
+    torch.save(image.state_dict(), tmp_path / "image.pth")
+    torch.manual_seed(0)
+    audio = build_model({"name": "dcls_quickstart_audio"}, 30, 1)
+    fresh = {k: v.clone() for k, v in audio.state_dict().items()}
+    line = init_from_checkpoint(audio, tmp_path / "image.pth")
+    assert "skipped the classifier" in line and "skipped the stem" in line and "stem.0.weight" in line
+    src, dst = image.state_dict(), audio.state_dict()
+    body = [k for k in dst if k.startswith("stages.")]
+    assert body and all(torch.equal(dst[k], src[k]) for k in body)  # positions/sigma included
+    assert dst["stem.0.weight"].shape == (32, 1, 2, 16) and dst["head.weight"].shape == (30, 32)
+    assert all(torch.equal(dst[k], fresh[k]) for k in dst if k.startswith(("stem.", "head.")))  # left fresh
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ModelLoadError, match="init_checkpoint=.*does not fit"):
+        init_from_checkpoint(build_model({"name": "dcls_quickstart_audio"}, 30, 1), tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("freq", [440.0, 1000.0, 6000.0])
+def test_logmel_puts_a_tone_in_its_htk_mel_band(freq: float) -> None:
+    """128 HTK-mel bands in 50 Hz-14 kHz (torchaudio MelScale defaults): a pure tone peaks in the band centred on it."""
+    t = torch.arange(CLIP_SAMPLES) / 32000.0
+    db = LogMel(mean=0.0, std=1.0).db_mel((0.5 * torch.sin(2 * np.pi * freq * t))[None])
+    assert db.shape == (1, 128, 1001)
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    centres = 700.0 * (10 ** (np.linspace(mel(50.0), mel(14000.0), 130)[1:-1] / 2595.0) - 1.0)
+    assert int(db[0, :, 500].argmax()) == int(np.abs(centres - freq).argmin())
+    assert float(db[0, :, 500].max()) > float(db[0, :, 500].median()) + 30  # a sharp peak, in dB
+
+
+def test_arrays_layout_waveforms_and_precomputed_mel(tmp_path: Path) -> None:
+    from dcls_vision.data.audio import AudioDataError, AudioSetArrays
+
+    targets = np.eye(3, dtype=np.uint8)[[0, 2]]
+    np.save(tmp_path / "train_data.npy", (np.ones((2, 16000)) * 16384).astype(np.int16))  # 0.5 s of int16
+    np.save(tmp_path / "train_targets.npy", targets)
+    ds = AudioSetArrays(tmp_path, "train")
+    wave, target = ds[1]
+    assert wave.shape == (CLIP_SAMPLES,) and wave[:16000].eq(0.5).all() and wave[16000:].eq(0).all()
+    assert target.tolist() == [0.0, 0.0, 1.0]
+    np.save(tmp_path / "eval_data.npy", np.full((2, 128, 1001), -18.0, dtype=np.float32))  # dB mel
+    np.save(tmp_path / "eval_targets.npy", targets)
+    mel = AudioSetArrays(tmp_path, "eval")[0][0]
+    assert LogMel(mean=-20.0, std=4.0)(mel[None]).flatten().unique().tolist() == [0.5]  # only normalised
+    with pytest.raises(AudioDataError, match="test_data.npy not found"):
+        AudioSetArrays(tmp_path, "test")
