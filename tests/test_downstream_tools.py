@@ -33,6 +33,7 @@ from mmengine.hooks import Hook  # noqa: E402
 
 from dcls_vision.downstream import datasets  # noqa: E402
 from dcls_vision.downstream.cli import CliError  # noqa: E402
+from dcls_vision.utils.errors import UserError  # noqa: E402
 
 
 def _tool(name: str):
@@ -222,5 +223,5 @@ def test_throughput_tool_times_predict(capsys):
     assert row["device"] == "cpu" and row["size_wh"] == [64, 64] and row["images_per_s"] > 0
     assert row["test_mode"] == "whole" and row["model"] == "EncoderDecoder"
     if not torch.cuda.is_available():
-        with pytest.raises(CliError, match="--device 'cuda' is not available here; allowed: cpu"):
+        with pytest.raises(UserError, match="--device 'cuda' is not available here; allowed: cpu"):
             tool.main([str(TINY_SEG), "--device", "cuda"])

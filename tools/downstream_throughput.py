@@ -40,20 +40,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _device(name: str) -> Any:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise CliError(f"--device {name!r} is invalid; allowed: cpu, cuda, cuda:N") from err
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        raise CliError(
-            f"--device {name!r} is not available here; allowed: cpu" + (", cuda" * torch.cuda.is_available())
-        )
-    return device
-
-
 def _cpu_name() -> str:
     """The CPU model (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
@@ -107,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise CliError(f"--warmup {args.warmup} is invalid; allowed: an integer >= 0")
     if args.size and min(args.size) < 32:
         raise CliError(f"--size {args.size[0]} {args.size[1]} is too small; allowed: W H of at least 32 pixels")
-    device = _device(args.device)
+    from dcls_vision.analysis.throughput import parse_device
+
+    device = parse_device(args.device, allow_auto=False)
     if args.threads:
         import torch
 

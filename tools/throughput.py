@@ -64,26 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str) -> Any:
-    """``--device`` as a torch device that exists here; one line naming what is allowed otherwise."""
-    import torch
-
-    from dcls_vision.analysis.errors import AnalysisError
-
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    try:
-        device = torch.device(device_name)
-    except RuntimeError as e:
-        raise AnalysisError(f"--device {name!r} is invalid; allowed: cpu, cuda, cuda:N, auto") from e
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        raise AnalysisError(
-            f"--device {name!r} is not available here; allowed: cpu"
-            + (", cuda, cuda:N" if torch.cuda.is_available() else "")
-            + ", auto"
-        )
-    return device
-
-
 def _measure(args: argparse.Namespace, device: Any, amp: Any) -> list[dict[str, Any]]:
     """One entry per model spec / checkpoint: its sweep over modes and batch sizes."""
     import torch
@@ -152,7 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    from dcls_vision.analysis.throughput import parse_device
+
+    device = parse_device(args.device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     models = _measure(args, device, amp)
     on_cuda = device.type == "cuda"

@@ -21,6 +21,7 @@ from torch import nn
 
 from dcls_vision.ops import clamp_positions_
 
+from .errors import AnalysisError
 from .memory import peak_memory_bytes
 
 MODES = ("infer", "train")
@@ -135,3 +136,17 @@ def sweep(
                     torch.cuda.empty_cache()
                 rows.append({"batch": batch, "error": "out of memory"})
     return results
+
+
+def parse_device(name: str, allow_auto: bool = True) -> torch.device:
+    """``--device`` of the benchmark tools as a torch device that exists here (``auto``: CUDA when present);
+    one line naming what is allowed otherwise."""
+    allowed = "cpu" + (", cuda, cuda:N" if torch.cuda.is_available() else "") + (", auto" if allow_auto else "")
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if allow_auto and name == "auto" else name
+    try:
+        device = torch.device(device_name)
+    except RuntimeError as e:
+        raise AnalysisError(f"--device {name!r} is invalid; allowed: {allowed}") from e
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        raise AnalysisError(f"--device {name!r} is not available here; allowed: {allowed}")
+    return device
