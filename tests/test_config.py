@@ -144,6 +144,8 @@ def test_audioset_recipe(name):
     assert cfg.optim.name == ("lamb" if "convformer" in name else "adamw")
     assert (cfg.data.name, cfg.data.num_classes, cfg.aug.mixup, cfg.aug.label_smoothing) == ("audioset", 527, 0.8, 0.1)
     assert (cfg.sched.warmup_epochs, cfg.sched.min_lr, cfg.aug.reprob) == (20, 1e-6, 0.25)
+    # DCLS-Audio main.py: ConvNeXt's utils.cosine_scheduler (warm-up, then the cosine over the remaining epochs)
+    assert (cfg.sched.warmup_prefix, cfg.optim.lr_base_batch, cfg.optim.lr_scale_rule) == (True, 4096, "sqrt")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
