@@ -3,13 +3,14 @@
 Generated offline on first use into the data folder (nothing is shipped: ~280 MB of WAV would bloat the repository,
 the generator is a few kB and deterministic). Needs the Debian package ``espeak-ng`` (tools/install.sh installs it).
 Each of the :data:`WORDS` is a class. Every word is spoken in :data:`RENDITIONS` renditions (voice, variant, pitch
-and speed drawn from a seeded generator); training clips use renditions 0-3, eval clips the held-out 4-5, so eval
-measures generalisation to unseen voices. A clip holds 1-3 distinct words at random times over white or pink noise
-(SNR 0-20 dB) filling the whole 10 s and the whole band, stored as 16-bit 32 kHz mono WAV (the model's rate: no
-resampling in the loader). No digital silence on purpose: zero padding or an empty band (a 16 kHz file read at 32 kHz
-is empty above 8 kHz) becomes the -100 dB floor of the log, which real recordings never show; it made ~18 % of the
-dB mel the floor, dominated the normalisation statistics and the small nets' max pooling, and the quickstart nets
-did not learn (version 1 of this set). Layout: ``class_labels_indices.csv``, ``{train,eval}_segments.csv``, ``audio/{train,eval}/<YTID>.wav``.
+and speed drawn from a seeded generator); training clips use renditions 0-11, eval clips the held-out 12-15, so eval
+measures generalisation to unseen voices (with 4 training voices per word, v2, the small nets only memorised them).
+A clip holds 1-3 distinct words at random times over white or pink noise (SNR 0-20 dB) filling the whole 10 s and
+the whole band, stored as 16-bit 32 kHz mono WAV (the model's rate: no resampling in the loader). No digital silence
+on purpose: zero padding or an empty band (a 16 kHz file read at 32 kHz is empty above 8 kHz) becomes the -100 dB
+floor of the log, which real recordings never show; in v1 it made ~18 % of the dB mel, dominated the normalisation
+statistics (std 42 dB) and the small nets' max pooling. Layout: ``class_labels_indices.csv``,
+``{train,eval}_segments.csv``, ``audio/{train,eval}/<YTID>.wav``.
 """
 
 from __future__ import annotations
