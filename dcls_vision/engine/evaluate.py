@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -25,6 +26,38 @@ def amp_context(device: torch.device, dtype: str | None) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
 
 
+def _val_outputs(
+    model: nn.Module,
+    loader: EpochLoader,
+    device: torch.device,
+    amp: str | None,
+    channels_last: bool,
+    logger: RunLogger | None,
+    desc: str,
+    transform: nn.Module | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float outputs, targets) of every non-empty val batch, on ``device`` (``transform`` first), with the bar:
+    the one batch loop of :func:`evaluate` and :func:`evaluate_multilabel`."""
+    data = loader.epoch(0)
+    bar = logger.bar(len(data), desc) if logger else None
+    try:
+        for batch in data:
+            if batch is not None and len(batch[1]):
+                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                if transform is not None:
+                    x = transform(x)
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with amp_context(device, amp):
+                    out = model(x)
+                yield out.float(), y
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -39,22 +72,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     stats = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, n, loss_sum, seen_batches
-    data = loader.epoch(0)
-    bar = logger.bar(len(data), desc) if logger else None
-    for batch in data:
-        if batch is None:
-            continue
-        x, y = batch[0], batch[1]
-        if len(y) == 0:
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_context(device, amp):
-            out = model(x)
-        out = out.float()
-        k = min(5, out.shape[1])
-        top = out.topk(k, dim=1).indices
+    for out, y in _val_outputs(model, loader, device, amp, channels_last, logger, desc):
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
         hit = top.eq(y[:, None])
         stats += torch.stack(
             [
@@ -65,10 +84,6 @@ def evaluate(
                 torch.ones((), dtype=torch.float64, device=device),
             ]
         )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     all_reduce_sum(stats)
     model.train(was_training)
     n = max(stats[2].item(), 1.0)
@@ -148,24 +163,11 @@ def evaluate_multilabel(
     was_training = model.training
     model.eval()
     scores, targets, loss_sum = [], [], 0.0
-    data = loader.epoch(0)
-    bar = logger.bar(len(data), desc) if logger else None
-    for batch in data:
-        if batch is not None and len(batch[1]):
-            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True).float()
-            if transform is not None:
-                x = transform(x)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp_context(device, amp):
-                out = model(x).float()
-            loss_sum += nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum").item() / y.shape[1]
-            scores.append(torch.sigmoid(out).cpu().numpy())
-            targets.append(y.cpu().numpy())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    for out, y in _val_outputs(model, loader, device, amp, channels_last, logger, desc, transform):
+        y = y.float()
+        loss_sum += nn.functional.binary_cross_entropy_with_logits(out, y, reduction="sum").item() / y.shape[1]
+        scores.append(torch.sigmoid(out).cpu().numpy())
+        targets.append(y.cpu().numpy())
     parts = all_gather_objects((scores, targets, loss_sum))
     score = np.concatenate([s for p in parts for s in p[0]])
     target = np.concatenate([t for p in parts for t in p[1]])
