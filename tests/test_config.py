@@ -58,7 +58,7 @@ CONVNEXT_16 = {  # ConvNeXt utils.cosine_scheduler (also ConvNeXt-dcls); lr 4e-3
     "optim.lr_scale_rule": "sqrt",
     "sched.warmup_prefix": True,
 }
-CONVFORMER_16 = {  # sail-sg/metaformer train_convformer_s18.sh + train.py defaults (timm 0.6.11), default_cfgs
+TIMM_TRAIN_PY_16 = {  # what the metaformer and ml-fastvit train.py (timm's) share: per-epoch LR, 300 + 10 cooldown
     **CONVNEXT_16,
     "sched.warmup_prefix": False,
     "sched.warmup_lr": 1e-6,
@@ -66,19 +66,16 @@ CONVFORMER_16 = {  # sail-sg/metaformer train_convformer_s18.sh + train.py defau
     "sched.cooldown_epochs": 10,
     "sched.step_on_epochs": True,
     "trainer.epochs": 310,
+}
+CONVFORMER_16 = {  # sail-sg/metaformer train_convformer_s18.sh + train.py defaults (timm 0.6.11), default_cfgs
+    **TIMM_TRAIN_PY_16,
     "trainer.ema.enabled": False,
     "data.crop_pct": 1.0,
     "aug.train_interpolation": "random",
 }
 FASTVIT_16 = {  # apple/ml-fastvit README (SA24) + train.py defaults (timm >= 0.9), timm default_cfgs
-    **CONVNEXT_16,
+    **TIMM_TRAIN_PY_16,
     "optim.lr_base_batch": 1024,
-    "sched.warmup_prefix": False,
-    "sched.warmup_lr": 1e-6,
-    "sched.min_lr": 1e-5,
-    "sched.cooldown_epochs": 10,
-    "sched.step_on_epochs": True,
-    "trainer.epochs": 310,
     "data.img_size": 256,
     "data.crop_pct": 0.9,
     "aug.mixup": 0.2,
