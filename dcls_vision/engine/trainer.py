@@ -546,6 +546,7 @@ class Trainer:
             "repulsive": stats["repulsive"],
             "epoch_time": round(seconds, 3),
             "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
+            "params": sum(p.numel() for p in self.model.parameters()),  # for reports that gather runs
             "skipped_train": stats["skipped_train"],
             "skipped_val": val["skipped"],
             "pos_delta": pos_delta,
