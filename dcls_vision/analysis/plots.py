@@ -193,3 +193,29 @@ def erf_plot(erf: np.ndarray, title: str, path: Path) -> Path:
     fig.colorbar(im1, ax=axes[1], fraction=0.046)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def metric_vs_key(data: dict[str, Any]) -> bytes:
+    """tools/report.py --plot: mean ± std of a metric against a config key (PNG bytes, written atomically by the
+    caller); flat lines with a ±std band for groups without the key (a dense baseline)."""
+    import io
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, s in enumerate(data["series"]):
+        ax.errorbar(s["x"], s["mean"], yerr=s["std"], marker="o", capsize=3, color=f"C{i}", label=s["label"])
+    for j, ref in enumerate(data["references"], start=len(data["series"])):
+        color = f"C{j % 10}"
+        ax.axhline(ref["mean"], color=color, linestyle="--", label=f"{ref['label']} (no {data['key']})")
+        if ref["std"]:
+            ax.axhspan(ref["mean"] - ref["std"], ref["mean"] + ref["std"], color=color, alpha=0.15)
+    if data["ticks"] is not None:
+        ax.set_xticks(range(len(data["ticks"])), data["ticks"], rotation=30, ha="right")
+    ax.set_xlabel(data["key"])
+    ax.set_ylabel(f"{data['metric']} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

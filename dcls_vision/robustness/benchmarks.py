@@ -77,6 +77,9 @@ ALEXNET_ERRORS: dict[str, tuple[float, ...]] = {
     "pixelate": (0.52218, 0.5462, 0.73728, 0.87092, 0.91262),
     "jpeg_compression": (0.51002, 0.54718, 0.57294, 0.65458, 0.74778),
 }
+# AlexNet's clean ImageNet val top-1 error (fraction), the relative mCE normaliser's clean term (Hendrycks &
+# Dietterich 2019, section 3: Relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^AlexNet_{s,c} - E^AlexNet_clean)).
+ALEXNET_CLEAN_ERROR = 0.4348
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .benchmarks import ALEXNET_ERRORS, SEVERITIES
+from .benchmarks import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, SEVERITIES
 
 
 def corruption_summary(
@@ -45,3 +45,22 @@ def corruption_summary(
         ces = [per[n]["ce"] for n in counted if "ce" in per[n]]
         out["mce"] = sum(ces) / len(ces) if ces else None
     return out
+
+
+def relative_mce(per_corruption: Mapping[str, Mapping[str, Any]], clean_error: float) -> float | None:
+    """Relative mCE (%): how much accuracy a model loses under corruption, relative to AlexNet's loss.
+
+    Hendrycks & Dietterich 2019, section 3: ``RelCE_c = 100 * sum_s (E_{s,c} - E_clean) / sum_s (E^AlexNet_{s,c} -
+    E^AlexNet_clean)`` over the severities evaluated, relative mCE = mean over the ImageNet-C corruptions with AlexNet
+    figures. ``per_corruption`` is :func:`corruption_summary`'s (``mean_error`` and ``severities`` per corruption),
+    ``clean_error`` the model's clean top-1 error (%). None when no corruption has AlexNet figures.
+    """
+    rel = []
+    for name, row in per_corruption.items():
+        if name not in ALEXNET_ERRORS:
+            continue
+        sevs = row["severities"]
+        model_gap = len(sevs) * (row["mean_error"] - clean_error)
+        alex_gap = sum(100.0 * (ALEXNET_ERRORS[name][s - 1] - ALEXNET_CLEAN_ERROR) for s in sevs)
+        rel.append(100.0 * model_gap / alex_gap)
+    return sum(rel) / len(rel) if rel else None

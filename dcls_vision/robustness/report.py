@@ -75,6 +75,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"ImageNet-C mCE (AlexNet-normalised): {c['summary']['mce']:.2f}{tag}; C↓ is the unnormalised "
             f"mean top-1 error over corruptions and severities, as in the thesis"
         )
+    if result.get("relative_mce") is not None:
+        notes.append(
+            f"ImageNet-C relative mCE (AlexNet-normalised error increase over clean): {result['relative_mce']:.2f}"
+        )
     if not_run:
         notes.append(f"{DASH} not run: " + "; ".join(not_run))
     if result.get("skipped_images"):

@@ -29,7 +29,7 @@ from dcls_vision.engine.runlog import RunLogger
 from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, coverage_note, severity_folder_names
 from .classes import ClassListError, checkpoint_classes, class_folders, subset_logit_indices
 from .config import as_list, checkpoint_path, validate_eval_config
-from .metrics import corruption_summary
+from .metrics import corruption_summary, relative_mce
 from .model import LoadedModel, SubsetLogits, load_model
 from .report import render_markdown, table_values, write_reports
 from .resume import changed_fields, read_results, supersede, unfinished_sibling
@@ -439,6 +439,7 @@ class Evaluator:
             "skipped_images": sum(int(e.get("skipped") or 0) for e in entries.values()),
         }
         result["table"] = {k: v for k, v in table_values(result).items() if k in entries}
+        result["relative_mce"] = _relative_mce(entries)
         return result
 
     def _save(self, entries: dict[str, Any], complete: bool) -> dict[str, Path] | None:
@@ -486,6 +487,15 @@ class Evaluator:
         result["rank"] = self.rank
         result["evaluated"] = [k for k, e in entries.items() if e["status"] != "unavailable"]
         return result
+
+
+def _relative_mce(entries: dict[str, Any]) -> float | None:
+    """Relative mCE when both the clean val top-1 and ImageNet-C splits were evaluated, else None."""
+    clean = (entries.get("val") or {}).get("top1")
+    summary = (entries.get("c") or {}).get("summary")
+    if clean is None or not summary:
+        return None
+    return relative_mce(summary["per_corruption"], 100.0 - clean)
 
 
 def run_eval(cfg: DictConfig, resume_search: Path | None = None) -> dict[str, Any]:
