@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from dcls_vision.utils.io import atomic_write_text
 
 from .benchmarks import BENCHMARKS, SEVERITIES
 
@@ -136,13 +136,6 @@ def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """``results.json``, ``results.csv`` and ``table.md`` in ``out_dir`` (atomically replaced)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +144,7 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     writer.writeheader()
     writer.writerows(csv_rows(result))
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "markdown": out_dir / "table.md"}
-    _atomic_write(paths["json"], json.dumps(result, indent=2) + "\n")
-    _atomic_write(paths["csv"], buf.getvalue())
-    _atomic_write(paths["markdown"], render_markdown(result))
+    atomic_write_text(paths["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["markdown"], render_markdown(result))
     return paths

@@ -20,11 +20,12 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where checkpoints are read or written: the text writers stay light
+    import torch
 
 # File names the trainer writes in a run dir (best_ema.pth holds EMA weights under its "model" entry).
 LAST, BEST, BEST_EMA = "last.pth", "best.pth", "best_ema.pth"
@@ -53,6 +54,8 @@ def _fsync_dir(path: Path) -> None:
 def _serialise(obj: Any, path: Path, f: Any) -> None:
     """``torch.save``, or for ``*.safetensors`` the ``model`` state dict with the other entries as JSON metadata."""
     if path.suffix != SAFETENSORS:
+        import torch
+
         torch.save(obj, f)
         return
     from safetensors.torch import save
@@ -134,6 +137,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     if Path(path).suffix == SAFETENSORS:
         return _load_safetensors(Path(path), map_location)
+    import torch
+
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location=map_location, weights_only=True)
