@@ -155,3 +155,120 @@ def test_bad_input_is_one_line_exit_2(synthetic, tmp_path):
     proc = _report(str(tmp_path / "nothing*"))
     assert proc.returncode == 2 and "matches no path" in proc.stderr
     assert not (tmp_path / "report.json").exists()  # nothing written on a bad argument
+
+
+def test_relative_mce_against_a_hand_computed_value():
+    """Relative CE_c = 100 * sum_s (E_sc - E_clean) / sum_s (E^AlexNet_sc - 43.48); relative mCE = mean over c."""
+    from dcls_vision.robustness import relative_mce
+
+    per = {
+        "gaussian_noise": {"mean_error": 50.0, "severities": [1, 2]},  # AlexNet 69.528, 82.542
+        "contrast": {"mean_error": 30.0, "severities": [5]},  # AlexNet 99.27
+        "sparkles": {"mean_error": 90.0, "severities": [1]},  # C-bar: no AlexNet figure, not counted
+    }
+    gauss = 100 * (2 * (50.0 - 20.0)) / ((69.528 - 43.48) + (82.542 - 43.48))
+    contrast = 100 * (30.0 - 20.0) / (99.27 - 43.48)
+    assert relative_mce(per, 20.0) == pytest.approx((gauss + contrast) / 2, rel=1e-12)
+    assert relative_mce({"sparkles": per["sparkles"]}, 20.0) is None
+
+
+# ------------------------------------------------------------------------------------ real runs, real eval.py
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """``train.py -m`` over 2 seeds of a tiny quickstart (Hydra's local launcher): a real multirun dir."""
+    out = tmp_path_factory.mktemp("sweep") / "multirun"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=quickstart", "trainer.seed=0,1"]
+    cmd += ["data.train_subset=256", "data.val_subset=128", "trainer.epochs=1", "logger.wandb=false"]
+    cmd += ["logger.progress=false", f"hydra.sweep.dir={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_real_sweep_of_two_seeds(sweep, tmp_path):
+    proc = _report(str(sweep), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["group_keys"] == [] and len(report["groups"]) == 1
+    group = report["groups"][0]
+    runs = sorted(sweep.glob("*_quickstart"))
+    assert group["n"] == 2 and group["seeds"] == [0, 1] and group["runs"] == [str(p) for p in runs]
+    assert group["incomplete"] == 0
+    last = [json.loads((p / "metrics.jsonl").read_text().splitlines()[-1]) for p in runs]
+    top1 = [r["val_top1"] for r in last]
+    stats = group["stats"]
+    assert stats["final_top1"]["mean"] == pytest.approx(sum(top1) / 2)
+    assert stats["final_top1"]["std"] == pytest.approx(abs(top1[0] - top1[1]) / math.sqrt(2))
+    assert stats["best_top1"]["mean"] == pytest.approx(sum(r["best_top1"] for r in last) / 2)
+    assert stats["params"] == {"mean": last[0]["params"], "std": 0.0, "n": 2} and last[0]["params"] > 0
+    assert stats["train_img_per_s"]["mean"] == pytest.approx(sum(r["train_img_per_s"] for r in last) / 2)
+    assert stats["final_ema_top1"] is None  # quickstart trains without EMA
+    assert f"| all runs | 2 | {sum(top1) / 2:.2f} ± " in proc.stdout
+
+
+C_ARGS = ["benchmarks=[val,c]", "c.corruptions=[gaussian_noise,contrast]", "c.severities=[1,3]", "progress=false"]
+
+
+def _eval_py(run_dir: Path, clean: Path, corrupted: Path, out: Path) -> dict:
+    """eval.py as a user runs it (Hydra entry point, subprocess)."""
+    cmd = [sys.executable, str(ROOT / "eval.py"), f"checkpoint={run_dir / 'last.pth'}", *C_ARGS]
+    cmd += [f"val.root={clean}", f"c.root={corrupted}", f"output_dir={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def _run_eval(run_dir: Path, clean: Path, corrupted: Path, out: Path) -> dict:
+    """eval.py's run_eval in this process (one interpreter start less), the same configs/eval.yaml composed."""
+    from hydra import compose, initialize_config_dir
+
+    from dcls_vision.robustness import run_eval
+
+    overrides = [f"checkpoint={run_dir / 'last.pth'}", *C_ARGS, f"val.root={clean}", f"c.root={corrupted}"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        run_eval(compose("eval", overrides=[*overrides, f"output_dir={out}"]))
+    return json.loads((out / "results.json").read_text())
+
+
+def test_two_eval_result_dirs_side_by_side(sweep, tmp_path):
+    """Two checkpoints (the sweep's seeds) evaluated on a clean val folder and a 2-corruption x 2-severity C folder
+    made by tools/make_corrupted.py; the report's rows equal each results.json, relative mCE by hand."""
+    pytest.importorskip("imagecorruptions", reason="pip install --no-deps imagecorruptions-imaug==1.1.5")
+    import importlib.util
+
+    from dcls_vision.robustness.fashion_folder import export_val_folder
+    from dcls_vision.utils.io import load_checkpoint
+
+    runs = sorted(sweep.glob("*_quickstart"))
+    clean, corrupted = tmp_path / "clean", tmp_path / "c"
+    assert export_val_folder(load_checkpoint(runs[0] / "last.pth")["config"]["data"], clean) == 128
+    spec = importlib.util.spec_from_file_location("make_corrupted", ROOT / "tools" / "make_corrupted.py")
+    make_corrupted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_corrupted)
+    args = [str(clean), str(corrupted), "--no-progress", "--corruptions", "gaussian_noise", "contrast"]
+    args += ["--severities", "1", "3", "--format", "png", "--no-resize-crop", "--upscale-small", "32", "--workers", "1"]
+    assert make_corrupted.main(args) == 0
+    results = [_eval_py(runs[0], clean, corrupted, tmp_path / "eval0")]
+    results.append(_run_eval(runs[1], clean, corrupted, tmp_path / "eval1"))
+    proc = _report(str(tmp_path / "eval0"), str(tmp_path / "eval1"), "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["kind"] == "eval" and len(report["rows"]) == 2
+    for row, result in zip(report["rows"], results):
+        c = result["benchmarks"]["c"]["summary"]
+        assert row["clean"] == result["benchmarks"]["val"]["top1"] and row["c_error"] == c["mean_error"]
+        assert row["mCE"] == c["mce"] and row["cbar_error"] is None
+        clean_error = 100 - row["clean"]
+        rel = [
+            100
+            * sum(s["error"] - clean_error for s in result["benchmarks"]["c"]["splits"] if s["corruption"] == n)
+            / sum(100 * ALEX[n][v - 1] - 43.48 for v in (1, 3))
+            for n in ALEX
+        ]
+        assert row["relative_mCE"] == pytest.approx(sum(rel) / 2) and result["relative_mce"] == row["relative_mCE"]
+        assert f"| {row['clean']:.2f} | {row['c_error']:.2f} | – | – | – | – | {row['mCE']:.2f} |" in proc.stdout
+    assert len({r["label"] for r in report["rows"]}) == 2  # same model name twice: told apart by their dirs
+    assert "relative mCE" in (tmp_path / "eval0" / "table.md").read_text()
+
+
+ALEX = {"gaussian_noise": (0.69528, 0.82542, 0.93554), "contrast": (0.64548, 0.7615, 0.88874)}  # Hendrycks' table
