@@ -136,7 +136,7 @@ def test_plot_series_sorts_numeric_keys_and_draws_the_baseline_flat(synthetic, t
     assert data["numeric"] and [s["x"] for s in data["series"]] == [[3, 5, 7]]
     assert data["series"][0]["mean"] == [82.0, 87.0, 88.5]
     assert data["series"][0]["std"][0] == 2.0 and data["series"][0]["std"][2] == pytest.approx(math.sqrt(0.5))
-    assert [r["label"] for r in data["references"]] == [g["label"] for g in report["groups"] if "base" in g["label"]]
+    assert [r["label"] for r in data["references"]] == [f"experiment_name=base, model.name=net_base ({KEY} unset)"]
     assert data["references"][0]["mean"] == pytest.approx(242 / 3)
 
 

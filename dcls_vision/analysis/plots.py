@@ -199,17 +199,23 @@ def metric_vs_key(data: dict[str, Any]) -> bytes:
     """tools/report.py --plot: mean ± std of a metric against a config key (PNG bytes, written atomically by the
     caller); flat lines with a ±std band for groups without the key (a dense baseline)."""
     import io
+    import textwrap
+
+    def wrap(label: str) -> str:
+        return "\n".join(textwrap.wrap(label, 70))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, s in enumerate(data["series"]):
-        ax.errorbar(s["x"], s["mean"], yerr=s["std"], marker="o", capsize=3, color=f"C{i}", label=s["label"])
+        ax.errorbar(s["x"], s["mean"], yerr=s["std"], marker="o", capsize=3, color=f"C{i % 10}", label=wrap(s["label"]))
     for j, ref in enumerate(data["references"], start=len(data["series"])):
         color = f"C{j % 10}"
-        ax.axhline(ref["mean"], color=color, linestyle="--", label=f"{ref['label']} (no {data['key']})")
+        ax.axhline(ref["mean"], color=color, linestyle="--", label=wrap(ref["label"]))
         if ref["std"]:
             ax.axhspan(ref["mean"] - ref["std"], ref["mean"] + ref["std"], color=color, alpha=0.15)
     if data["ticks"] is not None:
         ax.set_xticks(range(len(data["ticks"])), data["ticks"], rotation=30, ha="right")
+    elif all(float(x).is_integer() for s in data["series"] for x in s["x"]):  # kernel sizes: ticks at the values
+        ax.set_xticks(sorted({x for s in data["series"] for x in s["x"]}))
     ax.set_xlabel(data["key"])
     ax.set_ylabel(f"{data['metric']} (mean ± std over seeds)")
     ax.grid(alpha=0.3)

@@ -331,7 +331,7 @@ def plot_series(report: dict[str, Any], key: str) -> dict[str, Any]:
         point = (stat["mean"], stat["std"] or 0.0)
         rest = ", ".join(f"{k}={fmt_value(v)}" for k, v in g["keys"].items() if k != key) or metric
         if g["keys"][key] is None:
-            refs.append((g["label"], *point))
+            refs.append((f"{rest} ({key} unset)", *point))
         else:
             lines.setdefault(rest, []).append((g["keys"][key], *point))
     xs = [x for pts in lines.values() for x, _, _ in pts]
