@@ -101,13 +101,14 @@ def _collect(path: Path, depth: int, found: Found) -> None:
 
 
 def expand(sources: list[str]) -> list[Path]:
-    """Existing paths as given, globs expanded (sorted); a file (config.yaml, results.json ...) means its dir."""
+    """Existing paths as given, globs expanded to the dirs they match (sorted); a file given by name
+    (config.yaml, results.json ...) means its dir."""
     paths: list[Path] = []
     for source in sources:
         if Path(source).exists():
             matches = [source]
         elif glob.has_magic(source):
-            matches = sorted(glob.glob(source))
+            matches = sorted(m for m in glob.glob(source) if Path(m).is_dir())  # not a sweep's multirun.yaml
             if not matches:
                 raise AnalysisError(f"SOURCE {source!r} matches no path; allowed: run dirs, globs, sweep dirs")
         else:
