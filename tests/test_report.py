@@ -140,6 +140,20 @@ def test_plot_series_sorts_numeric_keys_and_draws_the_baseline_flat(synthetic, t
     assert data["references"][0]["mean"] == pytest.approx(242 / 3)
 
 
+def test_multilabel_runs_report_map(tmp_path):
+    """Multi-label runs (records carry val_mAP / best_mAP / ema_mAP): the figures are named *_mAP."""
+    for seed, final in enumerate((30.0, 34.0)):
+        run = _write_run(tmp_path / f"{seed}_audio", "audio", seed, [final], None)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[:1]]
+        lines[0].update(val_mAP=lines[0].pop("val_top1"), best_mAP=final, ema_mAP=final + 1)
+        (run / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    report = build([str(tmp_path)])
+    assert report["metric"] == "final_mAP"
+    stats = report["groups"][0]["stats"]
+    assert stats["final_mAP"] == {"mean": 32.0, "std": pytest.approx(math.sqrt(8)), "n": 2}
+    assert stats["final_ema_mAP"]["mean"] == 33.0 and "final_top1" not in stats
+
+
 def test_bad_input_is_one_line_exit_2(synthetic, tmp_path):
     for args, needle in (
         (["--baseline", f"{KEY}=9"], "matches no group"),
