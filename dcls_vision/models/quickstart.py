@@ -207,10 +207,14 @@ def dcls_kernel_study(pretrained: bool = False, **kwargs: object) -> QuickstartN
     DCLS-gauss ConvNeXt blocks (positions and σ shared), as the stem and first stage of ConvNeXt-T-dcls-gauss.
 
     ``kernel_count`` stays at 21 for every ``dilated_kernel_size`` (the count whose parameters equal three dense
-    7x7 depthwise convs), so only the size moves; ``dilated_kernel_size=None`` is that dense 7x7 baseline, which
-    lets one sweep over the size hold the baseline too (``model.kwargs.dilated_kernel_size=null,3,5,...``).
+    7x7 depthwise convs), so only the size moves; ``dilated_kernel_size="dense"`` is that dense 7x7 baseline,
+    which lets one sweep over the size hold the baseline too (``model.kwargs.dilated_kernel_size=dense,3,7,...``;
+    not None: timm.create_model drops None arguments).
     """
-    dense = "dilated_kernel_size" in kwargs and kwargs["dilated_kernel_size"] is None
+    size = kwargs.get("dilated_kernel_size", 13)
+    dense = size == "dense"
+    if isinstance(size, str) and not dense:
+        raise ValueError(f"dilated_kernel_size={size!r} is not supported; allowed: an int (the dilated kernel size) or 'dense'")
     if dense:
         kwargs = {k: v for k, v in kwargs.items() if k != "dilated_kernel_size"}
     return _create("dcls_kernel_study", pretrained, {"dcls": not dense, "stem_kernel_size": 2}, kwargs)
