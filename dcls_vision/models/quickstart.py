@@ -214,7 +214,9 @@ def dcls_kernel_study(pretrained: bool = False, **kwargs: object) -> QuickstartN
     size = kwargs.get("dilated_kernel_size", 13)
     dense = size == "dense"
     if isinstance(size, str) and not dense:
-        raise ValueError(f"dilated_kernel_size={size!r} is not supported; allowed: an int (the dilated kernel size) or 'dense'")
+        raise ValueError(
+            f"dilated_kernel_size={size!r} is not supported; allowed: an int (the dilated kernel size) or 'dense'"
+        )
     if dense:
         kwargs = {k: v for k, v in kwargs.items() if k != "dilated_kernel_size"}
     return _create("dcls_kernel_study", pretrained, {"dcls": not dense, "stem_kernel_size": 2}, kwargs)
