@@ -231,6 +231,22 @@ def test_quickstart_baseline_shares_the_quickstart_recipe():
     assert (a.trainer.epochs, a.trainer.batch_size, a.optim.lr, a.aug.pad_crop, a.aug.mixup) == (3, 64, 5e-3, 0, 0.0)
 
 
+def test_kernel_size_study_is_one_sweep_of_the_thesis_study():
+    """Fig. 6.1 on the embedded data: sizes 3..21 + the dense baseline, 10 and 100 epochs, 3 seeds, one `-m`."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=kernel_size_study"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    sizes = str(params["model.kwargs.dilated_kernel_size"]).split(",")
+    assert sizes[0] == "dense" and [int(s) for s in sizes[1:]] == [3, 7, 13, 21]
+    assert (str(params["trainer.epochs"]), str(params["trainer.seed"])) == ("10,100", "0,1,2")
+    assert (cfg.model.name, cfg.data.name, cfg.experiment_name) == (
+        "dcls_kernel_study",
+        "fashion_mnist",
+        "kernel_size_study",
+    )
+    assert (cfg.trainer.val_interval, cfg.data.train_subset) == (10, 192)  # 10-epoch runs validate once
+
+
 def test_any_value_is_overridable():
     cfg = _compose(
         "experiment=convnext_tiny_dcls",
@@ -258,6 +274,7 @@ ADDED_SINCE = {
     "trainer.cudnn_benchmark": True,
     "trainer.tf32": True,
     "trainer.head_bias_prior": False,  # issue 18: multi-label quickstart only
+    "trainer.val_interval": 1,  # issue 19: the kernel-size study's 100-epoch runs validate every 10 epochs
 }
 
 

@@ -56,3 +56,23 @@ def test_pretrained_and_bad_arguments_fail_clearly() -> None:
         timm.create_model("dcls_quickstart", pretrained=True)
     with pytest.raises(TypeError, match="unexpected arguments.*bogus"):
         timm.create_model("dcls_quickstart_baseline", bogus=1)
+
+
+@pytest.mark.parametrize("size", ["dense", 3, 13, 21])
+def test_kernel_study_net_is_the_thesis_net_at_equal_parameters(size) -> None:
+    """Fig. 6.1's net: 2x2 stride-2 stem, three DCLS-gauss blocks of one size, K fixed; 'dense' = dense 7x7."""
+    model = timm.create_model("dcls_kernel_study", dim=16, dilated_kernel_size=size)
+    stem = model.stem[0]
+    assert (stem.kernel_size, stem.stride, stem.padding) == ((2, 2), (2, 2), (0, 0))
+    x = torch.randn(2, 1, 28, 28)
+    assert model.forward_features(x).shape == (2, 16, 14, 14)
+    convs = [b.conv_dw for b in model.stages]
+    assert len(convs) == 3
+    if size == "dense":
+        assert all(isinstance(c, torch.nn.Conv2d) and c.kernel_size == (7, 7) and c.groups == 16 for c in convs)
+    else:
+        assert all(isinstance(c, Dcls2d) and c.interpolation == "gauss" for c in convs)
+        assert {(c.kernel_count, tuple(c.dilated_kernel_size)) for c in convs} == {(21, (size, size))}
+        assert len({id(c.positions) for c in convs}) == 1
+    dense = timm.create_model("dcls_kernel_study", dim=16, dilated_kernel_size="dense")
+    assert n_params(model) == n_params(dense) - 3 * 16 * 7 * 7 + 3 * 16 * 21 + 4 * 16 * 21  # K=21: 7K = 147 = 7*7*3

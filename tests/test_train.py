@@ -302,3 +302,20 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
     a, b = load_checkpoint(tmp_path / "big" / "last.pth"), load_checkpoint(tmp_path / "acc" / "last.pth")
     assert a["global_step"] == b["global_step"] == 4
     _assert_same_state(a["model"], b["model"], atol=1e-5)
+
+
+def test_val_interval_validates_every_nth_and_the_last_epoch(tmp_path):
+    """trainer.val_interval=2 over 3 epochs: validation after epochs 2 and 3 only; skipped epochs log nulls."""
+    result = train(_cfg(tmp_path, "trainer.epochs=3", "trainer.val_interval=2"))
+    records = _metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    skipped = records[0]
+    assert skipped["val_top1"] is None and skipped["ema_top1"] is None and skipped["best_top1"] is None
+    assert skipped["val_loss"] is None and skipped["train_loss"] > 0
+    assert all(isinstance(r[k], float) for r in records[1:] for k in ("val_top1", "ema_top1", "best_top1"))
+    assert result["top1"] == records[2]["val_top1"]
+    assert records[2]["best_top1"] == max(records[1]["val_top1"], records[2]["val_top1"])
+    log = (tmp_path / "log.txt").read_text()
+    assert "epoch 1/3 | train_loss" in log and "| val -/- |" in log.split("epoch 2/3")[0]
+    with pytest.raises(Exception, match="trainer.val_interval"):
+        train(_cfg(tmp_path / "bad", "trainer.val_interval=0"))

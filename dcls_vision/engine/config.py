@@ -192,6 +192,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     _num(cfg, "trainer.val_batch_size", lambda v: v >= 1, ">= 1 or null")
     _num(cfg, "trainer.accum", lambda v: v >= 1, ">= 1")
     _num(cfg, "trainer.keep_last", lambda v: v >= 0, ">= 0")
+    _num(cfg, "trainer.val_interval", lambda v: v >= 1, ">= 1")
     _num(cfg, "trainer.ckpt_interval_steps", lambda v: v >= 0, ">= 0 (0 = off)")
     _num(cfg, "trainer.max_epochs_per_run", lambda v: v >= 1, ">= 1 or null")
     _num(cfg, "trainer.clip_grad", lambda v: v > 0, "> 0 or null (off)")

@@ -89,7 +89,8 @@ class RunLogger:
             f.flush()
             os.fsync(f.fileno())
         if self.wandb_run is not None:
-            self.wandb_run.log(_flatten(record), step=record.get("global_step"))
+            values = {k: v for k, v in _flatten(record).items() if v is not None}  # null: epoch not validated
+            self.wandb_run.log(values, step=record.get("global_step"))
 
     def step(self, values: dict[str, float], global_step: int) -> None:
         if self.enabled and self.wandb_run is not None:

@@ -217,6 +217,8 @@ class TrainerConfig:
     auto_resume: bool = True
     ckpt_interval_steps: int = 0  # also save last.pth every N optimizer steps mid-epoch (0 = off)
     max_epochs_per_run: int | None = None  # stop after N epochs in this invocation; resume continues
+    # validate every N epochs (and always after the last one); short many-epoch runs spend most time in eval otherwise
+    val_interval: int = 1
     compile: bool = False  # torch.compile the training forward/backward (timm's --torchcompile; inductor)
     cudnn_benchmark: bool = True  # torch.backends.cudnn.benchmark (as timm's train.py)
     tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs (torch.backends.{cuda.matmul,cudnn}.allow_tf32)

@@ -491,7 +491,7 @@ class Trainer:
             self.scheduler.step(epoch + 1)  # only acts when sched.step_on_epochs is true
             st.next_epoch, st.next_batch = epoch + 1, 0
             self._distribute_bn()
-            val, ema = self._evaluate_all()
+            val, ema = self._evaluate_all() if self._validates(epoch) else (None, None)
             pos_delta = self.positions.deltas()
             record = self._record(epoch, stats, val, ema, time.time() - t0, pos_delta)
             self.log.epoch(record)
@@ -517,17 +517,23 @@ class Trainer:
         self.log.close()
         return result
 
+    def _validates(self, epoch: int) -> bool:
+        """``trainer.val_interval``: every N-th epoch and always the last one."""
+        return (epoch + 1) % int(self.cfg.trainer.val_interval) == 0 or epoch + 1 == self.epochs
+
     def _record(
         self,
         epoch: int,
         stats: dict[str, Any],
-        val: dict[str, float],
+        val: dict[str, float] | None,
         ema: dict[str, float] | None,
         seconds: float,
         pos_delta: dict[str, float],
     ) -> dict[str, Any]:
         best, m, names = self.state.best, self.metric, self._metric_names()
-        if val["score"] > best["top1"]:
+        if val is None:  # an epoch without validation (trainer.val_interval): metrics are null, best unchanged
+            val = {"loss": None, "skipped": 0, **{k: None for k in names}}
+        elif val["score"] > best["top1"]:
             best["top1"], best["epoch"] = val["score"], epoch
             self.ckpt.save_best(ckpt.BEST, self.model.state_dict(), epoch, val)
         if ema is not None and ema["score"] > best["ema_top1"]:
@@ -541,8 +547,8 @@ class Trainer:
             **{f"val_{k}": val[k] for k in names},
             "val_loss": val["loss"],
             **{f"ema_{k}": None if ema is None else ema[k] for k in names},
-            f"best_{m}": best["top1"],
-            f"best_ema_{m}": best["ema_top1"] if ema is not None else None,
+            f"best_{m}": best["top1"] if best["epoch"] >= 0 else None,  # null until the first validation
+            f"best_ema_{m}": best["ema_top1"] if self.ema is not None and best["ema_epoch"] >= 0 else None,
             "repulsive": stats["repulsive"],
             "epoch_time": round(seconds, 3),
             "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
@@ -566,7 +572,7 @@ class Trainer:
             f"val {label}{fmt(r[f'val_{a}'])}/{fmt(r[f'val_{b}'])}",
         ]
         if self.multilabel:
-            parts.append(f"d' {r['val_d_prime']:.3f}")
+            parts.append(f"d' {fmt(r['val_d_prime'], '.3f')}")
         if r[f"ema_{a}"] is not None:
             parts.append(f"ema {fmt(r[f'ema_{a}'])}/{fmt(r[f'ema_{b}'])}")
         parts.append(f"best {fmt(r[f'best_{self.metric}'])}")

@@ -63,7 +63,7 @@ class Block(nn.Module):
 
 
 class QuickstartNet(nn.Module):
-    """Stem (conv 3x3 stride 2 + LN) -> ``depth`` blocks at ``dim`` channels -> avg pool -> LN -> head.
+    """Stem (conv ``stem_kernel_size`` stride 2 + LN) -> ``depth`` blocks at ``dim`` channels -> pool -> LN -> head.
 
     ``dcls=True`` uses ``Dcls2d`` (gauss, ``dilated_kernel_size``, ``kernel_count``; positions and σ
     shared across the stage), otherwise a dense ``dense_kernel_size`` depthwise conv.
@@ -85,6 +85,7 @@ class QuickstartNet(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
+        stem_kernel_size: int = 3,
         **kwargs: object,
     ) -> None:
         super().__init__()
@@ -96,7 +97,8 @@ class QuickstartNet(nn.Module):
         self.num_features = self.head_hidden_size = dim
         self.drop_rate = drop_rate
         self.kernel_count = kernel_count or matched_kernel_count(depth, dense_kernel_size)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, 3, stride=2, padding=1), LayerNorm2d(dim, eps=1e-6))
+        stem = nn.Conv2d(in_chans, dim, stem_kernel_size, stride=2, padding=(stem_kernel_size - 1) // 2)
+        self.stem = nn.Sequential(stem, LayerNorm2d(dim, eps=1e-6))
 
         def make_conv() -> nn.Module:
             if dcls:
@@ -197,3 +199,24 @@ def dcls_quickstart(pretrained: bool = False, **kwargs: object) -> QuickstartNet
 def dcls_quickstart_baseline(pretrained: bool = False, **kwargs: object) -> QuickstartNet:
     """The same net with dense depthwise convs, parameter count matched to ``dcls_quickstart``."""
     return _create("dcls_quickstart_baseline", pretrained, {"dcls": False}, kwargs)
+
+
+@register_model
+def dcls_kernel_study(pretrained: bool = False, **kwargs: object) -> QuickstartNet:
+    """The net of the thesis' kernel-size study (Fig. 6.1): stem conv 2x2 stride 2, then three identical
+    DCLS-gauss ConvNeXt blocks (positions and σ shared), as the stem and first stage of ConvNeXt-T-dcls-gauss.
+
+    ``kernel_count`` stays at 21 for every ``dilated_kernel_size`` (the count whose parameters equal three dense
+    7x7 depthwise convs), so only the size moves; ``dilated_kernel_size="dense"`` is that dense 7x7 baseline,
+    which lets one sweep over the size hold the baseline too (``model.kwargs.dilated_kernel_size=dense,3,7,...``;
+    not None: timm.create_model drops None arguments).
+    """
+    size = kwargs.get("dilated_kernel_size", 13)
+    dense = size == "dense"
+    if isinstance(size, str) and not dense:
+        raise ValueError(
+            f"dilated_kernel_size={size!r} is not supported; allowed: an int (the dilated kernel size) or 'dense'"
+        )
+    if dense:
+        kwargs = {k: v for k, v in kwargs.items() if k != "dilated_kernel_size"}
+    return _create("dcls_kernel_study", pretrained, {"dcls": not dense, "stem_kernel_size": 2}, kwargs)
