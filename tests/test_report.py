@@ -157,7 +157,6 @@ def test_multilabel_runs_report_map(tmp_path):
 def test_bad_input_is_one_line_exit_2(synthetic, tmp_path):
     for args, needle in (
         (["--baseline", f"{KEY}=9"], "matches no group"),
-        (["--baseline", "experiment_name=dcls"], "matches 3 groups"),
         (["--baseline", "optim.lr=1"], "does not differ"),
         (["--metric", "top5"], "--metric 'top5'"),
         (["--plot", "optim.lr"], "--plot 'optim.lr'"),
@@ -286,3 +285,33 @@ def test_two_eval_result_dirs_side_by_side(sweep, tmp_path):
 
 
 ALEX = {"gaussian_noise": (0.69528, 0.82542, 0.93554), "contrast": (0.64548, 0.7615, 0.88874)}  # Hendrycks' table
+
+
+def test_baseline_per_regime_and_a_named_baseline_drawn_flat(tmp_path):
+    """Kernel-size-study shape: `dense` among integer sizes, two regimes (epochs); each group vs its regime's dense."""
+    sweep, i = tmp_path / "sweep", 0
+    finals = {
+        (2, "dense"): [70.0, 71.0, 75.0],
+        (2, 3): [72.0, 74.0, 76.0],
+        (3, "dense"): [60.0, 62.0, 64.0],
+        (3, 3): [60.0, 61.0, 62.0],
+    }
+    for (epochs, kernel), values in finals.items():
+        for seed, final in enumerate(values):
+            _write_run(sweep / f"{i}_s", "s", seed, [final - 1] * (epochs - 1) + [final], kernel, epochs=epochs)
+            i += 1
+    out = tmp_path / "out"
+    proc = _report(str(sweep), "--baseline", f"{KEY}=dense", "--plot", KEY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    groups = {g["label"]: g for g in report["groups"]}
+    a, b = groups[f"{KEY}=3, trainer.epochs=2"], groups[f"{KEY}=3, trainer.epochs=3"]
+    assert a["baseline"] == f"{KEY}=dense, trainer.epochs=2" and b["baseline"] == f"{KEY}=dense, trainer.epochs=3"
+    assert a["vs_baseline"]["diff"] == pytest.approx(2.0) and b["vs_baseline"]["diff"] == pytest.approx(-1.0)
+    # paired d = (2, 3, 1) for regime 2: mean 2, sd 1 -> t = 2 * sqrt(3)
+    assert a["vs_baseline"]["test"] == "paired" and a["vs_baseline"]["t"] == pytest.approx(2 * math.sqrt(3))
+    assert groups[f"{KEY}=dense, trainer.epochs=2"]["is_baseline"] and not a["is_baseline"]
+    series = plot_series(report, KEY)
+    assert [s["x"] for s in series["series"]] == [[3], [3]]
+    assert sorted(r["label"] for r in series["references"]) == [f"trainer.epochs={e} ({KEY}=dense)" for e in (2, 3)]
+    assert (out / f"report_{KEY}.png").stat().st_size > 1000

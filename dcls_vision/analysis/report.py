@@ -140,15 +140,26 @@ def parse_baseline(spec: str, keys: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def select_baseline(groups: Sequence[Group], spec: str, keys: Sequence[str]) -> Group:
-    """The one group matching ``spec``; a one-line error naming the groups when none or several match."""
+def select_baselines(groups: Sequence[Group], spec: str, keys: Sequence[str]) -> dict[int, Group]:
+    """Each group's baseline: the group matching ``spec`` whose other keys (those not in ``spec``) are the same.
+
+    One matching group is the baseline of every group; several (e.g. the dense net in each training regime of a
+    sweep) each serve the groups that share their other keys. No match is a one-line error naming the groups.
+    """
     wanted = parse_baseline(spec, keys)
     hits = [g for g in groups if all(fmt_value(g.keys[k]) == v for k, v in wanted.items())]
-    if len(hits) != 1:
-        how = "no group" if not hits else f"{len(hits)} groups"
-        shown = "; ".join(g.label for g in (hits or groups))
-        raise AnalysisError(f"--baseline {spec!r} matches {how}; allowed: one of the groups: {shown}")
-    return hits[0]
+    if not hits:
+        shown = "; ".join(g.label for g in groups)
+        raise AnalysisError(f"--baseline {spec!r} matches no group; allowed: one of the groups: {shown}")
+    if len(hits) == 1:
+        return {id(g): hits[0] for g in groups}
+    rest = [k for k in keys if k not in wanted]
+    out = {}
+    for g in groups:
+        same = [b for b in hits if all(fmt_value(b.keys[k]) == fmt_value(g.keys[k]) for k in rest)]
+        if len(same) == 1:
+            out[id(g)] = same[0]
+    return out
 
 
 def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) -> dict[str, Any]:
@@ -160,9 +171,11 @@ def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) 
         raise AnalysisError(f"--metric {metric!r} is not a run figure; allowed: {', '.join(names)}")
     keys = differing_keys(runs)
     groups = group_runs(runs, keys)
-    base = select_baseline(groups, baseline, keys) if baseline else None
+    bases = select_baselines(groups, baseline, keys) if baseline else {}
+    base_ids = {id(b) for b in bases.values()}
     out_groups = []
     for g in groups:
+        base = bases.get(id(g))
         out_groups.append(
             {
                 "label": g.label,
@@ -173,13 +186,15 @@ def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) 
                 "incomplete": sum(not r.complete for r in g.runs),
                 "stats": {name: summary([r.values()[name] for r in g.runs]) for name in names},
                 "vs_baseline": compare(g, base, metric) if base is not None and g is not base else None,
+                "is_baseline": id(g) in base_ids,
+                "baseline": base.label if base is not None else None,
             }
         )
     return {
         "kind": "train",
         "metric": metric,
         "group_keys": keys,
-        "baseline": base.label if base else None,
+        "baseline": "; ".join(g.label for g in groups if id(g) in base_ids) or None,
         "groups": out_groups,
     }
 
@@ -222,7 +237,7 @@ def train_markdown(report: dict[str, Any]) -> str:
         row = [g["label"], n, _ms(s[f"final_{m}"]), _ms(s[f"best_{m}"]), _ms(s[f"final_ema_{m}"])]
         row += [_params(s["params"]), _ms(s["train_img_per_s"], 0)]
         if report["baseline"]:
-            row.append(_delta(g["vs_baseline"], g["label"] == report["baseline"]))
+            row.append(_delta(g["vs_baseline"], g["is_baseline"]))
         lines.append("| " + " | ".join(row) + " |")
     total = sum(g["n"] for g in report["groups"])
     incomplete = sum(g["incomplete"] for g in report["groups"])
@@ -324,16 +339,21 @@ def plot_series(report: dict[str, Any], key: str) -> dict[str, Any]:
     metric = report["metric"]
     lines: dict[str, list[tuple[Any, float, float]]] = {}
     refs: list[tuple[str, float, float]] = []
+    values = [g["keys"][key] for g in report["groups"] if g["keys"][key] is not None]
+    numeric_key = any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     for g in report["groups"]:
         stat = g["stats"][metric]
         if stat is None:
             continue
         point = (stat["mean"], stat["std"] or 0.0)
         rest = ", ".join(f"{k}={fmt_value(v)}" for k, v in g["keys"].items() if k != key) or metric
-        if g["keys"][key] is None:
+        value = g["keys"][key]
+        if value is None:
             refs.append((f"{rest} ({key} unset)", *point))
+        elif isinstance(value, str) and numeric_key:  # e.g. dilated_kernel_size=dense among sizes
+            refs.append((f"{rest} ({key}={value})" if rest != metric else f"{key}={value}", *point))
         else:
-            lines.setdefault(rest, []).append((g["keys"][key], *point))
+            lines.setdefault(rest, []).append((value, *point))
     xs = [x for pts in lines.values() for x, _, _ in pts]
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     order = sorted(set(xs)) if numeric else list(dict.fromkeys(map(fmt_value, xs)))
