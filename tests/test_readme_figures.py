@@ -170,3 +170,78 @@ def test_robustness_entry_reruns_the_walk_through_and_rewrites_the_readme(tmp_pa
     assert again.returncode == 0, again.stdout + again.stderr
     assert {r[2] for r in _figure_lines(again.stdout, names).values()} == {"same"}
     assert "0 of 22 figure(s) differ from the README" in again.stdout
+
+
+def _report(groups: list[dict], metric: str = "final_top1") -> dict:
+    """A report.json as tools/report.py writes it (CONTRACT_REPORT: kind train, groups with stats and vs_baseline)."""
+    return {"kind": "train", "metric": metric, "group_keys": ["experiment_name"], "baseline": None, "groups": groups}
+
+
+def _group(label: str, mean: float, std: float | None, n: int, runs: list[str], vs: dict | None = None) -> dict:
+    key, _, val = label.partition("=")
+    stat = {"mean": mean, "std": std, "n": n}
+    return {
+        "label": label,
+        "keys": {key: val},
+        "n": n,
+        "seeds": list(range(n)),
+        "runs": runs,
+        "incomplete": 0,
+        "stats": {"final_top1": stat, "best_top1": stat, "final_ema_top1": None, "params": None},
+        "vs_baseline": vs,
+    }
+
+
+def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_path, capsys):
+    tool = _tool()
+    runs = []
+    for seed in (1, 0):  # the group's runs and seeds align, in any order
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        records = [{"epoch": e, "val_top1": 80.0 + 3 * e + seed / 10} for e in range(3)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(str(run))
+    vs = {"metric": "final_top1", "diff": 1.3183, "test": "paired", "t": 2.1, "df": 1.0, "p": 0.04567}
+    groups = [
+        _group("experiment_name=quickstart", 86.05, 0.0707, 2, runs, vs),
+        _group("experiment_name=quickstart_baseline", 84.7317, 0.1414, 2, [str(tmp_path / "b0"), str(tmp_path / "b1")]),
+    ]
+    groups[0]["seeds"] = [1, 0]
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    markers = read_markers(README.read_text(encoding="utf-8"))
+    fresh, problems = tool.extract(tool.ENTRIES["quickstart"], tmp_path, markers)
+    assert problems == []
+    assert fresh == {
+        "quickstart.dcls.mean": "86.05",
+        "quickstart.dcls.std": "0.07",
+        "quickstart.dcls.n": "2",
+        "quickstart.baseline.mean": "84.73",
+        "quickstart.baseline.std": "0.14",
+        "quickstart.baseline.n": "2",
+        "quickstart.diff": "1.32",
+        "quickstart.p": "0.046",
+        "quickstart.epoch1": "80.0",  # seed 0's run, not the first listed
+        "quickstart.epoch2": "83.0",
+        "quickstart.epoch3": "86.0",
+    }
+    printed = capsys.readouterr().out
+    assert re.search(r"quickstart\.epoch3 +88\.1 +86\.0 +-2\.10 ", printed), printed
+
+
+def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
+    tool = _tool()
+    labels = [
+        "model.kwargs.dilated_kernel_size=5, trainer.epochs=10",
+        "model.kwargs.dilated_kernel_size=17, trainer.epochs=10",
+    ]
+    groups = [_group(label, 70.0 + i, 0.5, 3, []) for i, label in enumerate(labels)]
+    groups[0]["stats"]["final_top1"]["std"] = None  # null as for n == 1 (CONTRACT): no figure
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    markers = {"kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "1", "kernel_size_study.gone.mean": "2"}
+    fresh, problems = tool.extract(tool.ENTRIES["kernel_size_study"], tmp_path, markers)
+    assert fresh == {
+        "kernel_size_study.dilated_kernel_size_5_epochs_10.mean": "70.00",
+        "kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "71.00",
+        "kernel_size_study.dilated_kernel_size_17_epochs_10.std": "0.50",
+    }
+    assert problems == ["kernel_size_study.gone.mean: marked in the README but not produced by this run"]

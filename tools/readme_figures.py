@@ -189,6 +189,9 @@ def select(only: str | None) -> list[Entry]:
     return [ENTRIES[n] for n in names]
 
 
+ALLOWED = ", ".join(f"{name}.*" for name in ENTRIES)
+
+
 def check_readme(text: str, markers: dict[str, str], entries: Sequence[Entry], readme: Path) -> None:
     """Every README marker belongs to an entry, every static figure of ``entries`` has a marker and every command
     of ``entries`` is in one of the README's bash blocks, verbatim (else one line, exit 2)."""
@@ -200,7 +203,7 @@ def check_readme(text: str, markers: dict[str, str], entries: Sequence[Entry], r
     for name in markers:
         entry = ENTRIES.get(name.split(".")[0])
         if entry is None or (name not in {v.marker for v in entry.values} and not _dynamic(entry, name)):
-            raise FigureError(f"{readme}: marker fig:{name} has no figure in ENTRIES; allowed: {', '.join(ENTRIES)}.*")
+            raise FigureError(f"{readme}: marker fig:{name} has no figure in ENTRIES; allowed: {ALLOWED}")
     for entry in entries:
         for v in entry.values:
             if v.marker not in markers:
@@ -227,7 +230,7 @@ def run_commands(entry: Entry, entry_dir: Path, reuse: bool) -> bool:
     """Run the entry's commands in order (from the repo root, output to entry_dir/commands.log); False on a failure."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if not entry.commands:
+    if not entry.commands and not reuse:
         print(f"readme_figures: {entry.name}: no commands defined yet (see its *_COMMANDS constant)", file=sys.stderr)
         return False
     log = entry_dir / "commands.log"
@@ -259,7 +262,7 @@ def extract(entry: Entry, entry_dir: Path, markers: dict[str, str]) -> tuple[dic
     if entry.dynamic is not None:
         try:
             values += entry.dynamic(entry_dir)
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, LookupError, ValueError) as err:
             problems.append(f"{entry.name}: {err}")
     fresh_text: dict[str, str] = {}
     print(f"  {'figure':<34} {'README':>9} {'fresh':>9} {'diff':>8}  source")
@@ -267,7 +270,7 @@ def extract(entry: Entry, entry_dir: Path, markers: dict[str, str]) -> tuple[dic
         readme = markers.get(v.marker)
         try:
             fresh: float | None = v.read(entry_dir)
-        except (OSError, KeyError, ValueError, IndexError) as err:
+        except (OSError, LookupError, ValueError) as err:
             fresh = None
             problems.append(f"{v.marker}: {err}")
         text = "?" if fresh is None else v.format(fresh)

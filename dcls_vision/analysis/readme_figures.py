@@ -23,10 +23,18 @@ from dcls_vision.utils.errors import UserError
 
 MARKER_RE = re.compile(r"<!--fig:([A-Za-z0-9_.\-]+)-->(.*?)<!--/fig-->")
 FENCE_RE = re.compile(r"^\s*```")
+CODE_SPAN_RE = re.compile(r"(`[^`\n]*`)")
 
 
 class FigureError(UserError):
     """A README marker without an entry value, an entry value without a marker, or an unknown entry name."""
+
+
+class FigureMissing(LookupError):
+    """An output file lacks the field a figure is read from (its command changed, or failed part-way)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 def _outside_fences(text: str) -> list[tuple[int, str]]:
@@ -41,15 +49,22 @@ def _outside_fences(text: str) -> list[tuple[int, str]]:
     return lines
 
 
+def _without_code_spans(line: str) -> str:
+    """``line`` without its inline `code` spans: a marker written there (e.g. to document the syntax) is shown."""
+    return CODE_SPAN_RE.sub("", line)
+
+
 def read_markers(text: str) -> dict[str, str]:
     """Marker name -> the README's text between the markers; a name used twice or a marker in code is an error."""
     found: dict[str, str] = {}
     for _, line in _outside_fences(text):
-        for m in MARKER_RE.finditer(line):
+        for m in MARKER_RE.finditer(_without_code_spans(line)):
             if m.group(1) in found:
                 raise FigureError(f"README marker fig:{m.group(1)} appears twice; allowed: each name once")
             found[m.group(1)] = m.group(2)
-    in_code = set(MARKER_RE.findall(text)) - set(found.items())
+    in_code = set(MARKER_RE.findall("\n".join(_without_code_spans(ln) for ln in text.splitlines()))) - set(
+        found.items()
+    )
     if in_code:
         name = sorted(in_code)[0][0]
         raise FigureError(f"README marker fig:{name} is inside a ``` code block; allowed: markers in prose/tables")
@@ -90,7 +105,8 @@ def write_markers(text: str, values: Mapping[str, str]) -> str:
         name = m.group(1)
         return f"<!--fig:{name}-->{values[name]}<!--/fig-->" if name in values else m.group(0)
 
-    return MARKER_RE.sub(sub, text)
+    parts = CODE_SPAN_RE.split(text)  # odd items are the `code` spans, left as they are
+    return "".join(p if i % 2 else MARKER_RE.sub(sub, p) for i, p in enumerate(parts))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -139,9 +155,9 @@ def _dig(obj: Any, keys: Iterable[str | int], where: str) -> float:
         try:
             obj = obj[k]
         except (KeyError, IndexError, TypeError):
-            raise KeyError(f"{where}: no field {'.'.join(map(str, keys))}") from None
+            raise FigureMissing(f"{where}: no field {'.'.join(map(str, keys))}") from None
     if obj is None:
-        raise KeyError(f"{where}: {'.'.join(map(str, keys))} is null")
+        raise FigureMissing(f"{where}: {'.'.join(map(str, keys))} is null")
     return float(obj)
 
 
@@ -164,7 +180,7 @@ def eval_split_error(marker: str, file: str, bench: str, corruption: str, severi
         for s in splits:
             if s["corruption"] == corruption and int(s["severity"]) == severity:
                 return float(s["error"])
-        raise KeyError(f"{file}: no {bench} split {corruption}/{severity}")
+        raise FigureMissing(f"{file}: no {bench} split {corruption}/{severity}")
 
     return Value(marker, f"{file}: {bench} {corruption} severity {severity} error", read)
 
@@ -175,7 +191,7 @@ def report_group(report: dict[str, Any], label: str, where: str) -> dict[str, An
         if g["label"] == label:
             return g
     labels = ", ".join(g["label"] for g in report["groups"])
-    raise KeyError(f"{where}: no group {label!r}; groups: {labels}")
+    raise FigureMissing(f"{where}: no group {label!r}; groups: {labels}")
 
 
 def report_value(marker: str, file: str, label: str, keys: tuple[str, ...], fmt: str = "{:.2f}") -> Value:
@@ -194,7 +210,7 @@ def seed_run_value(marker: str, file: str, label: str, seed: int, key: str, epoc
         g = report_group(_load_json(d / file), label, file)
         runs = dict(zip(g["seeds"], g["runs"]))
         if seed not in runs:
-            raise KeyError(f"{file} [{label}]: no run with seed {seed}; seeds: {g['seeds']}")
+            raise FigureMissing(f"{file} [{label}]: no run with seed {seed}; seeds: {g['seeds']}")
         return _dig(_jsonl(Path(runs[seed]) / "metrics.jsonl"), (epoch, key), f"{runs[seed]}/metrics.jsonl")
 
     return Value(marker, f"{file} [{label}] seed {seed}: metrics.jsonl {key} (epoch {epoch + 1})", read, fmt)
@@ -216,12 +232,17 @@ def report_group_values(
     """Values for every group of a report.json: ``<prefix>.<sanitised label>.<stat>`` of its metric (generic tables)."""
 
     def values(d: Path) -> list[Value]:
-        report = _load_json(d / file)
-        return [
-            report_value(f"{prefix}.{sanitise(g['label'])}.{s}", file, g["label"], ("stats", report["metric"], s))
-            for g in report["groups"]
-            for s in stats
-        ]
+        report, out = _load_json(d / file), []
+        for g in report["groups"]:
+            stat = g["stats"].get(report["metric"]) or {}
+            for s in stats:
+                if stat.get(s) is not None:  # std is null for n == 1: no figure
+                    out.append(
+                        report_value(
+                            f"{prefix}.{sanitise(g['label'])}.{s}", file, g["label"], ("stats", report["metric"], s)
+                        )
+                    )
+        return out
 
     return values
 
