@@ -314,7 +314,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"readme_figures: {entry.name}: {p}", file=sys.stderr)
         unmarked |= any(_dynamic(entry, m) and m not in markers for m in fresh)
         failed |= not ok or bool(problems)
-        fresh_all.update({m: t for m, t in fresh.items() if m in markers})
+        if ok:  # a failed command leaves a partial run: its figures are shown, never written
+            fresh_all.update({m: t for m, t in fresh.items() if m in markers})
         if args.write:
             _copy_plots(entry, entry_dir, readme.parent / "docs" / "figures")
     changed = {m: t for m, t in fresh_all.items() if markers[m].strip() != t}
