@@ -178,11 +178,10 @@ def _report(groups: list[dict], metric: str = "final_top1") -> dict:
 
 
 def _group(label: str, mean: float, std: float | None, n: int, runs: list[str], vs: dict | None = None) -> dict:
-    key, _, val = label.partition("=")
     stat = {"mean": mean, "std": std, "n": n}
     return {
         "label": label,
-        "keys": {key: val},
+        "keys": dict(kv.split("=") for kv in label.split(", ")),
         "n": n,
         "seeds": list(range(n)),
         "runs": runs,
@@ -202,9 +201,16 @@ def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_pat
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         runs.append(str(run))
     vs = {"metric": "final_top1", "diff": 1.3183, "test": "paired", "t": 2.1, "df": 1.0, "p": 0.04567}
+    # report.py groups by every key that differs: a sweep over experiments also differs in model.name
     groups = [
-        _group("experiment_name=quickstart", 86.05, 0.0707, 2, runs, vs),
-        _group("experiment_name=quickstart_baseline", 84.7317, 0.1414, 2, [str(tmp_path / "b0"), str(tmp_path / "b1")]),
+        _group("experiment_name=quickstart, model.name=dcls_quickstart", 86.05, 0.0707, 2, runs, vs),
+        _group(
+            "experiment_name=quickstart_baseline, model.name=dcls_quickstart_baseline",
+            84.7317,
+            0.1414,
+            2,
+            [str(tmp_path / "b0"), str(tmp_path / "b1")],
+        ),
     ]
     groups[0]["seeds"] = [1, 0]
     (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
@@ -226,6 +232,14 @@ def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_pat
     }
     printed = capsys.readouterr().out
     assert re.search(r"quickstart\.epoch3 +88\.1 +86\.0 +-2\.10 ", printed), printed
+    # a label that no longer picks exactly one group is a problem, never a silently wrong figure
+    groups.append(_group("experiment_name=quickstart, model.name=other", 1.0, 0.1, 2, runs, vs))
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    fresh, problems = tool.extract(tool.ENTRIES["quickstart"], tmp_path, markers)
+    assert "quickstart.dcls.mean" not in fresh and "quickstart.baseline.mean" in fresh
+    assert (
+        "quickstart.dcls.mean: report.json: 2 groups have 'experiment_name=quickstart' (need exactly 1)" in problems[0]
+    )
 
 
 def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):

@@ -186,12 +186,17 @@ def eval_split_error(marker: str, file: str, bench: str, corruption: str, severi
 
 
 def report_group(report: dict[str, Any], label: str, where: str) -> dict[str, Any]:
-    """The group of a tools/report.py report.json with this label (see CONTRACT: "k=v, k2=v2")."""
-    for g in report["groups"]:
-        if g["label"] == label:
-            return g
-    labels = ", ".join(g["label"] for g in report["groups"])
-    raise FigureMissing(f"{where}: no group {label!r}; groups: {labels}")
+    """The one group of a tools/report.py report.json whose keys include every ``k=v`` of ``label``.
+
+    Matched on keys, not on the whole label: report.py groups by every config key that differs, so a sweep over
+    experiments also differs in ``model.name`` (label ``experiment_name=quickstart, model.name=dcls_quickstart``).
+    """
+    want = dict(kv.strip().split("=", 1) for kv in label.split(","))
+    found = [g for g in report["groups"] if all(str(g["keys"].get(k)) == v for k, v in want.items())]
+    if len(found) != 1:
+        labels = "; ".join(g["label"] for g in report["groups"])
+        raise FigureMissing(f"{where}: {len(found)} groups have {label!r} (need exactly 1); groups: {labels}")
+    return found[0]
 
 
 def report_value(marker: str, file: str, label: str, keys: tuple[str, ...], fmt: str = "{:.2f}") -> Value:
