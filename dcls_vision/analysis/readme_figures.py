@@ -284,7 +284,6 @@ class Entry:
     dynamic: Callable[[Path], list[Value]] | None = None
     dynamic_prefix: str | None = None
     plots: Mapping[str, str] = field(default_factory=dict)
-    note: str = ""
 
     def shell(self, cmd: Command, entry_dir: Path) -> str:
         """The command line to run: README paths replaced by their place under ``entry_dir``, ``extra`` appended."""
