@@ -1,0 +1,308 @@
+"""README figures that cannot go stale: markers in README.md, the commands that produce them, and value extraction.
+
+Every number README.md quotes from a run is wrapped in an HTML comment pair, ``<!--fig:NAME-->62.40<!--/fig-->``
+(invisible in rendered Markdown, table cells included). ``tools/readme_figures.py`` reruns the README's commands
+(:class:`Entry`), reads each marked value back from the files the commands wrote (:class:`Value`), prints it beside
+the README's and, with ``--write``, rewrites the marked text in place. Markers are found by name, never by prose
+regexes, so rewording the README cannot silently detach a figure from its command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dcls_vision.utils.errors import UserError
+
+MARKER_RE = re.compile(r"<!--fig:([A-Za-z0-9_.\-]+)-->(.*?)<!--/fig-->")
+FENCE_RE = re.compile(r"^\s*```")
+CODE_SPAN_RE = re.compile(r"(`[^`\n]*`)")
+
+
+class FigureError(UserError):
+    """A README marker without an entry value, an entry value without a marker, or an unknown entry name."""
+
+
+class FigureMissing(LookupError):
+    """An output file lacks the field a figure is read from (its command changed, or failed part-way)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _outside_fences(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line outside ``` code blocks: markers there would be printed literally."""
+    lines, inside = [], False
+    for i, line in enumerate(text.splitlines(), 1):
+        if FENCE_RE.match(line):
+            inside = not inside
+            continue
+        if not inside:
+            lines.append((i, line))
+    return lines
+
+
+def _without_code_spans(line: str) -> str:
+    """``line`` without its inline `code` spans: a marker written there (e.g. to document the syntax) is shown."""
+    return CODE_SPAN_RE.sub("", line)
+
+
+def read_markers(text: str) -> dict[str, str]:
+    """Marker name -> the README's text between the markers; a name used twice or a marker in code is an error."""
+    found: dict[str, str] = {}
+    for _, line in _outside_fences(text):
+        for m in MARKER_RE.finditer(_without_code_spans(line)):
+            if m.group(1) in found:
+                raise FigureError(f"README marker fig:{m.group(1)} appears twice; allowed: each name once")
+            found[m.group(1)] = m.group(2)
+    in_code = set(MARKER_RE.findall("\n".join(_without_code_spans(ln) for ln in text.splitlines()))) - set(
+        found.items()
+    )
+    if in_code:
+        name = sorted(in_code)[0][0]
+        raise FigureError(f"README marker fig:{name} is inside a ``` code block; allowed: markers in prose/tables")
+    return found
+
+
+def one_line(command: str) -> str:
+    """A shell command as one line: backslash continuations joined, whitespace collapsed, a trailing comment cut."""
+    line = " ".join(command.replace("\\\n", " ").split())
+    return re.sub(r"\s+#.*$", "", line)
+
+
+def readme_commands(text: str) -> set[str]:
+    """Every command of the README's ```bash blocks (continuations joined), as :func:`one_line` writes it."""
+    return {one_line(c) for c in _bash_lines(text) if c.strip()}
+
+
+def _bash_lines(text: str) -> list[str]:
+    out, block, pending = [], None, ""
+    for line in text.splitlines():
+        if FENCE_RE.match(line):
+            block = line.strip()[3:].strip() if block is None else None
+            continue
+        if block not in ("bash", "sh", "shell") or line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        out.append(pending + line)
+        pending = ""
+    return out
+
+
+def write_markers(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with the content of each marker named in ``values`` replaced (other text byte-identical)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return f"<!--fig:{name}-->{values[name]}<!--/fig-->" if name in values else m.group(0)
+
+    parts = CODE_SPAN_RE.split(text)  # odd items are the `code` spans, left as they are
+    return "".join(p if i % 2 else MARKER_RE.sub(sub, p) for i, p in enumerate(parts))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace`` (no half-written README)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------- extraction
+
+
+@dataclass(frozen=True)
+class Value:
+    """One marked README figure: its marker, where it is read from (``read(entry_dir)``) and how it is printed."""
+
+    marker: str
+    source: str  # human-readable: the file (relative to the entry dir) and the field
+    read: Callable[[Path], float]
+    fmt: str = "{:.2f}"
+
+    def format(self, value: float) -> str:
+        return self.fmt.format(value)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist (did its command run?)") from None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (did its command run?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _dig(obj: Any, keys: Iterable[str | int], where: str) -> float:
+    for k in keys:
+        try:
+            obj = obj[k]
+        except (KeyError, IndexError, TypeError):
+            raise FigureMissing(f"{where}: no field {'.'.join(map(str, keys))}") from None
+    if obj is None:
+        raise FigureMissing(f"{where}: {'.'.join(map(str, keys))} is null")
+    return float(obj)
+
+
+def json_value(marker: str, file: str, keys: tuple[str | int, ...], fmt: str = "{:.2f}") -> Value:
+    """A field of a JSON file (e.g. eval.py's results.json), by key path."""
+    return Value(marker, f"{file}: {'.'.join(map(str, keys))}", lambda d: _dig(_load_json(d / file), keys, file), fmt)
+
+
+def jsonl_value(marker: str, file: str, key: str, epoch: int = -1, fmt: str = "{:.2f}") -> Value:
+    """A field of one record of a metrics.jsonl (``epoch``: 0-based record index; -1 the last)."""
+    label = "last record" if epoch == -1 else f"epoch {epoch + 1}"
+    return Value(marker, f"{file}: {key} ({label})", lambda d: _dig(_jsonl(d / file), (epoch, key), file), fmt)
+
+
+def eval_split_error(marker: str, file: str, bench: str, corruption: str, severity: int) -> Value:
+    """The top-1 error of one corruption x severity split in an eval.py results.json."""
+
+    def read(d: Path) -> float:
+        splits = _load_json(d / file)["benchmarks"][bench]["splits"]
+        for s in splits:
+            if s["corruption"] == corruption and int(s["severity"]) == severity:
+                return float(s["error"])
+        raise FigureMissing(f"{file}: no {bench} split {corruption}/{severity}")
+
+    return Value(marker, f"{file}: {bench} {corruption} severity {severity} error", read)
+
+
+def report_group(report: dict[str, Any], label: str, where: str) -> dict[str, Any]:
+    """The one group of a tools/report.py report.json whose keys include every ``k=v`` of ``label``.
+
+    Matched on keys, not on the whole label: report.py groups by every config key that differs, so a sweep over
+    experiments also differs in ``model.name`` (label ``experiment_name=quickstart, model.name=dcls_quickstart``).
+    """
+    want = dict(kv.strip().split("=", 1) for kv in label.split(","))
+    found = [g for g in report["groups"] if all(str(g["keys"].get(k)) == v for k, v in want.items())]
+    if len(found) != 1:
+        labels = "; ".join(g["label"] for g in report["groups"])
+        raise FigureMissing(f"{where}: {len(found)} groups have {label!r} (need exactly 1); groups: {labels}")
+    return found[0]
+
+
+def report_value(marker: str, file: str, label: str, keys: tuple[str, ...], fmt: str = "{:.2f}") -> Value:
+    """A field of one group of a report.json, e.g. ``("stats", "final_top1", "mean")`` or ``("vs_baseline", "p")``."""
+
+    def read(d: Path) -> float:
+        return _dig(report_group(_load_json(d / file), label, file), keys, f"{file} [{label}]")
+
+    return Value(marker, f"{file} [{label}]: {'.'.join(keys)}", read, fmt)
+
+
+def seed_run_value(marker: str, file: str, label: str, seed: int, key: str, epoch: int, fmt: str) -> Value:
+    """A metrics.jsonl field of the run of ``seed`` in one report.json group (the group's runs and seeds align)."""
+
+    def read(d: Path) -> float:
+        g = report_group(_load_json(d / file), label, file)
+        runs = dict(zip(g["seeds"], g["runs"]))
+        if seed not in runs:
+            raise FigureMissing(f"{file} [{label}]: no run with seed {seed}; seeds: {g['seeds']}")
+        return _dig(_jsonl(Path(runs[seed]) / "metrics.jsonl"), (epoch, key), f"{runs[seed]}/metrics.jsonl")
+
+    return Value(marker, f"{file} [{label}] seed {seed}: metrics.jsonl {key} (epoch {epoch + 1})", read, fmt)
+
+
+def sanitise(label: str) -> str:
+    """A report.json group label as a marker-name part (the last dotted component of each key; ``=`` and separators
+    to ``_``): ``model.kwargs.dilated_kernel_size=7`` -> ``dilated_kernel_size_7``."""
+    parts = []
+    for kv in label.split(","):
+        key, _, val = kv.strip().partition("=")
+        parts.append(f"{key.split('.')[-1]}_{val}" if val else key)
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", "_".join(parts)).strip("_")
+
+
+def report_group_values(
+    prefix: str, file: str, stats: tuple[str, ...] = ("mean", "std")
+) -> Callable[[Path], list[Value]]:
+    """Values for every group of a report.json: ``<prefix>.<sanitised label>.<stat>`` of its metric (generic tables)."""
+
+    def values(d: Path) -> list[Value]:
+        report, out = _load_json(d / file), []
+        for g in report["groups"]:
+            stat = g["stats"].get(report["metric"]) or {}
+            for s in stats:
+                if stat.get(s) is not None:  # std is null for n == 1: no figure
+                    out.append(
+                        report_value(
+                            f"{prefix}.{sanitise(g['label'])}.{s}", file, g["label"], ("stats", report["metric"], s)
+                        )
+                    )
+        return out
+
+    return values
+
+
+# ------------------------------------------------------------------------------------------------------ entries
+
+
+@dataclass(frozen=True)
+class Command:
+    """One README command, verbatim (``text``), plus arguments the tool appends (``extra``, e.g. an output dir).
+
+    ``analysis``: the command only reads earlier outputs (e.g. tools/report.py), so it also runs with ``--reuse``.
+    """
+
+    text: str
+    extra: str = ""
+    analysis: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One README example: its commands, where their README paths go under the entry dir, and the figures it yields.
+
+    ``dirs`` maps a path as written in the README (``outputs/robustness_demo``) to a path relative to the entry dir;
+    ``dynamic`` yields further values once the outputs exist (one per report.json group); ``plots`` maps a produced
+    file (relative to the entry dir) to its name under docs/figures/; ``cost_s``: estimated wall time on 2 CPU cores.
+    """
+
+    name: str
+    commands: tuple[Command, ...]
+    values: tuple[Value, ...]
+    cost_s: float
+    dirs: Mapping[str, str] = field(default_factory=dict)
+    dynamic: Callable[[Path], list[Value]] | None = None
+    dynamic_prefix: str | None = None
+    plots: Mapping[str, str] = field(default_factory=dict)
+
+    def shell(self, cmd: Command, entry_dir: Path) -> str:
+        """The command line to run: README paths replaced by their place under ``entry_dir``, ``extra`` appended."""
+        line = one_line(cmd.text)
+        for readme_path in sorted(self.dirs, key=len, reverse=True):
+            target = os.path.normpath(entry_dir / self.dirs[readme_path])
+            line = re.sub(rf"(?<![\w/.]){re.escape(readme_path)}", target, line)
+        extra = cmd.extra.format(dir=entry_dir)
+        return f"{line} {extra}".strip()
+
+
+def compare(readme: str | None, fresh: float | None, value: Value) -> str:
+    """``+1.23`` (fresh - README), ``same``, or ``n/a`` when either side is missing or not a number."""
+    if readme is None or fresh is None:
+        return "n/a"
+    if readme.strip() == value.format(fresh):
+        return "same"
+    try:
+        diff = fresh - float(readme.strip().replace("−", "-"))
+    except ValueError:
+        return "n/a"
+    return f"{diff:+.2f}" if math.isfinite(diff) else "n/a"

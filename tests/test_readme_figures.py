@@ -1,0 +1,261 @@
+"""tools/readme_figures.py: README figures are marked, produced by the README's own commands, and rewritten in place.
+
+The slow test runs the cheapest entry (the robustness walk-through) for real on a temp copy of README.md; the fast
+ones check that every entry's markers and commands are in the real README and that bad input is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcls_vision.analysis.readme_figures import (
+    Command,
+    Entry,
+    FigureError,
+    read_markers,
+    readme_commands,
+    write_markers,
+)
+from dcls_vision.data.fashion_mnist import DEFAULT_SOURCE
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "readme_figures.py"
+README = ROOT / "README.md"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("readme_figures_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args: str, timeout: int = 30) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(TOOL), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _figure_lines(stdout: str, names: set[str]) -> dict[str, tuple[str, str, str]]:
+    """marker -> (README, fresh, diff) from the tool's table lines."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in names:
+            rows[parts[0]] = (parts[1], parts[2], parts[3])
+    return rows
+
+
+def test_every_entry_figure_and_command_is_in_the_readme():
+    tool = _tool()
+    text = README.read_text(encoding="utf-8")
+    markers = read_markers(text)
+    commands = readme_commands(text)
+    for entry in tool.ENTRIES.values():
+        for value in entry.values:
+            assert value.marker in markers, f"{entry.name}: README has no <!--fig:{value.marker}--> marker"
+        for cmd in entry.commands:
+            assert tool.one_line(cmd.text) in commands, f"{entry.name}: README has no command {cmd.text!r}"
+    # and the tool's own start-up check agrees (no marker without an entry figure either)
+    tool.check_readme(text, markers, list(tool.ENTRIES.values()), README)
+    assert {m.split(".")[0] for m in markers} <= set(tool.ENTRIES)
+
+
+def test_markers_are_read_and_rewritten_in_place_only_outside_code():
+    text = "a <!--fig:x.a-->1.00<!--/fig--> b | <!--fig:x.b-->2<!--/fig--> |\n```bash\necho hi\n```\n"
+    assert read_markers(text) == {"x.a": "1.00", "x.b": "2"}
+    new = write_markers(text, {"x.b": "3.50"})
+    assert new == text.replace("-->2<", "-->3.50<")
+    with pytest.raises(FigureError, match="fig:x.c is inside"):
+        read_markers(text + "```\n<!--fig:x.c-->1<!--/fig-->\n```\n")
+    with pytest.raises(FigureError, match="appears twice"):
+        read_markers(text + "<!--fig:x.a-->1<!--/fig-->\n")
+
+
+def test_unknown_entry_is_one_line_exit_2():
+    proc = _run("--only", "robustness,nope")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "readme_figures.py: error: --only 'robustness,nope': unknown entry nope; allowed: "
+        "robustness, quickstart, kernel_size_study, audio_quickstart"
+    ]
+
+
+def test_missing_marker_or_marker_without_entry_is_one_line_exit_2(tmp_path):
+    text = README.read_text(encoding="utf-8")
+    gone = tmp_path / "gone.md"
+    gone.write_text(re.sub(r"<!--fig:robustness\.mce-->(.*?)<!--/fig-->", r"\1", text))
+    proc = _run("--only", "robustness", "--readme", str(gone), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "figure robustness.mce has no <!--fig:robustness.mce--> marker" in proc.stderr
+    stray = tmp_path / "stray.md"
+    stray.write_text(text + "\nSee <!--fig:robustness.bogus-->1.0<!--/fig-->.\n")
+    proc = _run("--only", "robustness", "--readme", str(stray), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"readme_figures.py: error: {stray}: marker fig:robustness.bogus has no figure in ENTRIES; allowed: "
+        "robustness.*, quickstart.*, kernel_size_study.*, audio_quickstart.*"
+    ]
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_failed_command_is_named_with_its_exit_code_and_later_ones_do_not_run(tmp_path, capsys):
+    tool = _tool()
+    # the commands run from the repo root, so they aim their files at tmp_path
+    commands = ("echo one > first.txt", "exit 3", "touch never.txt")
+    entry = Entry("demo", tuple(Command(f"cd {tmp_path} && {c}") for c in commands), (), cost_s=1)
+    assert tool.run_commands(entry, tmp_path, reuse=False) is False
+    err = capsys.readouterr().err
+    assert f"demo: command 2 failed with exit code 3 (log: {tmp_path / 'commands.log'})" in err
+    assert (tmp_path / "first.txt").read_text() == "one\n"  # what ran is kept
+    assert not (tmp_path / "never.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(DEFAULT_SOURCE, "t10k-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
+)
+def test_robustness_entry_reruns_the_walk_through_and_rewrites_the_readme(tmp_path):
+    pytest.importorskip("imagecorruptions", reason="pip install --no-deps imagecorruptions-imaug==1.1.5")
+    tool = _tool()
+    entry = tool.ENTRIES["robustness"]
+    names = {v.marker for v in entry.values}
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text(encoding="utf-8"))
+    before = read_markers(readme.read_text())
+    out = tmp_path / "out"
+    proc = _run("--only", "robustness", "--out", str(out), "--readme", str(readme), "--write", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    rows = _figure_lines(proc.stdout, names)
+    assert set(rows) == names
+    # the README column is the marked text, the fresh column the produced files' values
+    assert {m: r[0] for m, r in rows.items()} == {m: before[m] for m in names}
+    run_dir = out / "robustness" / "robustness_demo"
+    result = json.loads((run_dir / "eval" / "results.json").read_text())
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    c = result["benchmarks"]["c"]
+    files = {
+        "robustness.val": last["val_top1"],
+        "robustness.clean": result["benchmarks"]["val"]["top1"],
+        "robustness.c": c["summary"]["mean_error"],
+        "robustness.sk": result["benchmarks"]["sketch"]["top1"],
+        "robustness.mce": c["summary"]["mce"],
+        "robustness.val.images": result["benchmarks"]["val"]["samples"],
+        "robustness.c.images": c["splits"][0]["samples"],
+        "robustness.sk.images": result["benchmarks"]["sketch"]["samples"],
+    }
+    for name in ("gaussian_noise", "defocus_blur"):
+        files[f"robustness.{name}.mean"] = c["summary"]["per_corruption"][name]["mean_error"]
+        files[f"robustness.{name}.ce"] = c["summary"]["per_corruption"][name]["ce"]
+        for s in c["splits"]:
+            if s["corruption"] == name:
+                files[f"robustness.{name}.{s['severity']}"] = s["error"]
+    assert set(files) == names
+    expected = {m: f"{v:.0f}" if m.endswith(".images") else f"{v:.2f}" for m, v in files.items()}
+    assert {m: r[1] for m, r in rows.items()} == expected
+    assert files["robustness.val"] == files["robustness.clean"]  # eval.py's clean figure is the trainer's
+    # --write put the fresh values into the temp README (the real one is untouched); a second comparison, reading
+    # the same outputs without rerunning them, shows no difference
+    assert read_markers(readme.read_text()) == {**before, **{m: r[1] for m, r in rows.items()}}
+    again = _run("--only", "robustness", "--reuse", str(out / "robustness"), "--readme", str(readme), "--check")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {r[2] for r in _figure_lines(again.stdout, names).values()} == {"same"}
+    assert "0 of 22 figure(s) differ from the README" in again.stdout
+
+
+def _report(groups: list[dict], metric: str = "final_top1") -> dict:
+    """A report.json as tools/report.py writes it (CONTRACT_REPORT: kind train, groups with stats and vs_baseline)."""
+    return {"kind": "train", "metric": metric, "group_keys": ["experiment_name"], "baseline": None, "groups": groups}
+
+
+def _group(label: str, mean: float, std: float | None, n: int, runs: list[str], vs: dict | None = None) -> dict:
+    stat = {"mean": mean, "std": std, "n": n}
+    return {
+        "label": label,
+        "keys": dict(kv.split("=") for kv in label.split(", ")),
+        "n": n,
+        "seeds": list(range(n)),
+        "runs": runs,
+        "incomplete": 0,
+        "stats": {"final_top1": stat, "best_top1": stat, "final_ema_top1": None, "params": None},
+        "vs_baseline": vs,
+    }
+
+
+def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_path, capsys):
+    tool = _tool()
+    runs = []
+    for seed in (1, 0):  # the group's runs and seeds align, in any order
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        records = [{"epoch": e, "val_top1": 80.0 + 3 * e + seed / 10} for e in range(3)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(str(run))
+    vs = {"metric": "final_top1", "diff": 1.3183, "test": "paired", "t": 2.1, "df": 1.0, "p": 0.04567}
+    # report.py groups by every key that differs: a sweep over experiments also differs in model.name
+    groups = [
+        _group("experiment_name=quickstart, model.name=dcls_quickstart", 86.05, 0.0707, 2, runs, vs),
+        _group(
+            "experiment_name=quickstart_baseline, model.name=dcls_quickstart_baseline",
+            84.7317,
+            0.1414,
+            2,
+            [str(tmp_path / "b0"), str(tmp_path / "b1")],
+        ),
+    ]
+    groups[0]["seeds"] = [1, 0]
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    markers = read_markers(README.read_text(encoding="utf-8"))
+    fresh, problems = tool.extract(tool.ENTRIES["quickstart"], tmp_path, markers)
+    assert problems == []
+    assert fresh == {
+        "quickstart.dcls.mean": "86.05",
+        "quickstart.dcls.std": "0.07",
+        "quickstart.dcls.n": "2",
+        "quickstart.baseline.mean": "84.73",
+        "quickstart.baseline.std": "0.14",
+        "quickstart.baseline.n": "2",
+        "quickstart.diff": "1.32",
+        "quickstart.p": "0.046",
+        "quickstart.epoch1": "80.0",  # seed 0's run, not the first listed
+        "quickstart.epoch2": "83.0",
+        "quickstart.epoch3": "86.0",
+    }
+    printed = capsys.readouterr().out
+    assert re.search(r"quickstart\.epoch3 +88\.1 +86\.0 +-2\.10 ", printed), printed
+    # a label that no longer picks exactly one group is a problem, never a silently wrong figure
+    groups.append(_group("experiment_name=quickstart, model.name=other", 1.0, 0.1, 2, runs, vs))
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    fresh, problems = tool.extract(tool.ENTRIES["quickstart"], tmp_path, markers)
+    assert "quickstart.dcls.mean" not in fresh and "quickstart.baseline.mean" in fresh
+    assert (
+        "quickstart.dcls.mean: report.json: 2 groups have 'experiment_name=quickstart' (need exactly 1)" in problems[0]
+    )
+
+
+def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
+    tool = _tool()
+    labels = [
+        "model.kwargs.dilated_kernel_size=5, trainer.epochs=10",
+        "model.kwargs.dilated_kernel_size=17, trainer.epochs=10",
+    ]
+    groups = [_group(label, 70.0 + i, 0.5, 3, []) for i, label in enumerate(labels)]
+    groups[0]["stats"]["final_top1"]["std"] = None  # null as for n == 1 (CONTRACT): no figure
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    markers = {"kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "1", "kernel_size_study.gone.mean": "2"}
+    fresh, problems = tool.extract(tool.ENTRIES["kernel_size_study"], tmp_path, markers)
+    assert fresh == {
+        "kernel_size_study.dilated_kernel_size_5_epochs_10.mean": "70.00",
+        "kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "71.00",
+        "kernel_size_study.dilated_kernel_size_17_epochs_10.std": "0.50",
+    }
+    assert problems == ["kernel_size_study.gone.mean: marked in the README but not produced by this run"]

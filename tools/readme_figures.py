@@ -1,0 +1,343 @@
+"""Rerun the README's examples and print every figure the README quotes beside the fresh one (and the difference).
+
+    python tools/readme_figures.py [--only NAME[,NAME]] [--out DIR] [--write] [--readme PATH] [--reuse DIR] [--check]
+
+Each entry of ENTRIES is one README example: its commands exactly as the README prints them (README paths such as
+``outputs/robustness_demo`` are replaced by places under ``--out``/NAME, default outputs/readme_figures/NAME), the
+figures it yields and the file and field each is read from. README.md marks each figure as
+``<!--fig:NAME-->62.40<!--/fig-->`` (invisible when rendered). ``--write`` rewrites the marked values in place
+(atomically) and copies produced plots to docs/figures/. ``--reuse DIR`` (one entry) skips the commands that train
+or evaluate and reads the figures from DIR, e.g. a sweep you already ran; analysis commands (tools/report.py) still
+run. ``--list`` prints the entries, their estimated cost and commands without running anything.
+Exit codes: 0 done (figures may differ; with --check: 0 only if none differs), 1 a command failed, a figure could
+not be read or (--check) differs, 2 bad arguments or a marker without an entry / an entry figure without a marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dcls_vision.analysis.cli import make_parser
+from dcls_vision.analysis.readme_figures import (
+    Command,
+    Entry,
+    FigureError,
+    Value,
+    atomic_write_text,
+    compare,
+    eval_split_error,
+    json_value,
+    jsonl_value,
+    one_line,
+    read_markers,
+    readme_commands,
+    report_group_values,
+    report_value,
+    seed_run_value,
+    write_markers,
+)
+from dcls_vision.utils.errors import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+STAMP = ".readme_figures"  # written into every entry dir this tool made, so only those are ever deleted
+
+# --------------------------------------------------------------------------------------------- robustness walk-through
+# README "Walk-through on real data that fits on a laptop" (section Robustness), commands verbatim.
+ROBUSTNESS_COMMANDS = (
+    Command(
+        "python train.py experiment=quickstart trainer.epochs=1 data.train_subset=3000 data.val_subset=100 \\\n"
+        "    trainer.ema.enabled=true trainer.ema.decay=0.998 logger.wandb=false "
+        "trainer.output_dir=outputs/robustness_demo"
+    ),
+    Command(
+        "python -m dcls_vision.robustness.fashion_folder data/fmnist_val --checkpoint outputs/robustness_demo/best.pth"
+    ),
+    Command(
+        "python tools/make_corrupted.py data/fmnist_val data/fmnist_val_c --corruptions all --no-resize-crop "
+        "--upscale-small 32 --format png"
+    ),
+    Command(
+        "python eval.py checkpoint=outputs/robustness_demo/best.pth val.root=data/fmnist_val "
+        "c.root=data/fmnist_val_c \\\n"
+        "    sketch.root=data/fmnist_val output_dir=outputs/robustness_demo/eval"
+    ),
+)
+_RESULTS = "robustness_demo/eval/results.json"
+_C_EXAMPLES = ("gaussian_noise", "defocus_blur")  # the per-corruption rows the README shows
+ROBUSTNESS_VALUES = (
+    jsonl_value("robustness.val", "robustness_demo/metrics.jsonl", "val_top1"),
+    json_value("robustness.clean", _RESULTS, ("benchmarks", "val", "top1")),
+    json_value("robustness.c", _RESULTS, ("benchmarks", "c", "summary", "mean_error")),
+    json_value("robustness.sk", _RESULTS, ("benchmarks", "sketch", "top1")),
+    json_value("robustness.mce", _RESULTS, ("benchmarks", "c", "summary", "mce")),
+    json_value("robustness.val.images", _RESULTS, ("benchmarks", "val", "samples"), "{:.0f}"),
+    json_value("robustness.c.images", _RESULTS, ("benchmarks", "c", "splits", 0, "samples"), "{:.0f}"),
+    json_value("robustness.sk.images", _RESULTS, ("benchmarks", "sketch", "samples"), "{:.0f}"),
+    *(
+        eval_split_error(f"robustness.{name}.{sev}", _RESULTS, "c", name, sev)
+        for name in _C_EXAMPLES
+        for sev in range(1, 6)
+    ),
+    *(
+        json_value(f"robustness.{name}.{stat}", _RESULTS, ("benchmarks", "c", "summary", "per_corruption", name, key))
+        for name in _C_EXAMPLES
+        for stat, key in (("mean", "mean_error"), ("ce", "ce"))
+    ),
+)
+
+# ------------------------------------------------------------------------------------------ quickstart over 3 seeds
+QUICKSTART_COMMANDS = (
+    Command(
+        "python train.py -m experiment=quickstart,quickstart_baseline trainer.seed=0,1,2 logger.wandb=false "
+        "hydra.sweep.dir=outputs/quickstart_seeds"
+    ),
+    Command(
+        "python tools/report.py outputs/quickstart_seeds --baseline experiment_name=quickstart_baseline", analysis=True
+    ),
+)
+_QS, _QB = "experiment_name=quickstart", "experiment_name=quickstart_baseline"
+QUICKSTART_VALUES = (
+    *(
+        report_value(f"quickstart.{tag}.{stat}", "report.json", label, ("stats", "final_top1", stat), fmt)
+        for tag, label in (("dcls", _QS), ("baseline", _QB))
+        for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
+    ),
+    report_value("quickstart.diff", "report.json", _QS, ("vs_baseline", "diff")),
+    report_value("quickstart.p", "report.json", _QS, ("vs_baseline", "p"), "{:.3f}"),
+    *(seed_run_value(f"quickstart.epoch{e + 1}", "report.json", _QS, 0, "val_top1", e, "{:.1f}") for e in range(3)),
+)
+
+# ---------------------------------------------------------------------------------- kernel-size study (thesis Fig 6.1)
+# The lead fills these in: the sweep over dilated sizes x seeds x 2 regimes + the dense baseline, then
+# ``python tools/report.py DIR --plot model.kwargs.dilated_kernel_size``, exactly as the README prints them, with the
+# README's output dir as the key of KERNEL_SIZE_STUDY_DIRS (it is replaced by the entry dir when run).
+KERNEL_SIZE_STUDY_COMMANDS: tuple[Command, ...] = ()
+KERNEL_SIZE_STUDY_DIRS: dict[str, str] = {"outputs/kernel_size_study": "."}
+KERNEL_SIZE_STUDY_PLOT = "report_model.kwargs.dilated_kernel_size.png"
+
+# ------------------------------------------------------------------------------------------------- audio quickstart
+AUDIO_COMMANDS = (
+    Command("python train.py experiment=audio_quickstart", extra="trainer.output_dir={dir}/audio_quickstart"),
+    Command(
+        "python train.py experiment=audio_quickstart_baseline",
+        extra="trainer.output_dir={dir}/audio_quickstart_baseline",
+    ),
+)
+AUDIO_VALUES = tuple(
+    jsonl_value(f"audio_quickstart.{run}.{key}", f"audio_quickstart{suffix}/metrics.jsonl", f"val_{key}", fmt=fmt)
+    for run, suffix in (("dcls", ""), ("baseline", "_baseline"))
+    for key, fmt in (("mAP", "{:.2f}"), ("AUC", "{:.1f}"), ("d_prime", "{:.2f}"))
+)
+
+ENTRIES: dict[str, Entry] = {
+    e.name: e
+    for e in (
+        Entry(
+            "robustness",
+            ROBUSTNESS_COMMANDS,
+            ROBUSTNESS_VALUES,
+            cost_s=300,
+            dirs={"outputs/robustness_demo": "robustness_demo", "data/fmnist_val": "fmnist_val"},
+        ),
+        Entry(
+            "quickstart", QUICKSTART_COMMANDS, QUICKSTART_VALUES, cost_s=3600, dirs={"outputs/quickstart_seeds": "."}
+        ),
+        Entry(
+            "kernel_size_study",
+            KERNEL_SIZE_STUDY_COMMANDS,
+            (),
+            cost_s=7200,
+            dirs=KERNEL_SIZE_STUDY_DIRS,
+            dynamic=report_group_values("kernel_size_study", "report.json"),
+            dynamic_prefix="kernel_size_study.",
+            plots={KERNEL_SIZE_STUDY_PLOT: "kernel_size_study.png"},
+        ),
+        Entry("audio_quickstart", AUDIO_COMMANDS, AUDIO_VALUES, cost_s=900),
+    )
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("readme_figures.py", __doc__)
+    parser.add_argument("--only", default=None, help=f"comma-separated entries (default: all): {', '.join(ENTRIES)}")
+    parser.add_argument("--out", type=Path, default=Path("outputs/readme_figures"), help="entry dirs go to OUT/NAME")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to compare and rewrite")
+    parser.add_argument("--write", action="store_true", help="rewrite the README's marked values; copy plots")
+    parser.add_argument("--reuse", type=Path, default=None, help="one entry: read figures from DIR, run no training")
+    parser.add_argument("--check", action="store_true", help="exit 1 if any figure differs from the README's")
+    parser.add_argument("--list", action="store_true", help="print entries, cost and commands; run nothing")
+    return parser
+
+
+def select(only: str | None) -> list[Entry]:
+    """The entries named by ``--only`` (all by default); an unknown name is a FigureError."""
+    if only is None:
+        return list(ENTRIES.values())
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENTRIES]
+    if unknown or not names:
+        raise FigureError(
+            f"--only {only!r}: unknown entry {unknown[0] if unknown else '(none)'}; allowed: {', '.join(ENTRIES)}"
+        )
+    return [ENTRIES[n] for n in names]
+
+
+ALLOWED = ", ".join(f"{name}.*" for name in ENTRIES)
+
+
+def check_readme(text: str, markers: dict[str, str], entries: Sequence[Entry], readme: Path) -> None:
+    """Every README marker belongs to an entry, every static figure of ``entries`` has a marker and every command
+    of ``entries`` is in one of the README's bash blocks, verbatim (else one line, exit 2)."""
+    commands = readme_commands(text)
+    for entry in entries:
+        for cmd in entry.commands:
+            if one_line(cmd.text) not in commands:
+                raise FigureError(f"entry {entry.name}: command not in a bash block of {readme}: {one_line(cmd.text)}")
+    for name in markers:
+        entry = ENTRIES.get(name.split(".")[0])
+        if entry is None or (name not in {v.marker for v in entry.values} and not _dynamic(entry, name)):
+            raise FigureError(f"{readme}: marker fig:{name} has no figure in ENTRIES; allowed: {ALLOWED}")
+    for entry in entries:
+        for v in entry.values:
+            if v.marker not in markers:
+                raise FigureError(
+                    f"entry {entry.name}: figure {v.marker} has no <!--fig:{v.marker}--> marker in {readme}"
+                )
+
+
+def _dynamic(entry: Entry, name: str) -> bool:
+    return entry.dynamic_prefix is not None and name.startswith(entry.dynamic_prefix)
+
+
+def prepare(entry_dir: Path) -> None:
+    """A fresh entry dir (train.py and eval.py would resume from old outputs); deletes only dirs this tool made."""
+    if entry_dir.exists() and any(entry_dir.iterdir()):
+        if not (entry_dir / STAMP).exists():
+            raise FigureError(f"--out: {entry_dir} exists and was not made by readme_figures.py; allowed: a new dir")
+        shutil.rmtree(entry_dir)
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    (entry_dir / STAMP).write_text("made by tools/readme_figures.py; deleted and remade by its next run\n")
+
+
+def run_commands(entry: Entry, entry_dir: Path, reuse: bool) -> bool:
+    """Run the entry's commands in order (from the repo root, output to entry_dir/commands.log); False on a failure."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if not entry.commands and not reuse:
+        print(f"readme_figures: {entry.name}: no commands defined yet (see its *_COMMANDS constant)", file=sys.stderr)
+        return False
+    log = entry_dir / "commands.log"
+    for i, cmd in enumerate(entry.commands, 1):
+        line = entry.shell(cmd, entry_dir)
+        if reuse and not cmd.analysis:
+            print(f"  [{i}] skipped (--reuse): {line}")
+            continue
+        print(f"  [{i}] $ {line}", flush=True)
+        start = time.monotonic()
+        with open(log, "a") as f:
+            f.write(f"$ {line}\n")
+            f.flush()
+            rc = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        print(f"      exit {rc} after {time.monotonic() - start:.1f} s", flush=True)
+        if rc != 0:
+            print(
+                f"readme_figures: {entry.name}: command {i} failed with exit code {rc} (log: {log}): {line}",
+                file=sys.stderr,
+            )
+            return False
+    return True
+
+
+def extract(entry: Entry, entry_dir: Path, markers: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Print README vs fresh for every figure; returns (marker -> fresh text, problems)."""
+    values: list[Value] = list(entry.values)
+    problems: list[str] = []
+    if entry.dynamic is not None:
+        try:
+            values += entry.dynamic(entry_dir)
+        except (OSError, LookupError, ValueError) as err:
+            problems.append(f"{entry.name}: {err}")
+    fresh_text: dict[str, str] = {}
+    print(f"  {'figure':<34} {'README':>9} {'fresh':>9} {'diff':>8}  source")
+    for v in values:
+        readme = markers.get(v.marker)
+        try:
+            fresh: float | None = v.read(entry_dir)
+        except (OSError, LookupError, ValueError) as err:
+            fresh = None
+            problems.append(f"{v.marker}: {err}")
+        text = "?" if fresh is None else v.format(fresh)
+        if fresh is not None:
+            fresh_text[v.marker] = text
+        shown = "(none)" if readme is None else readme
+        print(f"  {v.marker:<34} {shown:>9} {text:>9} {compare(readme, fresh, v):>8}  {v.source}")
+    produced = {v.marker for v in values}
+    missing = [m for m in markers if _dynamic(entry, m) and m not in produced]
+    problems += [f"{m}: marked in the README but not produced by this run" for m in missing]
+    return fresh_text, problems
+
+
+def main(args: argparse.Namespace) -> int:
+    entries = select(args.only)
+    if args.list:
+        for e in entries:
+            print(
+                f"{e.name} (~{e.cost_s / 60:.0f} min): " + "; ".join(e.shell(c, args.out / e.name) for c in e.commands)
+            )
+        return 0
+    if args.reuse is not None and len(entries) != 1:
+        raise FigureError(f"--reuse {args.reuse}: needs exactly one entry; allowed: --only NAME with one name")
+    if args.reuse is not None and not args.reuse.is_dir():
+        raise FigureError(f"--reuse {args.reuse}: not a directory; allowed: an existing output dir of the entry")
+    readme = args.readme.resolve()
+    if not readme.is_file():
+        raise FigureError(f"--readme {args.readme}: no such file")
+    text = readme.read_text(encoding="utf-8")
+    markers = read_markers(text)
+    check_readme(text, markers, entries, readme)
+    failed, unmarked, fresh_all = False, False, {}
+    for entry in entries:
+        entry_dir = (args.reuse or args.out / entry.name).resolve()
+        print(f"== {entry.name} (estimated {entry.cost_s / 60:.0f} min on 2 CPU cores) in {entry_dir}", flush=True)
+        if args.reuse is None and entry.commands:
+            prepare(entry_dir)
+        ok = run_commands(entry, entry_dir, reuse=args.reuse is not None)
+        fresh, problems = extract(entry, entry_dir, markers)
+        for p in problems:
+            print(f"readme_figures: {entry.name}: {p}", file=sys.stderr)
+        unmarked |= any(_dynamic(entry, m) and m not in markers for m in fresh)
+        failed |= not ok or bool(problems)
+        if ok:  # a failed command leaves a partial run: its figures are shown, never written
+            fresh_all.update({m: t for m, t in fresh.items() if m in markers})
+        if args.write:
+            _copy_plots(entry, entry_dir, readme.parent / "docs" / "figures")
+    changed = {m: t for m, t in fresh_all.items() if markers[m].strip() != t}
+    if args.write and changed:
+        atomic_write_text(readme, write_markers(readme.read_text(encoding="utf-8"), changed))
+        print(f"wrote {len(changed)} figure(s) into {readme}")
+    print(f"{len(changed)} of {len(fresh_all)} figure(s) differ from the README")
+    if unmarked:
+        raise FigureError("some fresh figures have no README marker (listed as '(none)'); add <!--fig:NAME--> markers")
+    return 1 if failed or (args.check and changed and not args.write) else 0
+
+
+def _copy_plots(entry: Entry, entry_dir: Path, dest: Path) -> None:
+    for src, name in entry.plots.items():
+        if (entry_dir / src).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = dest / f".{name}.tmp"
+            shutil.copyfile(entry_dir / src, tmp)
+            os.replace(tmp, dest / name)
+            print(f"copied {entry_dir / src} -> {dest / name}")
+
+
+if __name__ == "__main__":
+    parser = build_parser()
+    sys.exit(run_cli(lambda: main(parser.parse_args()), prog=parser.prog))
