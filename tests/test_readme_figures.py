@@ -250,6 +250,7 @@ def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
     ]
     groups = [_group(label, 70.0 + i, 0.5, 3, []) for i, label in enumerate(labels)]
     groups[0]["stats"]["final_top1"]["std"] = None  # null as for n == 1 (CONTRACT): no figure
+    groups[1]["vs_baseline"] = {"metric": "final_top1", "diff": 1.0, "test": "paired", "t": 2.0, "df": 2.0, "p": 0.18}
     (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
     markers = {"kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "1", "kernel_size_study.gone.mean": "2"}
     fresh, problems = tool.extract(tool.ENTRIES["kernel_size_study"], tmp_path, markers)
@@ -257,5 +258,7 @@ def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
         "kernel_size_study.dilated_kernel_size_5_epochs_10.mean": "70.00",
         "kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "71.00",
         "kernel_size_study.dilated_kernel_size_17_epochs_10.std": "0.50",
+        "kernel_size_study.dilated_kernel_size_17_epochs_10.diff": "+1.00",  # vs its baseline, when there is one
+        "kernel_size_study.dilated_kernel_size_17_epochs_10.p": "0.180",
     }
     assert problems == ["kernel_size_study.gone.mean: marked in the README but not produced by this run"]

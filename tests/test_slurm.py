@@ -171,6 +171,23 @@ def jobs(cluster, tmp_path_factory):
         ],
         tmp / "hydra.log",
     )
+    j["study_dir"] = tmp / "study"
+    j["study"] = _popen(  # the kernel-size study's own sweep (hydra.sweeper.params), cut to 2 tasks by overrides
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "experiment=kernel_size_study",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=10",
+            f"hydra.sweep.dir={j['study_dir']}",
+            "model.kwargs.dilated_kernel_size=dense,3",
+            "trainer.epochs=1",
+            "trainer.seed=0",
+            "data.val_subset=100",
+        ],
+        tmp / "study.log",
+    )
     j["fail_launch"] = _popen(
         [
             sys.executable,
@@ -210,7 +227,7 @@ def jobs(cluster, tmp_path_factory):
         j["req_dir"], lambda: _run(["scontrol", "requeue", j["req_id"]], check=True), j["interrupted"], "sbatch"
     )
     yield j
-    for key in ("ref", "hydra", "fail_launch", "fail_hydra"):
+    for key in ("ref", "hydra", "study", "fail_launch", "fail_hydra"):
         if j[key].poll() is None:
             j[key].kill()
 
@@ -272,6 +289,22 @@ def test_hydra_launcher_sweep_is_a_job_array(jobs, reference):
     assert "2 process(es) on cpu" in (sweep / "1_quickstart" / "log.txt").read_text()
     assert "hydra/launcher=slurm" in (sweep / "command.sh").read_text()
     assert json.loads((sweep / "launch.json").read_text())["slurm"]["tasks_per_node"] == 2
+
+
+@pytest.mark.slow
+def test_kernel_size_study_runs_as_one_array_and_reports(jobs):
+    out = _finish(jobs["study"], jobs["tmp"] / "study.log")
+    assert jobs["study"].returncode == 0, out[-3000:]
+    sweep = jobs["study_dir"]
+    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert len(tasks) == 2 and tasks[1] == tasks[0][:-1] + "1", tasks  # one array of 2 tasks
+    dense, dcls = (load_checkpoint(sweep / f"{i}_kernel_size_study" / "last.pth") for i in (0, 1))
+    assert dense["config"]["model"]["kwargs"]["dilated_kernel_size"] == "dense"
+    assert not any(k.endswith("positions") for k in dense["model"]) and "stages.0.conv_dw.positions" in dcls["model"]
+    cmd = [sys.executable, "tools/report.py", str(sweep), "--baseline", "model.kwargs.dilated_kernel_size=dense"]
+    proc = _run(cmd, check=True)
+    report = json.loads((sweep / "report.json").read_text())
+    assert [g["n"] for g in report["groups"]] == [1, 1] and "vs baseline" in proc.stdout
 
 
 @pytest.mark.slow

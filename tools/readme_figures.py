@@ -115,10 +115,16 @@ QUICKSTART_VALUES = (
 )
 
 # ---------------------------------------------------------------------------------- kernel-size study (thesis Fig 6.1)
-# The lead fills these in: the sweep over dilated sizes x seeds x 2 regimes + the dense baseline, then
-# ``python tools/report.py DIR --plot model.kwargs.dilated_kernel_size``, exactly as the README prints them, with the
-# README's output dir as the key of KERNEL_SIZE_STUDY_DIRS (it is replaced by the entry dir when run).
-KERNEL_SIZE_STUDY_COMMANDS: tuple[Command, ...] = ()
+# README "Kernel-size study": the sweep (sizes x 2 regimes x 3 seeds + the dense baseline, all in the experiment's
+# hydra.sweeper.params), then the report with one baseline per regime and the plot.
+KERNEL_SIZE_STUDY_COMMANDS: tuple[Command, ...] = (
+    Command("python train.py -m experiment=kernel_size_study hydra.sweep.dir=outputs/kernel_size_study"),
+    Command(
+        "python tools/report.py outputs/kernel_size_study --baseline model.kwargs.dilated_kernel_size=dense \\\n"
+        "    --plot model.kwargs.dilated_kernel_size",
+        analysis=True,
+    ),
+)
 KERNEL_SIZE_STUDY_DIRS: dict[str, str] = {"outputs/kernel_size_study": "."}
 KERNEL_SIZE_STUDY_PLOT = "report_model.kwargs.dilated_kernel_size.png"
 

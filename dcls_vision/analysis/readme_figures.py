@@ -234,19 +234,22 @@ def sanitise(label: str) -> str:
 def report_group_values(
     prefix: str, file: str, stats: tuple[str, ...] = ("mean", "std")
 ) -> Callable[[Path], list[Value]]:
-    """Values for every group of a report.json: ``<prefix>.<sanitised label>.<stat>`` of its metric (generic tables)."""
+    """Values for every group of a report.json: ``<prefix>.<sanitised label>.<stat>`` of its metric (generic tables),
+    and ``.diff`` / ``.p`` of its comparison with its baseline when the report has one."""
 
     def values(d: Path) -> list[Value]:
         report, out = _load_json(d / file), []
         for g in report["groups"]:
+            name, label = f"{prefix}.{sanitise(g['label'])}", g["label"]
             stat = g["stats"].get(report["metric"]) or {}
             for s in stats:
                 if stat.get(s) is not None:  # std is null for n == 1: no figure
-                    out.append(
-                        report_value(
-                            f"{prefix}.{sanitise(g['label'])}.{s}", file, g["label"], ("stats", report["metric"], s)
-                        )
-                    )
+                    out.append(report_value(f"{name}.{s}", file, label, ("stats", report["metric"], s)))
+            vs = g.get("vs_baseline") or {}
+            if vs.get("diff") is not None:
+                out.append(report_value(f"{name}.diff", file, label, ("vs_baseline", "diff"), "{:+.2f}"))
+            if vs.get("p") is not None:
+                out.append(report_value(f"{name}.p", file, label, ("vs_baseline", "p"), "{:.3f}"))
         return out
 
     return values
