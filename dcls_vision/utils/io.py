@@ -18,9 +18,9 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import UserError
 
@@ -85,39 +85,30 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (temp file in the same dir + fsync + ``os.replace``); a
     ``.safetensors`` path holds the ``model`` state dict and the other entries as JSON metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _serialise(obj, path, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return _atomic_write(path, lambda f: _serialise(obj, path, f))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temp file in the same dir + fsync + ``os.replace``): a report or
     table being rewritten is never seen half-written, and a crash keeps the previous version."""
-    return _atomic_write_bytes(Path(path), text.encode())
+    return atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """:func:`atomic_write_text` for bytes (a PNG rendered into memory)."""
-    return _atomic_write_bytes(Path(path), data)
+    """:func:`atomic_write_text` for bytes (a PNG rendered into memory); readable by others (0644)."""
+    return _atomic_write(Path(path), lambda f: f.write(data), mode=0o644)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object], mode: int | None = None) -> Path:
+    """Temp file in the same dir + fsync + ``os.replace`` + dir fsync: readers never see half a file and a crash
+    keeps the previous one. ``mode``: else mkstemp's 0600 (checkpoints)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # a report is read by others (mkstemp's 0600 is for checkpoints' sake only)
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
