@@ -314,4 +314,5 @@ def test_baseline_per_regime_and_a_named_baseline_drawn_flat(tmp_path):
     series = plot_series(report, KEY)
     assert [s["x"] for s in series["series"]] == [[3], [3]]
     assert sorted(r["label"] for r in series["references"]) == [f"trainer.epochs={e} ({KEY}=dense)" for e in (2, 3)]
+    assert sorted(r["series"] for r in series["references"]) == ["trainer.epochs=2", "trainer.epochs=3"]  # its colour
     assert (out / f"report_{KEY}.png").stat().st_size > 1000

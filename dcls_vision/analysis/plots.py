@@ -207,8 +207,9 @@ def metric_vs_key(data: dict[str, Any]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, s in enumerate(data["series"]):
         ax.errorbar(s["x"], s["mean"], yerr=s["std"], marker="o", capsize=3, color=f"C{i % 10}", label=wrap(s["label"]))
+    colors = {s["label"]: f"C{i % 10}" for i, s in enumerate(data["series"])}
     for j, ref in enumerate(data["references"], start=len(data["series"])):
-        color = f"C{j % 10}"
+        color = colors.get(ref.get("series"), f"C{j % 10}")  # a regime's baseline in its series' colour
         ax.axhline(ref["mean"], color=color, linestyle="--", label=wrap(ref["label"]))
         if ref["std"]:
             ax.axhspan(ref["mean"] - ref["std"], ref["mean"] + ref["std"], color=color, alpha=0.15)

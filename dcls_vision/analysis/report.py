@@ -338,7 +338,7 @@ def plot_series(report: dict[str, Any], key: str) -> dict[str, Any]:
         raise AnalysisError(f"--plot {key!r} does not differ between the runs; allowed: {allowed}")
     metric = report["metric"]
     lines: dict[str, list[tuple[Any, float, float]]] = {}
-    refs: list[tuple[str, float, float]] = []
+    refs: list[tuple[str, str, float, float]] = []  # label, the series it belongs to (same other keys), mean, std
     values = [g["keys"][key] for g in report["groups"] if g["keys"][key] is not None]
     numeric_key = any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     for g in report["groups"]:
@@ -349,9 +349,9 @@ def plot_series(report: dict[str, Any], key: str) -> dict[str, Any]:
         rest = ", ".join(f"{k}={fmt_value(v)}" for k, v in g["keys"].items() if k != key) or metric
         value = g["keys"][key]
         if value is None:
-            refs.append((f"{rest} ({key} unset)", *point))
+            refs.append((f"{rest} ({key} unset)", rest, *point))
         elif isinstance(value, str) and numeric_key:  # e.g. dilated_kernel_size=dense among sizes
-            refs.append((f"{rest} ({key}={value})" if rest != metric else f"{key}={value}", *point))
+            refs.append((f"{rest} ({key}={value})" if rest != metric else f"{key}={value}", rest, *point))
         else:
             lines.setdefault(rest, []).append((value, *point))
     xs = [x for pts in lines.values() for x, _, _ in pts]
@@ -368,7 +368,7 @@ def plot_series(report: dict[str, Any], key: str) -> dict[str, Any]:
         "numeric": numeric,
         "ticks": None if numeric else order,
         "series": series,
-        "references": [{"label": lbl, "mean": m, "std": s} for lbl, m, s in refs],
+        "references": [{"label": lbl, "series": rest, "mean": m, "std": s} for lbl, rest, m, s in refs],
     }
 
 
