@@ -316,3 +316,18 @@ def test_baseline_per_regime_and_a_named_baseline_drawn_flat(tmp_path):
     assert sorted(r["label"] for r in series["references"]) == [f"trainer.epochs={e} ({KEY}=dense)" for e in (2, 3)]
     assert sorted(r["series"] for r in series["references"]) == ["trainer.epochs=2", "trainer.epochs=3"]  # its colour
     assert (out / f"report_{KEY}.png").stat().st_size > 1000
+
+
+def test_a_schema_key_newer_than_some_runs_does_not_split_them(tmp_path):
+    """A sweep interrupted by an upgrade: later runs record a new schema key (its default), the first does not."""
+    sweep = tmp_path / "sweep"
+    for seed in range(3):
+        run = _write_run(sweep / f"{seed}_q", "q", seed, [80.0 + seed], 3)
+        if seed:
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            cfg["trainer"]["val_interval"] = 1
+            (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _report(str(sweep), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["group_keys"] == [] and [g["n"] for g in report["groups"]] == [3]

@@ -51,11 +51,22 @@ def fmt_value(value: Any) -> str:
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Dotted config keys whose values are not the same in every run (absent = null), bookkeeping excluded."""
+    """Dotted config keys whose values are not the same in every run, bookkeeping excluded.
+
+    Absent counts as null inside free-form argument dicts (``model.kwargs.dilated_kernel_size`` missing = the net
+    has no such argument: a setting of its own). A schema key absent from some runs was added to the schema after
+    they ran (with the behaviour they had as its default), so it must not split a sweep that an upgrade interrupted.
+    """
     order: dict[str, None] = {}
     for run in runs:
         order.update(dict.fromkeys(run.config))
-    keys = [k for k in order if not is_excluded(k) and len({fmt_value(r.config.get(k)) for r in runs}) > 1]
+
+    def differs(key: str) -> bool:
+        free_form = ".kwargs." in f".{key}"
+        values = {fmt_value(r.config.get(key)) for r in runs if free_form or key in r.config}
+        return len(values) > 1
+
+    keys = [k for k in order if not is_excluded(k) and differs(k)]
     return sorted(keys, key=lambda k: (k not in FIRST_KEYS, FIRST_KEYS.index(k) if k in FIRST_KEYS else 0))
 
 
