@@ -159,7 +159,7 @@ ENTRIES: dict[str, Entry] = {
             "kernel_size_study",
             KERNEL_SIZE_STUDY_COMMANDS,
             (),
-            cost_s=7200,
+            cost_s=900,  # 30 runs: 15 x ~50 s + 15 x ~5 s of training on 2 idle cores, one start-up
             dirs=KERNEL_SIZE_STUDY_DIRS,
             dynamic=report_group_values("kernel_size_study", "report.json"),
             dynamic_prefix="kernel_size_study.",
