@@ -276,20 +276,35 @@ def test_make_corrupted_is_deterministic_across_workers(folders, tmp_path):
     assert f.read_bytes() != (corrupted / f.relative_to(tmp_path / "seed1")).read_bytes()
 
 
-def test_make_corrupted_rejects_small_images_and_bad_arguments(folders, tmp_path):
+def _make_corrupted_main(capsys, *args: str) -> tuple[int, str]:
+    """tools/make_corrupted.py's main() in this process (exit code, stderr): the CLI path is tested elsewhere; five
+    subprocesses here cost ~40 s of imports."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_corrupted", ROOT / "tools" / "make_corrupted.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    capsys.readouterr()
+    try:
+        code = tool.main([*map(str, args), "--no-progress", "--workers", "1"])
+    except SystemExit as exit_:  # argparse's errors
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_make_corrupted_rejects_small_images_and_bad_arguments(folders, tmp_path, capsys):
     clean, _ = folders
-    proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "contrast", "--no-resize-crop")
-    assert proc.returncode == 2
-    assert "is 28x28 px; imagecorruptions needs at least 32x32; pass --upscale-small" in proc.stderr
-    proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "fog", "nope")
-    assert proc.returncode == 2
-    assert "--corruptions 'nope' is not supported; allowed: common, extra, all, cbar" in proc.stderr
-    proc = _make_corrupted(clean, tmp_path / "x", "--corruptions", "fog", "sparkles")
-    assert proc.returncode == 2 and "mixes ImageNet-C and ImageNet-C-bar corruptions" in proc.stderr
-    proc = _make_corrupted(clean, tmp_path / "x", "--upscale-small", "32")
-    assert proc.returncode == 2 and "--upscale-small 32 is not supported without --no-resize-crop" in proc.stderr
-    proc = _make_corrupted(clean, tmp_path / "x", "--severities", "6")
-    assert proc.returncode == 2 and "--severities 6 is not supported; allowed: integers 1 to 5" in proc.stderr
+    out = tmp_path / "x"
+    code, err = _make_corrupted_main(capsys, clean, out, "--corruptions", "contrast", "--no-resize-crop")
+    assert code == 2 and "is 28x28 px; imagecorruptions needs at least 32x32; pass --upscale-small" in err
+    code, err = _make_corrupted_main(capsys, clean, out, "--corruptions", "fog", "nope")
+    assert code == 2 and "--corruptions 'nope' is not supported; allowed: common, extra, all, cbar" in err
+    code, err = _make_corrupted_main(capsys, clean, out, "--corruptions", "fog", "sparkles")
+    assert code == 2 and "mixes ImageNet-C and ImageNet-C-bar corruptions" in err
+    code, err = _make_corrupted_main(capsys, clean, out, "--upscale-small", "32")
+    assert code == 2 and "--upscale-small 32 is not supported without --no-resize-crop" in err
+    code, err = _make_corrupted_main(capsys, clean, out, "--severities", "6")
+    assert code == 2 and "--severities 6 is not supported; allowed: integers 1 to 5" in err
 
 
 def test_spatter_without_liquid_keeps_the_image(folders):
