@@ -165,7 +165,7 @@ ENTRIES: dict[str, Entry] = {
             dynamic_prefix="kernel_size_study.",
             plots={KERNEL_SIZE_STUDY_PLOT: "kernel_size_study.png"},
         ),
-        Entry("audio_quickstart", AUDIO_COMMANDS, AUDIO_VALUES, cost_s=900),
+        Entry("audio_quickstart", AUDIO_COMMANDS, AUDIO_VALUES, cost_s=240),
     )
 }
 
