@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dcls_vision.downstream.cli import CliError, run
+from dcls_vision.utils.io import atomic_write_text
 
 PROG = "downstream_flops.py"
 
@@ -66,11 +66,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         rows.append(count(config, tuple(args.size) if args.size else None, args.backbone))
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, out)
+        atomic_write_text(Path(args.out), "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

@@ -30,7 +30,6 @@ from dcls_vision.analysis.readme_figures import (
     Entry,
     FigureError,
     Value,
-    atomic_write_text,
     compare,
     eval_split_error,
     json_value,
@@ -44,6 +43,7 @@ from dcls_vision.analysis.readme_figures import (
     write_markers,
 )
 from dcls_vision.utils.errors import run_cli
+from dcls_vision.utils.io import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = ".readme_figures"  # written into every entry dir this tool made, so only those are ever deleted
@@ -337,10 +337,7 @@ def main(args: argparse.Namespace) -> int:
 def _copy_plots(entry: Entry, entry_dir: Path, dest: Path) -> None:
     for src, name in entry.plots.items():
         if (entry_dir / src).is_file():
-            dest.mkdir(parents=True, exist_ok=True)
-            tmp = dest / f".{name}.tmp"
-            shutil.copyfile(entry_dir / src, tmp)
-            os.replace(tmp, dest / name)
+            atomic_write_bytes(dest / name, (entry_dir / src).read_bytes())
             print(f"copied {entry_dir / src} -> {dest / name}")
 
 

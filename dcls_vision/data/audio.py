@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dcls_vision.utils.errors import UserError
+from dcls_vision.utils.io import atomic_write_text
 
 from .audio_features import CLIP_SAMPLES, SAMPLE_RATE, LogMel
 
@@ -203,10 +202,8 @@ def norm_stats(dataset: Dataset, cache: Path | None, max_clips: int = 1000) -> t
     std = max((s2 / count - mean**2) ** 0.5, 1e-6)
     if cache is not None:
         try:
-            fd, tmp = tempfile.mkstemp(prefix=cache.name, dir=cache.parent)  # unique: ranks may race here
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps({"mean": mean, "std": std, "clips": len(idx)}))
-            os.replace(tmp, cache)
+            # through a unique temp file: ranks may race here
+            atomic_write_text(cache, json.dumps({"mean": mean, "std": std, "clips": len(idx)}))
         except OSError:
             pass  # a read-only data folder: recomputed next time
     return mean, std

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dcls_vision.utils.io import atomic_write_bytes
+
 from .cli import CliError, run
 
 PROG = "python -m dcls_vision.downstream.demo"
@@ -88,15 +90,13 @@ def _visualizer(scope: str, model: Any, alpha: float) -> Any:
 
 
 def _write_png(image_bgr: Any, path: Path) -> None:
-    """Atomic: encode, write a temporary file beside ``path``, rename."""
+    """Encode, then write atomically (no half-written PNG if interrupted)."""
     import cv2
 
     ok, data = cv2.imencode(".png", image_bgr)
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.tobytes())
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

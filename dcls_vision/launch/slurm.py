@@ -20,6 +20,8 @@ from typing import Any
 
 import submitit
 
+from dcls_vision.utils.io import atomic_write_text
+
 from .options import LaunchError, LaunchOptions
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # its git commit (when it is a checkout) goes into launch.json
@@ -155,13 +157,6 @@ def _executor(opts: LaunchOptions, folder: Path, default_name: str) -> submitit.
     return executor
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and ``os.replace``: a crash leaves the old file or the new one, whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_records(
     job: Any, opts: LaunchOptions, run_dir: Path, argv: list[str], overrides: list[str], resubmit_hint: str
 ) -> dict[str, str]:
@@ -188,9 +183,9 @@ def _write_records(
         **files,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(run_dir / "launch.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_dir / "launch.json", json.dumps(record, indent=2) + "\n")
     cmd = shlex.join([sys.executable, "-m", "dcls_vision.launch", *argv])
-    _write_text(
+    atomic_write_text(
         run_dir / "command.sh",
         "#!/usr/bin/env bash\n"
         f"# Job {job.job_id}, submitted {record['submitted_at']}. Rerunning this submits the same job again;\n"
