@@ -124,6 +124,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "float16")
         self.mixup, self.criterion = builders.build_loss(cfg, self.num_classes, device, self.multilabel)
         self.has_positions = bool(dcls_parameters(self.model)["positions"])
+        self.n_params = sum(p.numel() for p in self.model.parameters())  # the start line and every epoch record
         self.ckpt = CheckpointManager(
             self.run_dir,
             cfg,
@@ -453,10 +454,9 @@ class Trainer:
         if self.resumed_from is not None:
             where = f"epoch {st.next_epoch + 1}" + (f", batch {st.next_batch}" if st.next_batch else "")
             self.log.info(f"resumed from {self.resumed_from} at {where} (global step {st.global_step})")
-        n_params = sum(p.numel() for p in self.model.parameters())
         bn = "sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}"
         self.log.info(
-            f"run dir: {self.run_dir} | model {self.cfg.model.name} {n_params / 1e6:.2f}M params | "
+            f"run dir: {self.run_dir} | model {self.cfg.model.name} {self.n_params / 1e6:.2f}M params | "
             f"{self.world} process(es) on {self.device} | global batch {self.global_batch} | "
             f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
             + (f" | BN stats {bn}" if self.world > 1 else "")
@@ -552,7 +552,7 @@ class Trainer:
             "repulsive": stats["repulsive"],
             "epoch_time": round(seconds, 3),
             "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
-            "params": sum(p.numel() for p in self.model.parameters()),  # for reports that gather runs
+            "params": self.n_params,  # for reports that gather runs
             "skipped_train": stats["skipped_train"],
             "skipped_val": val["skipped"],
             "pos_delta": pos_delta,
