@@ -8,7 +8,6 @@ element is counted: each axis' counts sum to the number of elements of that tens
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from dcls_vision.models.dclsify import stage_of
 from dcls_vision.ops import DclsLayer, dcls_layers
 
 from .errors import AnalysisError
+from .runs import METRICS, read_records
 
 
 @dataclass
@@ -136,16 +136,9 @@ def kernel_images(group: PositionGroup, channels: list[int]) -> list[dict[str, A
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The epoch records of a run's metrics.jsonl (a torn last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    if not (Path(run_dir) / METRICS).is_file():
         raise AnalysisError(f"--run-dir {str(run_dir)!r} has no metrics.jsonl; allowed: a trainer run directory")
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return read_records(Path(run_dir))
 
 
 def speed_curves(run_dir: str | Path) -> dict[str, Any]:

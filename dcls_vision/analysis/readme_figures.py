@@ -20,6 +20,8 @@ from typing import Any
 
 from dcls_vision.utils.errors import UserError
 
+from .runs import read_records
+
 MARKER_RE = re.compile(r"<!--fig:([A-Za-z0-9_.\-]+)-->(.*?)<!--/fig-->")
 FENCE_RE = re.compile(r"^\s*```")
 CODE_SPAN_RE = re.compile(r"(`[^`\n]*`)")
@@ -132,9 +134,10 @@ def _load_json(path: Path) -> Any:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl records, read as tools/report.py reads them (torn line skipped, re-logged epoch once)."""
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (did its command run?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path.parent)
 
 
 def _dig(obj: Any, keys: Iterable[str | int], where: str) -> float:
