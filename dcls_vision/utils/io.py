@@ -141,7 +141,7 @@ def _atomic_write(
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        cause = _oserror_in(err)
+        cause = oserror_in(err)
         if cause is None or isinstance(err, SaveError):
             raise
         raise save_error(path, cause, size() if size is not None else None) from cause
@@ -169,7 +169,7 @@ def _count_bytes(write: Callable[[Any], object]) -> int:
     return counter.n
 
 
-def _oserror_in(err: BaseException | None) -> OSError | None:
+def oserror_in(err: BaseException | None) -> OSError | None:
     """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError ("unexpected pos ...")
     whose context is the OSError."""
     seen: set[int] = set()
