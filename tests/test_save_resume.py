@@ -323,6 +323,8 @@ def test_downstream_checkpoint_hook_failed_write_is_one_line_and_leaves_no_torn_
         custom_hooks=[DclsSafeCheckpointHook()],
         default_scope="mmengine",
     )
+    work = tmp_path / "work"  # made by the Runner
+    (work / ".iter_9.pth.123.tmp").write_bytes(b"torn")  # left by a run killed inside a save
     real_put = LocalBackend.put
 
     def put(self, obj, filepath):
@@ -335,7 +337,6 @@ def test_downstream_checkpoint_hook_failed_write_is_one_line_and_leaves_no_torn_
     monkeypatch.setattr(LocalBackend, "put", put)
     with pytest.raises(SaveError) as err:
         runner.train()
-    work = tmp_path / "work"
     assert re.fullmatch(
         rf"writing {work}/iter_4\.pth failed: \[Errno 28\] No space left on device; {work} has \S+ \S+ free; "
         rf"no previous iter_4\.pth was there; the previous checkpoint {work}/iter_2\.pth \(iter_2, \S+ \S+\) is "

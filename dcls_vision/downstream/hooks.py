@@ -13,6 +13,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
+from dcls_vision.engine.checkpoint import clean_temp_files
 from dcls_vision.engine.distributed import broadcast_object
 from dcls_vision.engine.repulsive import repulsive_loss
 from dcls_vision.ops import clamp_positions_, dcls_parameters
@@ -135,6 +136,8 @@ class DclsSafeCheckpointHook(Hook):
     priority = "LOWEST"
 
     def before_run(self, runner: Any) -> None:
+        if runner.rank == 0:  # a run killed inside a save left its temp file
+            clean_temp_files(runner.work_dir)
         if getattr(runner.save_checkpoint, "_dcls_atomic", False):
             return
         original = runner.save_checkpoint
