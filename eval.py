@@ -4,7 +4,8 @@ Benchmarks: ``benchmarks=[val,c,cbar,a,r,sketch]`` with ``<key>.root=<folder>`` 
 multi-process: ``torchrun --nproc_per_node N eval.py ...``. Results are written after every split; running the same
 command again resumes (in ``output_dir``, or with the default output_dir the newest unfinished run of the same
 command under outputs/eval/). Exit codes: 0 done (benchmarks that could not run
-are listed in the report), 2 bad config or checkpoint, 3 none of the requested benchmarks could run.
+are listed in the report), 2 bad config or checkpoint, 3 none of the requested benchmarks could run, 4 a results file
+could not be written (full disk, read-only filesystem, quota, permission; the saved results are intact).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Multi-GPU / multi-process: ``torchrun --nproc_per_node N train.py experiment=... trainer.output_dir=DIR``.
 SLURM: ``python -m dcls_vision.launch ...``, ``python train.py -m hydra/launcher=slurm ...`` or ``slurm/train.sbatch``.
-A run dir holding ``last.pth`` resumes automatically; exit codes: 0 done, 1 NaN/inf loss, 2 bad config,
-3 stopped by a preemption/time-limit signal after saving ``last.pth`` (rerun to resume).
+A run dir holding ``last.pth`` resumes automatically; exit codes: 0 done, 1 NaN/inf loss, 2 bad config (or no
+intact checkpoint to resume from), 3 stopped by a preemption/time-limit signal after saving ``last.pth`` (rerun to
+resume), 4 a checkpoint could not be written (full disk, read-only filesystem, quota, permission; the previous
+checkpoint is intact: free space and rerun to resume).
 """
 
 from __future__ import annotations

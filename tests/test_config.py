@@ -275,6 +275,7 @@ ADDED_SINCE = {
     "trainer.tf32": True,
     "trainer.head_bias_prior": False,  # issue 18: multi-label quickstart only
     "trainer.val_interval": 1,  # issue 19: the kernel-size study's 100-epoch runs validate every 10 epochs
+    "trainer.resume_schedule": "checkpoint",  # issue 31: the LR schedule on resume (checkpoint = as before)
 }
 
 

@@ -741,6 +741,51 @@ def test_killed_eval_resumes_without_reevaluating(run, folders, evaluated, tmp_p
     assert len(old) == 1 and old[0].read_text() == (ref_out / "results.csv").read_text()
 
 
+def test_failed_results_write_is_one_line_and_the_same_command_resumes(run, folders, tmp_path, monkeypatch):
+    """A full disk at the third results write (issue 31): one SaveError line naming the file, the free space and
+    what the intact results.json holds (the clean split and one ImageNet-C split); the same command then resumes."""
+    import errno
+
+    from dcls_vision.robustness import runner as runner_mod
+    from dcls_vision.utils import io as io_mod
+    from dcls_vision.utils.errors import SaveError
+
+    run_dir, _, _ = run
+    clean, corrupted = folders
+    out = tmp_path / "out"
+    args = [*_c_args(run_dir, clean, corrupted), "c.corruptions=[contrast]", "c.severities=[1,2,3]"]
+    real_write, calls = runner_mod.write_reports, []
+
+    def write_on_a_full_disk(result, out_dir):
+        calls.append(1)
+        if len(calls) < 3:
+            return real_write(result, out_dir)
+
+        def no_space(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(io_mod.os, "fsync", no_space)
+            return real_write(result, out_dir)
+
+    monkeypatch.setattr(runner_mod, "write_reports", write_on_a_full_disk)
+    with pytest.raises(SaveError) as err:
+        run_eval(_eval_cfg(out, *args))
+    assert re.fullmatch(
+        rf"writing {out}/results\.json failed: \[Errno 28\] No space left on device; {out} has \S+ \S+ free, the "
+        rf"file needs \S+ \S+; the previous results\.json is intact; {out}/results\.json is intact with 2 evaluated "
+        r"split\(s\): free space \(or fix the permissions\) and rerun the same command to resume \(saved splits are "
+        r"not re-evaluated\)",
+        str(err.value),
+    ), str(err.value)
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    res = run_eval(_eval_cfg(out, *args))
+    assert res["evaluated"] == ["val", "c"] and len(res["benchmarks"]["c"]["splits"]) == 3
+    log = (out / "log.txt").read_text()
+    assert "ImageNet-C: 1 split(s) already in results.json (same command), not re-evaluated" in log
+
+
 def test_default_output_dir_resumes_the_unfinished_run_of_the_same_command(run, folders, tmp_path):
     """eval.py's default output_dir is new each time: the same command continues the newest unfinished run."""
     run_dir, _, _ = run

@@ -18,19 +18,13 @@ from typing import Any
 
 from dcls_vision.analysis.errors import AnalysisError
 from dcls_vision.analysis.runs import Run
+from dcls_vision.engine.resume_config import BOOKKEEPING_KEYS, BOOKKEEPING_PREFIXES
 
 # Config keys that differ between runs of the same setting and so never split groups: the seed (the statistic is
-# over it) and per-run bookkeeping (where the run writes, how it resumes and checkpoints, how it logs).
-EXCLUDED_KEYS = (
-    "trainer.seed",
-    "trainer.output_dir",
-    "trainer.resume",
-    "trainer.auto_resume",
-    "trainer.max_epochs_per_run",
-    "trainer.keep_last",
-    "trainer.ckpt_interval_steps",
-)
-EXCLUDED_PREFIXES = ("logger.",)  # W&B ids/names/modes, log intervals, progress bars
+# over it) and per-run bookkeeping (where the run writes, how it resumes and checkpoints, how it logs: the keys a
+# resumed run does not report as changed either).
+EXCLUDED_KEYS = ("trainer.seed", *BOOKKEEPING_KEYS)
+EXCLUDED_PREFIXES = BOOKKEEPING_PREFIXES  # W&B ids/names/modes, log intervals, progress bars
 FIRST_KEYS = ("experiment_name",)  # shown first in labels when they differ
 DASH = "–"
 

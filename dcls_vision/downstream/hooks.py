@@ -1,18 +1,24 @@
-"""mmengine hooks for DCLS fine-tuning: position clamping and the repulsive loss.
+"""mmengine hooks for DCLS fine-tuning: position clamping, the repulsive loss, safe and atomic checkpoints.
 
 The public DCLS downstream code never clamps, so positions drift out of the dilated kernel (docs/design.md §2.2).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
+from dcls_vision.engine.checkpoint import clean_temp_files
+from dcls_vision.engine.distributed import broadcast_object
 from dcls_vision.engine.repulsive import repulsive_loss
 from dcls_vision.ops import clamp_positions_, dcls_parameters
+from dcls_vision.utils.errors import SaveError
+from dcls_vision.utils.io import format_bytes, oserror_in, save_error
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -114,15 +120,33 @@ def _decode(obj: Any) -> Any:
 
 
 class DclsSafeCheckpointHook(Hook):
-    """Make mmengine checkpoints loadable with ``torch.load(weights_only=True)`` (torch's default since 2.6).
+    """Make mmengine checkpoints loadable with ``torch.load(weights_only=True)`` (torch's default since 2.6), and
+    their writes atomic.
 
     mmengine 0.10 pickles its log buffers (``HistoryBuffer``, whose pickle calls ``getattr``) and numpy arrays
     into every checkpoint, so loading one for testing or resuming fails under safe loading, and allowlisting
     ``getattr`` would defeat it. Before saving, those become tensors and tagged dicts; after loading (before
     the runner restores its message hub) they are rebuilt. Priority LOWEST: converts what other hooks added.
+
+    mmengine writes ``iter_N.pth`` in place (mmengine/fileio/backends/local_backend.py ``put``: ``open(path,
+    "wb")``), so a full disk leaves a torn file; here it goes to a temp name and is ``os.replace``d, and a failed
+    write is one line (:class:`SaveError`, exit code 4) naming the file, the free space and the previous checkpoint.
     """
 
     priority = "LOWEST"
+
+    def before_run(self, runner: Any) -> None:
+        if runner.rank == 0:  # a run killed inside a save left its temp file
+            clean_temp_files(runner.work_dir)
+        if getattr(runner.save_checkpoint, "_dcls_atomic", False):
+            return
+        original = runner.save_checkpoint
+
+        def save_checkpoint(out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
+            _atomic_runner_save(runner, original, out_dir, filename, *args, **kwargs)
+
+        save_checkpoint._dcls_atomic = True  # type: ignore[attr-defined]
+        runner.save_checkpoint = save_checkpoint
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         for key in ("meta", "message_hub", "param_schedulers"):  # weights and optimizer state are tensors already
@@ -132,3 +156,41 @@ class DclsSafeCheckpointHook(Hook):
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = _decode(checkpoint["message_hub"])
+
+
+def _atomic_runner_save(runner: Any, original: Any, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
+    """``runner.save_checkpoint`` into a temp file then ``os.replace``; every rank calls it (mmengine's is
+    ``@master_only``), so a failure on the main rank is raised on all of them as the same one line."""
+    if "://" in str(out_dir):  # a remote backend (petrel, http): mmengine's own write
+        original(out_dir, filename, *args, **kwargs)
+        return
+    final = Path(out_dir) / filename
+    tmp = final.with_name(f".{filename}.{os.getpid()}.tmp")
+    message = None
+    try:
+        original(out_dir, tmp.name, *args, **kwargs)
+        if runner.rank == 0:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        cause = oserror_in(err)
+        if cause is None:
+            raise
+        message = f"{save_error(final, cause, None)}; {_previous_checkpoint_note(runner)}"
+    message = broadcast_object(message)
+    if message is not None:
+        raise SaveError(message)
+
+
+def _previous_checkpoint_note(runner: Any) -> str:
+    """The work dir's newest checkpoint (mmengine's ``last_checkpoint`` pointer): whether it is still there."""
+    pointer = Path(runner.work_dir) / "last_checkpoint"
+    previous = Path(pointer.read_text().strip()) if pointer.is_file() else None
+    if previous is None or not previous.is_file():
+        return "no earlier checkpoint of this work dir is left: free space (or fix the permissions) and rerun"
+    return (
+        f"the previous checkpoint {previous} ({previous.stem}, {format_bytes(previous.stat().st_size)}) is intact: "
+        "free space (or fix the permissions) and rerun with --resume to continue from it"
+    )

@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 8 -m dcls_vision.downstream.train CONFIG ...      # multi-GPU
     srun --ntasks-per-node 8 --gpus-per-task 1 python -m dcls_vision.downstream.train CONFIG ...   # SLURM
 
-Exit codes: 0 done, 2 bad argument (one line on stderr).
+Exit codes: 0 done, 2 bad argument (one line on stderr), 4 a checkpoint could not be written (one line; the previous
+checkpoint is intact).
 """
 
 from __future__ import annotations

@@ -3,13 +3,16 @@
 ``last.pth`` holds everything a run needs to continue exactly (model, EMA, optimizer, scheduler, scaler,
 counters, every rank's RNG state, sampler position, resolved config); ``epoch_XXXX.pth`` are hard links to it,
 pruned to ``trainer.keep_last``; ``best.pth`` / ``best_ema.pth`` hold weights, epoch, metrics and config only.
-All writes are rank 0's and atomic (:func:`~dcls_vision.engine.checkpoint.atomic_save`).
+All writes are rank 0's, atomic (:func:`~dcls_vision.engine.checkpoint.atomic_save`) and followed by a sha256
+sidecar (``<file>.sha256``); a failed write stops every rank with one line (:class:`SaveError`, exit code 4).
+At resume a run-dir checkpoint that fails its checksum or does not load is reported and skipped for the newest
+intact one (``last.pth``, then ``epoch_XXXX.pth`` newest first); with none intact the run stops with one line.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dcls_vision.models.factory import init_from_checkpoint
+from dcls_vision.utils.errors import SaveError, UserError
 
 from . import checkpoint as ckpt
 from .distributed import barrier, broadcast_object
 from .ema import ModelEma
+from .resume_config import config_changes, resume_config_notes, schedule_changes
+
+
+class CheckpointError(UserError):
+    """No intact checkpoint to resume from (each candidate torn, corrupt or failing its checksum)."""
 
 
 @dataclass
@@ -45,6 +54,16 @@ class Resumed:
     note: str | None = None
     rng: dict[str, Any] | None = None  # set for a full checkpoint written by the same world size
     wandb_id: str | None = None
+
+
+def describe_position(state: dict[str, Any] | TrainState) -> str:
+    """Where a checkpoint resumes, as the log says it: ``end of epoch 1, global step 4`` / ``epoch 2, batch 3, ...``."""
+    if isinstance(state, TrainState):
+        nxt, batch, step = state.next_epoch, state.next_batch, state.global_step
+    else:
+        nxt, batch, step = int(state["next_epoch"]), int(state["next_batch"]), int(state["global_step"])
+    where = f"epoch {nxt + 1}, batch {batch}" if batch else f"end of epoch {nxt}"
+    return f"{where}, global step {step}"
 
 
 def choose_resume_source(run_dir_last: Path | None, seeds: list[tuple[str, Any]]) -> tuple[Path | None, str | None]:
@@ -97,6 +116,7 @@ class CheckpointManager:
         self.run_dir, self.cfg, self.rank, self.world = run_dir, cfg, rank, world
         self.model, self.ema, self.optimizer, self.scheduler, self.scaler = model, ema, optimizer, scheduler, scaler
         self.sampler = sampler  # seed and batch_size of the train sampler
+        self.intact: tuple[Path, str] | None = None  # the newest checkpoint known intact, and where it resumes
 
     def state_dict(self, state: TrainState, wandb_id: str | None) -> dict[str, Any]:
         """Everything ``last.pth`` holds; collective (every rank's RNG state is gathered)."""
@@ -131,40 +151,53 @@ class CheckpointManager:
     def save_last(self, state: TrainState, wandb_id: str | None, epoch_file: int | None = None) -> None:
         """``last.pth`` (+ ``epoch_XXXX.pth`` hard link, pruned to ``keep_last``); collective (RNG gather)."""
         saved = self.state_dict(state, wandb_id)
-        if self.rank != 0:
-            return
-        last = ckpt.atomic_save(saved, self.run_dir / ckpt.LAST)
-        keep = int(self.cfg.trainer.keep_last)
-        if epoch_file is not None and keep > 0:
-            target = self.run_dir / f"epoch_{epoch_file:04d}.pth"
-            tmp = target.with_name(f".{target.name}.link.tmp")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(last, tmp)
-            except OSError:
-                shutil.copyfile(last, tmp)
-            os.replace(tmp, target)
-            ckpt.prune_epoch_checkpoints(self.run_dir, keep)
+
+        def write() -> None:
+            last = ckpt.atomic_save(saved, self.run_dir / ckpt.LAST, checksum=True)
+            self.intact = (last, describe_position(state))
+            keep = int(self.cfg.trainer.keep_last)
+            if epoch_file is not None and keep > 0:
+                ckpt.link_epoch_checkpoint(last, self.run_dir / f"epoch_{epoch_file:04d}.pth")
+                ckpt.prune_epoch_checkpoints(self.run_dir, keep)
+
+        self._rank0_write(write)
 
     def save_best(self, name: str, weights: dict[str, Tensor], epoch: int, metrics: dict[str, Any]) -> None:
-        """``best.pth`` / ``best_ema.pth``: weights, epoch, metrics and config (rank 0)."""
+        """``best.pth`` / ``best_ema.pth``: weights, epoch, metrics and config (rank 0; every rank calls it)."""
+        saved = {"model": weights, "epoch": epoch, "metrics": metrics}
+        saved["config"] = OmegaConf.to_container(self.cfg, resolve=True)
+        self._rank0_write(lambda: ckpt.atomic_save(saved, self.run_dir / name, checksum=True))
+
+    def _rank0_write(self, write: Callable[[], object]) -> None:
+        """Rank 0 writes; a :class:`SaveError` there becomes one line on every rank (the others would otherwise
+        wait in the next collective until ``trainer.dist_timeout_s``), naming the run's newest intact checkpoint."""
+        message = None
         if self.rank == 0:
-            ckpt.atomic_save(
-                {
-                    "model": weights,
-                    "epoch": epoch,
-                    "metrics": metrics,
-                    "config": OmegaConf.to_container(self.cfg, resolve=True),
-                },
-                self.run_dir / name,
-            )
+            try:
+                write()
+            except SaveError as err:
+                message = f"{err}; {self._intact_note()}"
+        if self.world > 1:
+            message = broadcast_object(message)
+        if message is not None:
+            raise SaveError(message)
+
+    def _intact_note(self) -> str:
+        if self.intact is None:
+            return "this run has no checkpoint yet: free space (or fix the permissions) and rerun the same command"
+        path, where = self.intact
+        return (
+            f"the run's newest intact checkpoint is {path} ({where}): free space (or fix the permissions) and "
+            "rerun the same command to resume from it"
+        )
 
     def resume(self) -> Resumed:
         """Load the checkpoint :func:`choose_resume_source` picks (run dir ``last.pth`` > ``trainer.resume`` >
         ``model.init_checkpoint``).
 
-        A weights-only file (``best*.pth``) is a warm start from epoch 1; a full one restores everything;
-        ``model.init_checkpoint`` (any format, head skipped when num_classes differs) starts a new run.
+        A weights-only file (``best*.pth``) is a warm start from epoch 1; a full one restores everything (the LR
+        schedule as ``trainer.resume_schedule`` says); ``model.init_checkpoint`` (any format, head skipped when
+        num_classes differs) starts a new run.
         """
         tcfg, init = self.cfg.trainer, self.cfg.model.init_checkpoint
         own = self.run_dir / ckpt.LAST if tcfg.auto_resume else None
@@ -177,7 +210,11 @@ class CheckpointManager:
                 self.ema.set(self.model)
             why = f"new run (the run dir has no {ckpt.LAST} yet): fresh optimizer, schedule and epoch counter"
             return Resumed(TrainState(), None, f"{report}; {why}")
-        state = ckpt.load_checkpoint(path, map_location="cpu")
+        candidates = ckpt.run_dir_snapshots(self.run_dir) if path == own else [path]
+        path, state, lines = self._load_intact(candidates)
+        if path != candidates[0]:
+            lines.append(f"resuming from {path}, the newest intact snapshot ({describe_position(state)})")
+        note = "\n".join([note, *lines]) if note else "\n".join(lines) or None
         self.model.load_state_dict(state["model"])
         if "optimizer" not in state:  # best.pth / best_ema.pth: weights only, a warm start from epoch 1
             if self.ema is not None:
@@ -186,20 +223,62 @@ class CheckpointManager:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
         counters = TrainState(
             next_epoch=int(state["next_epoch"]),
             next_batch=int(state["next_batch"]),
             global_step=int(state["global_step"]),
             best=dict(state["best"]),
         )
-        self.scheduler.step_update(counters.global_step)
+        config_lines = self._restore_schedule(state, counters)
+        if path.parent.resolve() == self.run_dir.resolve():
+            self.intact = (path, describe_position(counters))
+        if config_lines:
+            note = "\n".join([*([note] if note else []), *config_lines])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         rngs = state.get("rng") or []
         rng = rngs[self.rank] if len(rngs) == self.world else None
         return Resumed(counters, path, note, rng, state.get("wandb_id"))
 
+    def _load_intact(self, candidates: list[Path]) -> tuple[Path, Any, list[str]]:
+        """Rank 0 picks the newest candidate that matches its checksum and loads (one line per one skipped); every
+        rank loads that one. None intact: :class:`CheckpointError` (exit code 2)."""
+        if self.rank == 0:
+            path, state, skipped = ckpt.load_intact(candidates)
+            chosen = (None if path is None else str(path), skipped)
+        chosen = broadcast_object(chosen if self.rank == 0 else None)
+        if chosen[0] is None:
+            raise CheckpointError(
+                f"no intact checkpoint to resume from: {'; '.join(chosen[1])}; allowed: move the damaged files "
+                f"away (or use another trainer.output_dir) to start afresh, or restore a copy"
+            )
+        if self.rank != 0:
+            path, state = Path(chosen[0]), ckpt.load_checkpoint(chosen[0], map_location="cpu")
+        return path, state, list(chosen[1])
 
-__all__ = ["CheckpointManager", "Resumed", "TrainState", "choose_resume_source", "setup_run_dir"]
+    def _restore_schedule(self, state: dict[str, Any], counters: TrainState) -> list[str]:
+        """The scheduler as ``trainer.resume_schedule`` says, moved to the resumed step; log lines naming the
+        config keys that differ from the checkpoint's and what happens to them."""
+        mode = str(self.cfg.trainer.resume_schedule)
+        rebuilt = self.scheduler.state_dict()
+        saved_sched = state.get("scheduler")
+        if saved_sched is not None and mode == "checkpoint":
+            self.scheduler.load_state_dict(saved_sched)
+        self.scheduler.step_update(counters.global_step)
+        if mode == "config":  # a per-epoch schedule (sched.step_on_epochs) sets the LR of the resumed epoch
+            self.scheduler.step(counters.next_epoch)
+        group = self.optimizer.param_groups[0]
+        lr = float(group["lr"]) / float(group.get("lr_scale", 1.0))
+        keys = config_changes(state.get("config"), OmegaConf.to_container(self.cfg, resolve=True))
+        return resume_config_notes(keys, schedule_changes(saved_sched, rebuilt), mode, counters.global_step, lr)
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "Resumed",
+    "TrainState",
+    "choose_resume_source",
+    "describe_position",
+    "setup_run_dir",
+]

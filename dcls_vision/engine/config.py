@@ -18,6 +18,7 @@ from dcls_vision.data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 from dcls_vision.utils.errors import UserError
 
 from .optim import LR_SCALE_RULES, SCHEDULERS
+from .resume_config import RESUME_SCHEDULES
 
 AMP_DTYPES = {
     "none": None,
@@ -202,6 +203,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     _num(cfg, "trainer.repulsive.start_epoch", lambda v: v >= 0, ">= 0")
     _choice(cfg, "trainer.clip_mode", CLIP_MODES)
     _choice(cfg, "trainer.loss", LOSSES)
+    _choice(cfg, "trainer.resume_schedule", RESUME_SCHEDULES)
     dist_bn = _get(cfg, "trainer.dist_bn")
     if dist_bn not in DIST_BN:
         raise ConfigError(f"trainer.dist_bn={dist_bn!r} is not supported; allowed: reduce, broadcast, '' (off)")

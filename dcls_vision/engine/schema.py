@@ -215,6 +215,9 @@ class TrainerConfig:
     # so a requeued/re-run job continues its own run
     resume: str | None = None
     auto_resume: bool = True
+    # on resume, the LR schedule: checkpoint = the checkpoint's, continued exactly | config = rebuilt from this
+    # config at the resumed step (timm --resume with a new --epochs); the log names the keys that differ
+    resume_schedule: str = "checkpoint"
     ckpt_interval_steps: int = 0  # also save last.pth every N optimizer steps mid-epoch (0 = off)
     max_epochs_per_run: int | None = None  # stop after N epochs in this invocation; resume continues
     # validate every N epochs (and always after the last one); short many-epoch runs spend most time in eval otherwise

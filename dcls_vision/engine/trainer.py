@@ -449,8 +449,8 @@ class Trainer:
     def _log_start(self) -> None:
         """Where the run starts from, what it trains, and its parameter groups (one line each)."""
         st = self.state
-        if self.resume_note is not None:
-            self.log.info(self.resume_note)
+        for line in (self.resume_note or "").splitlines():  # where from and why; skipped or changed things
+            self.log.info(line)
         if self.resumed_from is not None:
             where = f"epoch {st.next_epoch + 1}" + (f", batch {st.next_batch}" if st.next_batch else "")
             self.log.info(f"resumed from {self.resumed_from} at {where} (global step {st.global_step})")

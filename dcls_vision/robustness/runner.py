@@ -4,7 +4,9 @@ Each split goes through the trainer's own :func:`~dcls_vision.engine.evaluate.ev
 torchrun ranks, unreadable images skipped and counted, progress bars on rank 0). A benchmark whose folder is not
 set, missing or empty gets a one-line message and the others still run; a partial ImageNet-C(-bar) folder is
 evaluated on what is there and flagged as partial, and so is one with unusable splits (each skipped and named).
-Results are written after every split and a re-run of the same command resumes from them (see :mod:`.resume`).
+Results are written after every split and a re-run of the same command resumes from them (see :mod:`.resume`);
+a write that fails (a full disk, a read-only filesystem, a quota) stops every rank with one line naming the file,
+the free space and what the intact ``results.json`` holds (:class:`~dcls_vision.utils.errors.SaveError`, exit 4).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dcls_vision.engine.distributed import barrier, broadcast_object, cleanup, i
 from dcls_vision.engine.evaluate import evaluate
 from dcls_vision.engine.loader import EpochLoader
 from dcls_vision.engine.runlog import RunLogger
+from dcls_vision.utils.errors import SaveError
 
 from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, coverage_note, severity_folder_names
 from .classes import ClassListError, checkpoint_classes, class_folders, subset_logit_indices
@@ -444,9 +447,32 @@ class Evaluator:
 
     def _save(self, entries: dict[str, Any], complete: bool) -> dict[str, Path] | None:
         """Rank 0 rewrites results.json / .csv / table.md (atomically) with what is finished so far."""
-        if self.rank != 0:
-            return None
-        return write_reports(self._result(entries, complete), self.out_dir)
+        return self._write(self._result(entries, complete))
+
+    def _write(self, result: dict[str, Any]) -> dict[str, Path] | None:
+        """Rank 0 writes the reports (collective); a failed write becomes one :class:`SaveError` line on every rank
+        (the others would wait in the next collective) saying what the intact results.json holds."""
+        paths, message = None, None
+        if self.rank == 0:
+            try:
+                paths = write_reports(result, self.out_dir)
+            except SaveError as err:
+                message = f"{err}; {self._intact_note()}"
+        message = broadcast_object(message)
+        if message is not None:
+            raise SaveError(message)
+        return paths
+
+    def _intact_note(self) -> str:
+        saved = read_results(self.out_dir)
+        if saved is None:
+            return "no results.json was saved yet: free space (or fix the permissions) and rerun the same command"
+        entries = (saved.get("benchmarks") or {}).values()
+        splits = sum(len(e.get("splits") or []) or int(e.get("top1") is not None) for e in entries)
+        return (
+            f"{self.out_dir / 'results.json'} is intact with {splits} evaluated split(s): free space (or fix the "
+            "permissions) and rerun the same command to resume (saved splits are not re-evaluated)"
+        )
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -479,8 +505,8 @@ class Evaluator:
             self._save(entries, complete=False)
         result = self._result(entries, complete=True)
         barrier()
-        if self.rank == 0:
-            paths = write_reports(result, self.out_dir)
+        paths = self._write(result)
+        if paths is not None:
             result["reports"] = {k: str(v) for k, v in paths.items()}
             self.log.info(render_markdown(result).rstrip())
             self.log.info(f"reports: {paths['markdown']} {paths['json']} {paths['csv']}")

@@ -4,7 +4,13 @@ Every error a user can fix by changing an argument, a config key or a file path 
 message is one line naming the bad value and what is allowed. Entry points run their body through :func:`run_cli`,
 so the same input gives the same one line and exit code 2 whichever command reads it. Failures that are not the
 user's input (a diverged loss, a preemption, a failed SLURM job, a benchmark whose data is absent) are not
-UserErrors and keep their own exit codes.
+UserErrors and keep their own exit codes. One of them is handled here too: a :class:`SaveError` (a full disk, a
+read-only filesystem, a quota or permission error while writing a checkpoint or a results file) becomes one line
+and exit code 4 (:data:`EXIT_SAVE_FAILED`), the same in train.py, eval.py and the downstream tools.
+
+Exit codes of the entry points: 0 done, 1 a NaN/inf loss (train.py), 2 bad input (:data:`EXIT_USER_ERROR`),
+3 stopped by a preemption signal after saving (train.py) / no benchmark could run (eval.py), 4 a save failed
+(:data:`EXIT_SAVE_FAILED`; the previous file is intact).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2  # argparse's own exit code for a bad argument
+EXIT_SAVE_FAILED = 4  # a checkpoint / results file could not be written (the previous one is intact)
 
 
 class UserError(ValueError):
@@ -23,6 +30,11 @@ class UserError(ValueError):
 
     A ValueError, so code (and tests) that caught the older ValueError-based classes still catch them.
     """
+
+
+class SaveError(OSError):
+    """Writing a checkpoint or results file failed; one line naming the file, the free space and the size needed,
+    and what is still intact. An OSError, so code that caught the raw error still catches it."""
 
 
 def error_line(err: BaseException, prog: str | None = None) -> str:
@@ -33,7 +45,8 @@ def error_line(err: BaseException, prog: str | None = None) -> str:
 
 
 def run_cli(main: Callable[[], T], prog: str | None = None) -> T:
-    """Run ``main()``; a :class:`UserError` (and only that) becomes one line on stderr and exit code 2.
+    """Run ``main()``; a :class:`UserError` becomes one line on stderr and exit code 2, a :class:`SaveError` one
+    line and exit code 4 (:data:`EXIT_SAVE_FAILED`); nothing else is caught.
 
     ``prog`` set: the line reads like the program's argparse errors (``prog: error: ...``); unset: it starts with
     the error class (``ConfigError: ...``), the form the Hydra entry points print.
@@ -43,6 +56,9 @@ def run_cli(main: Callable[[], T], prog: str | None = None) -> T:
     except UserError as err:
         print(error_line(err, prog), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except SaveError as err:
+        print(error_line(err, prog), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SAVE_FAILED) from None
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "error_line", "run_cli"]
+__all__ = ["EXIT_SAVE_FAILED", "EXIT_USER_ERROR", "SaveError", "UserError", "error_line", "run_cli"]
