@@ -67,6 +67,31 @@ def test_embedded_clips_have_no_digital_silence(embedded: Path) -> None:
     assert (embedded / "train_segments.csv").stat().st_mtime_ns == mtime
 
 
+def test_embedded_eval_voices_are_held_out_and_espeak_version_recorded(embedded: Path) -> None:
+    """Issue 29.8: v3 drew train and eval renditions from the same voice+variant pairs (22 of 120 eval renditions
+    reused the pair that spoke that word in training). Every voice heard in an eval clip must be absent from every
+    training clip, and the set records the espeak-ng version that rendered it."""
+    import shutil
+    import subprocess
+
+    from dcls_vision.data.audio_synth import read_metadata
+
+    meta = read_metadata(embedded)
+    version = subprocess.run([shutil.which("espeak-ng"), "--version"], capture_output=True, text=True).stdout
+    assert meta["espeak_ng"] and meta["espeak_ng"] in version
+    heard = {}
+    for split in ("train", "eval"):
+        rows = [r for r in csv.reader((embedded / f"{split}_segments.csv").open(), skipinitialspace=True)]
+        labels = {r[0]: [WORDS.index(m.split("/")[-1]) for m in r[3].split(",")] for r in rows if r[0][0] != "#"}
+        assert sorted(meta["renditions"][split]) == sorted(labels)
+        heard[split] = {
+            meta["voices"][w][r]
+            for ytid, words in labels.items()
+            for w, r in zip(words, meta["renditions"][split][ytid])
+        }
+    assert heard["train"] and heard["eval"] and not heard["train"] & heard["eval"]
+
+
 def test_map_equals_sklearn_macro_average_precision() -> None:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
