@@ -2,8 +2,7 @@
 
 The datasets return waveforms (or pre-computed dB mel); the spectrogram is made on the training device by the
 module :func:`batch_transforms` returns (the trainer moves it there and applies it before mixup). Mixup on the
-spectrograms with multi-hot targets is :func:`multilabel_mixup` (timm ``Mixup(multi_label=True)`` with the
-reference's label smoothing ``(1 - s) * y + s / classes`` applied first).
+spectrograms with multi-hot targets is :func:`multilabel_mixup`, the reference's ``batch_mixup_fn``.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -85,16 +85,23 @@ def is_multilabel(dataset: Dataset) -> bool:
 
 
 def multilabel_mixup(mixup: float, smoothing: float, num_classes: int) -> Callable[[Tensor, Tensor], Any] | None:
-    """Batch mixup of spectrograms with multi-hot targets, smoothing as DCLS-Audio; None when both are off."""
-    from timm.data import Mixup
+    """Batch mixup of spectrograms with multi-hot targets, as DCLS-Audio utils.py:163-170 (``batch_mixup_fn``).
 
+    Targets are smoothed ``(1 - s) y + s / classes`` first; one ``lam ~ Beta(alpha, alpha)`` per batch (not folded
+    to >= 0.5) mixes each sample with the one a random permutation pairs it with (timm's Mixup flips the batch:
+    fixed pairs). None when both are off; with ``mixup=0`` only the smoothing applies.
+    """
     if mixup <= 0 and smoothing <= 0:
         return None
-    mix = Mixup(mixup_alpha=mixup, label_smoothing=0.0, num_classes=num_classes, multi_label=True) if mixup else None
+    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
 
     def apply(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         y = (1.0 - smoothing) * y.float() + smoothing / num_classes
-        return mix(x, y) if mix is not None else (x, y)
+        if beta is None:
+            return x, y
+        partner = torch.randperm(x.shape[0], device=x.device)
+        lam = float(beta.sample())
+        return x * lam + x[partner] * (1.0 - lam), y * lam + y[partner] * (1.0 - lam)
 
     return apply
 

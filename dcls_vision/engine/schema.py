@@ -41,6 +41,10 @@ class ModelConfig(ModelSpecConfig):
     # schedule and epoch; the classifier is skipped (reported) when num_classes differs. A run dir's own
     # last.pth and trainer.resume win over it.
     init_checkpoint: str | None = None
+    # the recipe's choice of start, made explicit: false = the recipe starts from pretrained weights (the thesis'
+    # ImageNet start of the AudioSet ConvNeXt-T / ConvFormer-S18): init_checkpoint must be given; true = from
+    # scratch on purpose (init_checkpoint must then be empty); null = no rule (every other experiment)
+    from_scratch: bool | None = None
 
 
 @dataclass
