@@ -132,7 +132,7 @@ def _check_data(cfg: DictConfig) -> None:
                     "allowed: an existing ImageFolder root"
                 )
     if _get(cfg, "data.name") == "audioset":
-        _choice(cfg, "data.format", ("folder", "arrays"))
+        _choice(cfg, "data.format", ("folder", "arrays", "hdf5"))
         if _get(cfg, "trainer.loss") != "bce":
             raise ConfigError(
                 f"trainer.loss={_get(cfg, 'trainer.loss')!r} with data.name=audioset (multi-label); allowed: bce"
