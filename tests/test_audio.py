@@ -170,6 +170,33 @@ def test_audio_quickstart_trains_end_to_end(embedded: Path, tmp_path: Path) -> N
     assert stats["clips"] == N_TRAIN and stats["std"] > 0
 
 
+@pytest.mark.slow
+def test_audio_quickstart_learns_well_above_the_label_prior(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 29.9: the end-to-end test above asserts only 0 < mAP <= 100. On the embedded set (all 30 words, eval
+    voices held out; 160 train / 60 eval clips) the quickstart recipe with a small net (dim 8, depth 1) must reach
+    twice the mAP of a constant score (the label prior, 6.6 % here) in 4 epochs (40 updates). Measured: mAP 16.9 %,
+    AUC 53.6 % (12.4 % after the first epoch), ~30-50 s of training plus ~40 s to generate the set on 2 loaded cores."""
+    root = ensure_embedded_audioset(tmp_path_factory.mktemp("learn") / "set", 160, 60, seed=0)
+    ds = AudioSetFolder(root / "eval_segments.csv", root / "audio" / "eval", root / "class_labels_indices.csv")
+    prior = 100.0 * float(ds.targets.mean())
+    overrides = [
+        "experiment=audio_quickstart",
+        f"data.root={root}",
+        "data.embedded=false",
+        "model.kwargs.dim=8",
+        "model.kwargs.depth=1",
+        "trainer.epochs=4",
+        "logger.wandb=false",
+        "logger.progress=false",
+        f"trainer.output_dir={tmp_path_factory.mktemp('learn_run')}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    result = train(cfg)
+    assert 5 < prior < 9  # 1-3 of 30 words per clip
+    assert result["mAP"] > 2 * prior and result["AUC"] > 50, (result, prior)
+
+
 def test_init_checkpoint_copies_matching_tensors_through_the_factory(tmp_path: Path) -> None:
     """An image checkpoint initialises the audio net: body copied, new (2,16) stem and 30-way head left fresh."""
     from dcls_vision.models.factory import ModelLoadError, build_model, init_from_checkpoint
