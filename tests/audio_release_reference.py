@@ -45,10 +45,15 @@ def perturb(model: nn.Module) -> None:
                 p.add_(torch.randn_like(p) * 0.1)
 
 
-def audio_convnext(depths, dims, count: int = 26, num_classes: int = 527, seed: int = 0) -> nn.Module:
-    """``convnext_dcls_audio_tiny`` (models/convnext.py:287-309): the ConvNeXt-dcls layout, stem conv (2,16) with
-    bias on one channel."""
-    model = ReleaseConvNeXtDcls(depths, dims, size=23, count=count, version="gauss", num_classes=num_classes, seed=seed)
+def audio_convnext(
+    depths, dims, count: int = 26, num_classes: int = 527, seed: int = 0, version: str = "gauss"
+) -> nn.Module:
+    """``convnext_dcls_audio_tiny`` (models/convnext.py:287-309; ``version="v0"`` 17/34: ``_tiny17``, :312-331):
+    the ConvNeXt-dcls layout, stem conv (2,16) with bias on one channel."""
+    size = 23 if version == "gauss" else 17
+    model = ReleaseConvNeXtDcls(
+        depths, dims, size=size, count=count, version=version, num_classes=num_classes, seed=seed
+    )
     model.downsample_layers[0][0] = nn.Conv2d(1, dims[0], kernel_size=(2, 16), stride=(2, 16))
     perturb(model)
     return model

@@ -42,6 +42,16 @@ def test_convnext_dcls_audio_checkpoint_loads_with_equal_logits(tmp_path: Path) 
     assert stage[0].conv_dw.positions is stage[1].conv_dw.positions  # one shared tensor per stage, as the file's
 
 
+def test_convnext_v0_audio_checkpoint_reads_as_bilinear_17(tmp_path: Path) -> None:
+    """``convnext_dcls_audio_tiny17``: dcls "v0" 17/34, no SIG: our bilinear interpolation, P[0] on rows."""
+    ref = audio_convnext(TINY["depths"], TINY["dims"], count=10, num_classes=7, version="v0").eval()
+    checkpoint(ref, tmp_path / "tiny17.pth")
+    loaded = load_model(tmp_path / "tiny17.pth")
+    assert loaded.model_cfg["kwargs"] == {**TINY, "dcls_interpolation": "bilinear", "dcls_dilated_kernel_size": 17}
+    expected, got = _logits(ref), _logits(loaded.model)
+    assert expected.abs().max() > 0.5 and (expected - got).abs().max() <= 1e-4
+
+
 def test_dense_convnext_audio_and_t_size_names(tmp_path: Path) -> None:
     ref = audio_convnext(TINY["depths"], TINY["dims"], count=10, num_classes=7)
     dense = {k: v for k, v in ref.state_dict().items() if not k.endswith((".P", ".SIG"))}
