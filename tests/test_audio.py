@@ -322,16 +322,16 @@ def test_multilabel_mixup_pairs_by_random_permutation_as_the_reference() -> None
     for seed in range(20):
         torch.manual_seed(seed)
         x, y = mix(torch.eye(n), torch.eye(n))
-        lam = float(x.max())
         assert torch.allclose(x.sum(1), torch.ones(n))
+        lam = float(x.diagonal().min())  # row i = lam e_i + (1 - lam) e_partner(i); e_i alone if paired with itself
         partner = [
-            int(i if float(row[i]) == 1.0 else (row - lam * torch.eye(n)[i]).argmax()) for i, row in enumerate(x)
+            i if float(row[i]) == 1.0 else int((row * (1 - torch.eye(n)[i])).argmax()) for i, row in enumerate(x)
         ]
         assert sorted(partner) == list(range(n))  # a permutation
         smooth = (1 - smoothing) * torch.eye(n) + smoothing / n
         assert torch.allclose(y, lam * smooth + (1 - lam) * smooth[partner], atol=1e-6)
         partners.append(partner)
-        lams.append(min(float(x[i, i]) for i in range(n)))
+        lams.append(lam)
     assert any(p != flip for p in partners) and min(lams) < 0.5
 
 
