@@ -67,6 +67,31 @@ def test_embedded_clips_have_no_digital_silence(embedded: Path) -> None:
     assert (embedded / "train_segments.csv").stat().st_mtime_ns == mtime
 
 
+def test_embedded_eval_voices_are_held_out_and_espeak_version_recorded(embedded: Path) -> None:
+    """Issue 29.8: v3 drew train and eval renditions from the same voice+variant pairs (22 of 120 eval renditions
+    reused the pair that spoke that word in training). Every voice heard in an eval clip must be absent from every
+    training clip, and the set records the espeak-ng version that rendered it."""
+    import shutil
+    import subprocess
+
+    from dcls_vision.data.audio_synth import read_metadata
+
+    meta = read_metadata(embedded)
+    version = subprocess.run([shutil.which("espeak-ng"), "--version"], capture_output=True, text=True).stdout
+    assert meta["espeak_ng"] and meta["espeak_ng"] in version
+    heard = {}
+    for split in ("train", "eval"):
+        rows = [r for r in csv.reader((embedded / f"{split}_segments.csv").open(), skipinitialspace=True)]
+        labels = {r[0]: [WORDS.index(m.split("/")[-1]) for m in r[3].split(",")] for r in rows if r[0][0] != "#"}
+        assert sorted(meta["renditions"][split]) == sorted(labels)
+        heard[split] = {
+            meta["voices"][w][r]
+            for ytid, words in labels.items()
+            for w, r in zip(words, meta["renditions"][split][ytid])
+        }
+    assert heard["train"] and heard["eval"] and not heard["train"] & heard["eval"]
+
+
 def test_map_equals_sklearn_macro_average_precision() -> None:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -145,6 +170,33 @@ def test_audio_quickstart_trains_end_to_end(embedded: Path, tmp_path: Path) -> N
     assert stats["clips"] == N_TRAIN and stats["std"] > 0
 
 
+@pytest.mark.slow
+def test_audio_quickstart_learns_well_above_the_label_prior(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 29.9: the end-to-end test above asserts only 0 < mAP <= 100. On the embedded set (all 30 words, eval
+    voices held out; 160 train / 60 eval clips) the quickstart recipe with a small net (dim 8, depth 1) must reach
+    twice the mAP of a constant score (the label prior, 6.6 % here) in 4 epochs (40 updates). Measured: mAP 16.9 %,
+    AUC 53.6 % (12.4 % after the first epoch), ~30-50 s of training plus ~40 s to generate the set on 2 loaded cores."""
+    root = ensure_embedded_audioset(tmp_path_factory.mktemp("learn") / "set", 160, 60, seed=0)
+    ds = AudioSetFolder(root / "eval_segments.csv", root / "audio" / "eval", root / "class_labels_indices.csv")
+    prior = 100.0 * float(ds.targets.mean())
+    overrides = [
+        "experiment=audio_quickstart",
+        f"data.root={root}",
+        "data.embedded=false",
+        "model.kwargs.dim=8",
+        "model.kwargs.depth=1",
+        "trainer.epochs=4",
+        "logger.wandb=false",
+        "logger.progress=false",
+        f"trainer.output_dir={tmp_path_factory.mktemp('learn_run')}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    result = train(cfg)
+    assert 5 < prior < 9  # 1-3 of 30 words per clip
+    assert result["mAP"] > 2 * prior and result["AUC"] > 50, (result, prior)
+
+
 def test_init_checkpoint_copies_matching_tensors_through_the_factory(tmp_path: Path) -> None:
     """An image checkpoint initialises the audio net: body copied, new (2,16) stem and 30-way head left fresh."""
     from dcls_vision.models.factory import ModelLoadError, build_model, init_from_checkpoint
@@ -213,3 +265,100 @@ def test_audio_quickstart_nets_keep_loudness_and_frequency() -> None:
     )
     n_dcls, n_dense = (sum(p.numel() for p in m.parameters()) for m in (dcls, dense))
     assert n_dcls <= n_dense < 1.01 * n_dcls  # iso-parameter, as the image quickstart pair
+
+
+def test_fastvit_dcls_audio_replaces_the_repcpe_conv_and_starts_layer_scale_at_1e6() -> None:
+    """Issue 29.5/29.6: DCLS-Audio's replace_depthwise_dcls (models/fastvit.py:977-1009) swaps every 7x7 depthwise
+    conv, the RepCPE positional conv of stage 3 included (it then carries that stage's shared positions/sigma):
+    21,016,655 parameters at 527 classes (ours kept it dense: 21,028,431). main.py:72-76 starts layer scale at 1e-6."""
+    from dcls_vision.ops import Dcls2d
+
+    model = timm.create_model("fastvit_sa24_dcls_audio")
+    assert sum(p.numel() for p in model.parameters()) == 21_016_655
+    pos = model.stages[3].pos_emb.pos_enc
+    ffn = model.stages[3].blocks[0].mlp.conv.conv
+    assert (
+        isinstance(pos, Dcls2d)
+        and isinstance(ffn, Dcls2d)
+        and pos.positions is ffn.positions
+        and pos.sigma is ffn.sigma
+    )
+    for name in ("fastvit_sa24_audio", "fastvit_sa24_dcls_audio"):
+        scales = [p for n, p in timm.create_model(name).named_parameters() if "layer_scale" in n]
+        assert scales and all(torch.allclose(p, torch.full_like(p, 1e-6)) for p in scales)
+    image = timm.create_model("fastvit_sa24_dcls")  # the image variant keeps its dense RepCPE and timm's 1e-5
+    assert not isinstance(image.stages[3].pos_emb.pos_enc, Dcls2d)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 1, 128, 1001)).shape == (1, 527)
+
+
+def test_speed_perturbation_stretches_to_len_times_rate_by_nearest_index() -> None:
+    """Issue 29.4: DCLS-Audio augmentations.py:270-279 resamples to len x rate (rate 0.5 halves the clip, 1.5
+    makes it 1.5x longer) by nearest index; ours stretched to len / rate with linear interpolation."""
+    from dcls_vision.data.audio_features import WaveAugment, stretch_nearest
+
+    wave = torch.arange(1, 1001, dtype=torch.float32)
+    fast = stretch_nearest(wave, 0.5)
+    assert fast.shape == (500,) and fast[:4].tolist() == [1.0, 3.0, 5.0, 7.0]  # every other sample
+    slow = stretch_nearest(wave, 1.5)
+    assert slow.shape == (1500,) and set(slow.tolist()) <= set(wave.tolist())  # nearest: no new values
+    assert slow[:7].tolist() == [1.0, 2.0, 2.0, 3.0, 4.0, 4.0, 5.0]  # round(k / 1.5) + 1
+    torch.manual_seed(0)
+    out = WaveAugment(roll=False, speed_rates=(0.5, 0.5), speed_p=1.0)(wave[None].repeat(4, 1))
+    assert out.shape == (4, 1000) and (out != 0).sum(dim=1).tolist() == [500] * 4  # half clip, zero padded
+    for row in out:  # the stretched clip lies contiguous at a random offset
+        nz = row.nonzero().flatten()
+        assert torch.equal(row[nz[0] : nz[-1] + 1], fast)
+
+
+def test_multilabel_mixup_pairs_by_random_permutation_as_the_reference() -> None:
+    """Issue 29.6: DCLS-Audio utils.py:163-170 mixes each sample with its partner under torch.randperm and one
+    lam ~ Beta(a, a) (not folded to >= 0.5); timm's Mixup, used before, always pairs sample i with n-1-i."""
+    from dcls_vision.data import multilabel_mixup
+
+    n, smoothing = 6, 0.1
+    mix = multilabel_mixup(0.8, smoothing, num_classes=n)
+    flip, partners, lams = list(range(n - 1, -1, -1)), [], []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        x, y = mix(torch.eye(n), torch.eye(n))
+        assert torch.allclose(x.sum(1), torch.ones(n))
+        lam = float(x.diagonal().min())  # row i = lam e_i + (1 - lam) e_partner(i); e_i alone if paired with itself
+        partner = [
+            i if float(row[i]) == 1.0 else int((row * (1 - torch.eye(n)[i])).argmax()) for i, row in enumerate(x)
+        ]
+        assert sorted(partner) == list(range(n))  # a permutation
+        smooth = (1 - smoothing) * torch.eye(n) + smoothing / n
+        assert torch.allclose(y, lam * smooth + (1 - lam) * smooth[partner], atol=1e-6)
+        partners.append(partner)
+        lams.append(lam)
+    assert any(p != flip for p in partners) and min(lams) < 0.5
+
+
+def test_audioset_recipes_state_their_start_and_the_reference_eps() -> None:
+    """Issue 29.3/29.6: ConvNeXt-T and ConvFormer-S18 start from ImageNet weights (thesis): without
+    model.init_checkpoint the config check stops with one line (model.from_scratch=true opts out); FastViT says
+    from scratch. Optimizer eps 1e-8 (DCLS-Audio main.py:97-102; timm's LAMB default is 1e-6)."""
+    from dcls_vision.engine import ConfigError, validate_config
+    from dcls_vision.engine.builders import build_optimizer
+
+    def compose_audioset(name: str, *extra: str):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            return compose("config", overrides=[f"experiment=audioset_{name}", "data.root=/tmp", *extra])
+
+    for name in ("convnext_tiny", "convnext_tiny_dcls", "convformer_s18", "convformer_s18_dcls"):
+        with pytest.raises(ConfigError, match=r"init_checkpoint=None .* model.from_scratch=true"):
+            validate_config(compose_audioset(name))
+        validate_config(compose_audioset(name, "model.from_scratch=true"))
+        validate_config(compose_audioset(name, f"model.init_checkpoint={__file__}"))
+        with pytest.raises(ConfigError, match="from_scratch=true but initial weights"):
+            validate_config(compose_audioset(name, "model.from_scratch=true", f"model.init_checkpoint={__file__}"))
+    for name in ("fastvit_sa24", "fastvit_sa24_dcls"):
+        cfg = compose_audioset(name)
+        assert cfg.model.from_scratch is True
+        validate_config(cfg)
+    cfg = compose_audioset("convformer_s18_dcls", "model.from_scratch=true", "model.name=dcls_quickstart_audio")
+    assert (cfg.optim.name, cfg.optim.eps) == ("lamb", 1e-8)
+    model = timm.create_model("dcls_quickstart_audio", num_classes=527, dim=8, depth=1)
+    optimizer = build_optimizer(cfg, model, global_batch=4096)
+    assert type(optimizer).__name__ == "Lamb" and {g["eps"] for g in optimizer.param_groups} == {1e-8}

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dcls_vision.engine import validate_config
+from dcls_vision.engine import ConfigError, validate_config
 from dcls_vision.robustness.schema import register_eval_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +149,10 @@ def test_audioset_recipe(name):
 def test_experiment_composes_and_validates(name):
     cfg = _experiment(name)
     assert cfg.experiment_name == name
+    if cfg.model.from_scratch is False:  # issue 29: the recipe starts from ImageNet weights, never silently not
+        with pytest.raises(ConfigError, match=rf"init_checkpoint=None but experiment '{name}' starts from pretrained"):
+            validate_config(cfg)
+        cfg.model.init_checkpoint = __file__  # any existing file passes the config check
     validate_config(cfg)  # the model is registered, every value is in range
 
 
@@ -276,6 +280,7 @@ ADDED_SINCE = {
     "trainer.head_bias_prior": False,  # issue 18: multi-label quickstart only
     "trainer.val_interval": 1,  # issue 19: the kernel-size study's 100-epoch runs validate every 10 epochs
     "trainer.resume_schedule": "checkpoint",  # issue 31: the LR schedule on resume (checkpoint = as before)
+    "model.from_scratch": None,  # issue 29: the AudioSet recipes say whether they start from ImageNet weights
 }
 
 
@@ -285,6 +290,7 @@ def _before(name: str | None) -> dict:
     if name in BEFORE_OF and name.startswith("recipe_"):  # a new recipe file: model and name are the experiments'
         expected = {k: v for k, v in expected.items() if k != "experiment_name" and not k.startswith("model.")}
         expected.update({k: BEFORE["default"][k] for k in BEFORE["default"] if k.startswith("model.")})
+        expected.update({k: v for k, v in ADDED_SINCE.items() if k.startswith("model.")})
         expected["experiment_name"] = BEFORE["default"]["experiment_name"]
     return {k: v for k, v in expected.items() if v != "<absent>"}
 

@@ -128,18 +128,31 @@ KERNEL_SIZE_STUDY_COMMANDS: tuple[Command, ...] = (
 KERNEL_SIZE_STUDY_DIRS: dict[str, str] = {"outputs/kernel_size_study": "."}
 KERNEL_SIZE_STUDY_PLOT = "report_model.kwargs.dilated_kernel_size.png"
 
-# ------------------------------------------------------------------------------------------------- audio quickstart
+# -------------------------------------------------------------------------------------- audio quickstart, 3 seeds
 AUDIO_COMMANDS = (
-    Command("python train.py experiment=audio_quickstart", extra="trainer.output_dir={dir}/audio_quickstart"),
     Command(
-        "python train.py experiment=audio_quickstart_baseline",
-        extra="trainer.output_dir={dir}/audio_quickstart_baseline",
+        "python train.py -m experiment=audio_quickstart,audio_quickstart_baseline trainer.seed=0,1,2 "
+        "logger.wandb=false hydra.sweep.dir=outputs/audio_quickstart_seeds"
+    ),
+    Command(
+        "python tools/report.py outputs/audio_quickstart_seeds --baseline experiment_name=audio_quickstart_baseline",
+        analysis=True,
     ),
 )
-AUDIO_VALUES = tuple(
-    jsonl_value(f"audio_quickstart.{run}.{key}", f"audio_quickstart{suffix}/metrics.jsonl", f"val_{key}", fmt=fmt)
-    for run, suffix in (("dcls", ""), ("baseline", "_baseline"))
-    for key, fmt in (("mAP", "{:.2f}"), ("AUC", "{:.1f}"), ("d_prime", "{:.2f}"))
+_AQ, _AQB = "experiment_name=audio_quickstart", "experiment_name=audio_quickstart_baseline"
+AUDIO_VALUES = (
+    *(
+        report_value(f"audio_quickstart.{tag}.{stat}", "report.json", label, ("stats", "final_mAP", stat), fmt)
+        for tag, label in (("dcls", _AQ), ("baseline", _AQB))
+        for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
+    ),
+    report_value("audio_quickstart.diff", "report.json", _AQ, ("vs_baseline", "diff")),
+    report_value("audio_quickstart.p", "report.json", _AQ, ("vs_baseline", "p"), "{:.3f}"),
+    *(
+        seed_run_value(f"audio_quickstart.{tag}.seed{seed}", "report.json", label, seed, "val_mAP", 5, "{:.2f}")
+        for tag, label in (("dcls", _AQ), ("baseline", _AQB))
+        for seed in range(3)
+    ),
 )
 
 ENTRIES: dict[str, Entry] = {
@@ -165,7 +178,13 @@ ENTRIES: dict[str, Entry] = {
             dynamic_prefix="kernel_size_study.",
             plots={KERNEL_SIZE_STUDY_PLOT: "kernel_size_study.png"},
         ),
-        Entry("audio_quickstart", AUDIO_COMMANDS, AUDIO_VALUES, cost_s=240),
+        Entry(
+            "audio_quickstart",
+            AUDIO_COMMANDS,
+            AUDIO_VALUES,
+            cost_s=900,  # 6 runs of 131 / 91 s on 2 idle cores, plus set generation (~1 min)
+            dirs={"outputs/audio_quickstart_seeds": "."},
+        ),
     )
 }
 

@@ -6,9 +6,13 @@ Layouts (``data.format``):
   ``<root>/<split>_segments.csv`` (``YTID, start_seconds, end_seconds, "positive_labels"``; lines starting with
   ``#`` are comments) and the clips in ``<root>/<audio_dir>/<split>/``, a clip named ``<YTID>.wav``,
   ``Y<YTID>.wav`` or ``<YTID>_<anything>.wav``. Rows whose clip is missing are left out and counted (AudioSet
-  always lacks some videos). WAV files are read with scipy (other formats with ``soundfile`` when installed).
+  always lacks some videos): a warning at start gives their count and the first few. WAV files are read with scipy,
+  ``.flac``/``.ogg`` with ``soundfile`` (checked at start when the split has such files). A warning at start counts
+  the clips (of up to ``rate_check_clips`` evenly spaced ones) recorded below 32 kHz: upsampled, they are empty above
+  half their rate, which the fixed AudioSet normalisation statistics do not expect.
 * ``arrays``: ``<root>/<split>_data.npy`` (memory-mapped) holding either waveforms (N, samples) at 32 kHz
   (int16 or float) or dB mel spectrograms (N, 128, frames), and ``<root>/<split>_targets.npy`` (N, classes) 0/1.
+* ``hdf5``: the PANNs packed files, :mod:`.audio_hdf5`.
 
 Samples are ``(float tensor, multi-hot float tensor)``; waveforms are mono, resampled to 32 kHz and padded or
 truncated to 10 s here (cheap), the spectrogram is made on the device by :mod:`.audio_features`.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 class AudioDataError(UserError):
     """A missing/malformed AudioSet file or layout; one line naming it and what is expected."""
+
+
+class AudioDataWarning(UserWarning):
+    """Something about the data the run goes on with, said once at start (missing clips, low rates, skipped aug)."""
 
 
 def read_label_csv(path: Path) -> tuple[list[str], list[str]]:
@@ -126,7 +135,14 @@ class AudioSetFolder(Dataset):
 
     multilabel = True
 
-    def __init__(self, csv_path: Path, audio_dir: Path, labels_csv: Path, clip_samples: int = CLIP_SAMPLES):
+    def __init__(
+        self,
+        csv_path: Path,
+        audio_dir: Path,
+        labels_csv: Path,
+        clip_samples: int = CLIP_SAMPLES,
+        rate_check_clips: int = 1000,
+    ):
         self.mids, self.classes = read_label_csv(labels_csv)
         rows = read_segments_csv(csv_path, {m: i for i, m in enumerate(self.mids)})
         clips = _index_clips(audio_dir)
@@ -134,9 +150,20 @@ class AudioSetFolder(Dataset):
         self.missing = len(rows) - len(found)
         if not found:
             raise AudioDataError(f"{csv_path}: none of its {len(rows)} clips is in {audio_dir}")
+        if self.missing:
+            absent = [y for y, _ in rows if y not in clips]
+            warnings.warn(
+                f"{csv_path}: {self.missing} of {len(rows)} clips are not in {audio_dir} and are left out "
+                f"(first: {', '.join(absent[:5])})",
+                AudioDataWarning,
+                stacklevel=2,
+            )
         self.files = [f for f, _ in found]
         self.targets = np.stack([t for _, t in found])
+        self.num_classes = len(self.classes)
         self.clip_samples = clip_samples
+        _check_soundfile(self.files, csv_path)
+        _warn_low_rates(self.files, rate_check_clips, csv_path)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -144,6 +171,54 @@ class AudioSetFolder(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         wave = pad_or_truncate(read_audio(self.files[i]), self.clip_samples)
         return torch.from_numpy(np.ascontiguousarray(wave)), torch.from_numpy(self.targets[i].astype(np.float32))
+
+
+def _check_soundfile(files: list[Path], where: Path) -> None:
+    """At start, not at the first ``__getitem__``: non-WAV clips need the soundfile package."""
+    other = sorted({p.suffix.lower() for p in files if p.suffix.lower() != ".wav"})
+    if not other:
+        return
+    try:
+        import soundfile  # noqa: F401
+    except ImportError as err:
+        count = sum(p.suffix.lower() != ".wav" for p in files)
+        raise AudioDataError(
+            f"{where}: {count} clips are {'/'.join(other)}, which need the soundfile package (pip install "
+            "soundfile); allowed without it: .wav"
+        ) from err
+
+
+def clip_sample_rate(path: Path) -> int:
+    """The recorded sample rate from the file header (no audio read)."""
+    if path.suffix.lower() == ".wav":
+        import wave
+
+        try:
+            with wave.open(str(path)) as w:
+                return w.getframerate()
+        except (wave.Error, EOFError):  # e.g. float WAV: soundfile reads its header
+            pass
+    import soundfile
+
+    return int(soundfile.info(str(path)).samplerate)
+
+
+def _warn_low_rates(files: list[Path], max_clips: int, where: Path) -> None:
+    """Warn once when clips are recorded below 32 kHz: read at 32 kHz they are empty above half their rate (a
+    16 kHz clip leaves the mel bands above 8 kHz ~54 dB below the fixed AudioSet statistics)."""
+    if max_clips <= 0:
+        return
+    idx = np.unique(np.linspace(0, len(files) - 1, min(len(files), max_clips)).round().astype(int))
+    rates = [clip_sample_rate(files[i]) for i in idx]
+    low = [r for r in rates if r < SAMPLE_RATE]
+    if low:
+        warnings.warn(
+            f"{where}: {len(low)} of {len(idx)} clips checked (evenly spaced over {len(files)}) are recorded below "
+            f"{SAMPLE_RATE} Hz (lowest {min(low)} Hz): upsampled, they carry nothing above {min(low) // 2} Hz, far "
+            "below the normalisation statistics there; resample the source at 32 kHz or expect lower mAP",
+            AudioDataWarning,
+            stacklevel=3,
+        )
 
 
 class AudioSetArrays(Dataset):
@@ -165,7 +240,8 @@ class AudioSetArrays(Dataset):
             )
         self.is_waveform = self.data.ndim == 2
         self.clip_samples = clip_samples
-        self.classes = [str(i) for i in range(self.targets.shape[1])]
+        self.num_classes = int(self.targets.shape[1])
+        self.classes = [str(i) for i in range(self.num_classes)]
         self.missing = 0
 
     def __len__(self) -> int:
@@ -210,11 +286,15 @@ def norm_stats(dataset: Dataset, cache: Path | None, max_clips: int = 1000) -> t
 
 
 def stats_cache_path(root: Path, key: str) -> Path:
-    return root / f"norm_stats_{key}.json"
+    """``<root>/norm_stats_<key>.json``, characters a file name should not hold (``+*/``) as ``_``."""
+    import re
+
+    return root / f"norm_stats_{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.json"
 
 
 __all__: list[Any] = [
     "AudioDataError",
+    "AudioDataWarning",
     "AudioSetArrays",
     "AudioSetFolder",
     "norm_stats",

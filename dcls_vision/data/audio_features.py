@@ -7,9 +7,10 @@ librosa because it adds no dependency beyond numpy/scipy/torch (librosa pulls ~1
 scikit-learn, ...) and only its filterbank function is used. 10 s at 32 kHz with hop 320 gives 1001 frames.
 
 Training augmentation as the reference: a random circular roll of the waveform, speed perturbation (rate
-U(0.5, 1.5) with probability 0.5, then random-aligned pad/crop back to 10 s; the reference resamples by index,
-here linear interpolation) and timm random erasing (probability ``reprob``) of the power spectrogram before the
-mel scale. No SpecAugment time/frequency masking: the reference does not use it.
+U(0.5, 1.5) with probability 0.5: the clip is stretched to ``len x rate`` samples by nearest-index resampling, then
+random-aligned pad/crop back to 10 s; DCLS-Audio augmentations.py:248-279 (Resample), 324-333 (SpeedPerturbation))
+and timm random erasing (probability ``reprob``) of the power spectrogram before the mel scale. No SpecAugment
+time/frequency masking: the reference does not use it.
 """
 
 from __future__ import annotations
@@ -66,20 +67,25 @@ class WaveAugment(nn.Module):
             if self.speed_p > 0 and float(torch.rand(())) < self.speed_p:
                 lo, hi = self.speed_rates
                 rate = lo + (hi - lo) * float(torch.rand(()))
-                wave = _pad_crop_random(_stretch(wave, rate), length)
+                wave = _pad_crop_random(stretch_nearest(wave, rate), length)
             out.append(wave)
         return torch.stack(out)
 
 
-def _stretch(wave: Tensor, rate: float) -> Tensor:
-    new_len = max(1, round(wave.shape[-1] / rate))
-    return nn.functional.interpolate(wave[None, None], size=new_len, mode="linear", align_corners=False)[0, 0]
+def stretch_nearest(wave: Tensor, rate: float) -> Tensor:
+    """``wave`` resampled to ``ceil(len x rate)`` samples, sample k = wave[round(k / rate)] (the reference's
+    ``Resample.resample_nearest``, augmentations.py:270-279): rate 1.5 makes the clip 1.5x longer (slower, lower)."""
+    length = wave.shape[-1]
+    index = torch.arange(0, length, 1.0 / rate, device=wave.device).round().long().clamp(max=length - 1)
+    return wave[..., index]
 
 
 def _pad_crop_random(wave: Tensor, length: int) -> Tensor:
+    """Random-aligned crop or zero pad to ``length`` (augmentations.py:76-85, 195-207: a crop never starts at
+    the last possible offset, ``randint(0, diff)``, a pad splits ``0..missing`` inclusive)."""
     diff = wave.shape[-1] - length
     if diff > 0:
-        start = int(torch.randint(0, diff + 1, (1,)))
+        start = int(torch.randint(0, diff, (1,)))
         return wave[start : start + length]
     if diff < 0:
         left = int(torch.randint(0, -diff + 1, (1,)))
@@ -153,5 +159,6 @@ __all__ = [
     "MelSettings",
     "WaveAugment",
     "mel_filterbank",
+    "stretch_nearest",
     "num_frames",
 ]

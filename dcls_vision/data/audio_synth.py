@@ -3,8 +3,11 @@
 Generated offline on first use into the data folder (nothing is shipped: ~280 MB of WAV would bloat the repository,
 the generator is a few kB and deterministic). Needs the Debian package ``espeak-ng`` (tools/install.sh installs it).
 Each of the :data:`WORDS` is a class. Every word is spoken in :data:`RENDITIONS` renditions (voice, variant, pitch
-and speed drawn from a seeded generator); training clips use renditions 0-11, eval clips the held-out 12-15, so eval
-measures generalisation to unseen voices (with 4 training voices per word, v2, the small nets only memorised them).
+and speed drawn from a seeded generator); training clips use renditions 0-11, eval clips 12-15. The 56 voice+variant
+pairs are split once (seeded) into :data:`EVAL_VOICES` pairs heard only in eval and the rest heard only in training,
+so eval measures generalisation to voices the net never heard (v3 drew both from all pairs: 22 of 120 eval
+renditions reused the pair that spoke that word in training). The espeak-ng version is recorded in ``embedded.json``
+(another version renders other waveforms, so another set). With 4 training voices per word (v2) the nets memorised them.
 A clip holds 1-3 distinct words at random times over white or pink noise (SNR 0-20 dB) filling the whole 10 s and
 the whole band, stored as 16-bit 32 kHz mono WAV (the model's rate: no resampling in the loader). No digital silence
 on purpose: zero padding or an empty band (a 16 kHz file read at 32 kHz is empty above 8 kHz) becomes the -100 dB
@@ -18,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,8 +39,9 @@ WORDS = (
 VOICES = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 VARIANTS = ("", "+m1", "+m3", "+m5", "+f1", "+f2", "+f3", "+f4")
 RENDITIONS, TRAIN_RENDITIONS = 16, 12
+EVAL_VOICES = 14  # of the 7 x 8 voice+variant pairs: a quarter, as the eval renditions (4 of 16)
 STORE_RATE, CLIP_SECONDS = 32000, 10  # 32 kHz: the model's rate (audio_features.SAMPLE_RATE)
-VERSION = 3
+VERSION = 4
 DONE = "embedded.json"
 
 
@@ -65,18 +70,36 @@ def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path) -
     return wave / max(float(np.abs(wave).max()), 1e-6)
 
 
-def _renditions(rng: np.random.Generator, n_words: int) -> list[list[np.ndarray]]:
-    """``bank[word][r]``: every word in :data:`RENDITIONS` seeded voice/variant/pitch/speed settings."""
-    exe = _espeak()
-    bank = []
+def espeak_version(exe: str) -> str:
+    """``eSpeak NG text-to-speech: 1.51  Data at: ...`` -> ``1.51`` (the whole first line if the format differs)."""
+    line = subprocess.run([exe, "--version"], check=True, capture_output=True, text=True).stdout.strip()
+    found = re.search(r"text-to-speech:\s*(\S+)", line)
+    return found.group(1) if found else line.splitlines()[0] if line else "unknown"
+
+
+def split_voices(rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """(train, eval) voice+variant pairs: disjoint, :data:`EVAL_VOICES` of them held out for eval."""
+    pairs = [f"{v}{var}" for v in VOICES for var in VARIANTS]
+    order = rng.permutation(len(pairs))
+    held = sorted(pairs[i] for i in order[:EVAL_VOICES])
+    return [p for p in pairs if p not in held], held
+
+
+def _renditions(rng: np.random.Generator, n_words: int, exe: str) -> tuple[list[list[np.ndarray]], list[list[str]]]:
+    """``bank[word][r]`` and its voice pairs: renditions below :data:`TRAIN_RENDITIONS` speak with training voices,
+    the others with held-out ones; pitch and speed seeded per rendition."""
+    train_voices, eval_voices = split_voices(rng)
+    bank, voices = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for word in WORDS[:n_words]:
-            row = []
-            for _ in range(RENDITIONS):
-                voice = f"{rng.choice(VOICES)}{rng.choice(VARIANTS)}"
+            row, names = [], []
+            for r in range(RENDITIONS):
+                voice = str(rng.choice(train_voices if r < TRAIN_RENDITIONS else eval_voices))
                 row.append(_speak(exe, word, voice, int(rng.integers(20, 81)), int(rng.integers(120, 221)), Path(tmp)))
+                names.append(voice)
             bank.append(row)
-    return bank
+            voices.append(names)
+    return bank, voices
 
 
 def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -90,35 +113,42 @@ def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def make_clip(rng: np.random.Generator, bank: list[list[np.ndarray]], renditions: range) -> tuple[np.ndarray, list]:
-    """One clip: 1-3 distinct words at random times over noise; returns (int16 wave, word indices)."""
+    """One clip: 1-3 distinct words at random times over noise; returns (int16 wave, [(word, rendition)])."""
     n = STORE_RATE * CLIP_SECONDS
     speech = np.zeros(n, dtype=np.float32)
     words = sorted(rng.choice(len(bank), size=int(rng.integers(1, 4)), replace=False).tolist())
+    spoken = []
     for w in words:
-        utt = bank[w][int(rng.choice(renditions))] * rng.uniform(0.5, 1.0)
+        r = int(rng.choice(renditions))
+        utt = bank[w][r] * rng.uniform(0.5, 1.0)
         utt = utt[: n - 1]
         start = int(rng.integers(0, n - len(utt)))
         speech[start : start + len(utt)] += utt
+        spoken.append((w, r))
     rms = float(np.sqrt(np.mean(speech[speech != 0] ** 2))) if speech.any() else 1.0
     noise = _noise(rng, n) * rms / (10 ** (rng.uniform(0.0, 20.0) / 20))
     mix = speech + noise
     mix = 0.9 * mix / max(float(np.abs(mix).max()), 1e-6)
-    return (mix * 32767).astype(np.int16), words
+    return (mix * 32767).astype(np.int16), spoken
 
 
-def _write_split(root: Path, split: str, count: int, rng, bank, renditions: range) -> None:
+def _write_split(root: Path, split: str, count: int, rng, bank, renditions: range) -> dict[str, list[int]]:
+    """Write one split's clips and segments CSV; returns ``{YTID: renditions spoken}`` for the metadata."""
     from scipy.io import wavfile
 
     folder = root / "audio" / split
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["# Segments csv created by dcls_vision.data.audio_synth (embedded set)", "# YTID, start_seconds, ..."]
+    spoken_by_clip = {}
     for i in range(count):
         ytid = f"{split[:2]}{i:09d}"  # 11 characters, as YouTube ids
-        wave, words = make_clip(rng, bank, renditions)
+        wave, spoken = make_clip(rng, bank, renditions)
         wavfile.write(folder / f"{ytid}.wav", STORE_RATE, wave)
-        labels = ",".join(f"/x/{WORDS[w]}" for w in words)
+        labels = ",".join(f"/x/{WORDS[w]}" for w, _ in spoken)
         lines.append(f'{ytid}, 0.000, {len(wave) / STORE_RATE:.3f}, "{labels}"')
+        spoken_by_clip[ytid] = [r for _, r in spoken]
     (root / f"{split}_segments.csv").write_text("\n".join(lines) + "\n")
+    return spoken_by_clip
 
 
 def ensure_embedded_audioset(
@@ -130,12 +160,13 @@ def ensure_embedded_audioset(
     """
     settings = {"version": VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed, "words": n_words}
     done = root / DONE
-    if done.is_file() and json.loads(done.read_text()) == settings:
+    if _same_set(done, settings):
         return root
     rng = np.random.default_rng(seed)
     if not 1 <= n_words <= len(WORDS):
         raise AudioDataError(f"embedded audio set: n_words={n_words}; allowed: 1..{len(WORDS)}")
-    bank = _renditions(rng, n_words)
+    exe = _espeak()
+    bank, voices = _renditions(rng, n_words, exe)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -143,11 +174,14 @@ def ensure_embedded_audioset(
             writer = csv.writer(f)
             writer.writerow(["index", "mid", "display_name"])
             writer.writerows([i, f"/x/{w}", w] for i, w in enumerate(WORDS[:n_words]))
-        _write_split(tmp, "train", n_train, rng, bank, range(TRAIN_RENDITIONS))
-        _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS))
-        (tmp / DONE).write_text(json.dumps(settings))
+        clips = {
+            "train": _write_split(tmp, "train", n_train, rng, bank, range(TRAIN_RENDITIONS)),
+            "eval": _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS)),
+        }
+        meta = {**settings, "espeak_ng": espeak_version(exe), "voices": voices, "renditions": clips}
+        (tmp / DONE).write_text(json.dumps(meta))
         tmp.chmod(0o755)  # mkdtemp makes it 0700
-        if done.is_file() and json.loads(done.read_text()) == settings:
+        if _same_set(done, settings):
             return root  # another process (a DDP rank) finished the same set meanwhile: keep its copy
         if root.exists():
             if not done.is_file() and any(root.iterdir()):
@@ -160,6 +194,20 @@ def ensure_embedded_audioset(
         if tmp.exists():
             shutil.rmtree(tmp)
     return root
+
+
+def read_metadata(root: Path) -> dict:
+    """The set's ``embedded.json``: settings, ``espeak_ng`` version, ``voices[word][rendition]`` (voice+variant)
+    and ``renditions[split][YTID]`` (the rendition of each word of the clip, in label order)."""
+    return json.loads((root / DONE).read_text())
+
+
+def _same_set(done: Path, settings: dict) -> bool:
+    """True when ``done`` records these settings (the espeak-ng version and voices are information, not a key)."""
+    if not done.is_file():
+        return False
+    meta = json.loads(done.read_text())
+    return {k: meta.get(k) for k in settings} == settings
 
 
 def main() -> None:

@@ -99,6 +99,23 @@ def _check_model(cfg: DictConfig) -> None:
             f"model.init_checkpoint={init!r} does not exist; allowed: a checkpoint file (any format) or run dir, "
             "or null"
         )
+    _check_start(cfg, bool(init or pretrained))
+
+
+def _check_start(cfg: DictConfig, has_weights: bool) -> None:
+    """``model.from_scratch``: a recipe that starts from pretrained weights never trains from scratch silently."""
+    scratch, experiment = _get(cfg, "model.from_scratch"), _get(cfg, "experiment_name")
+    if scratch is False and not has_weights and not _get(cfg, "trainer.resume"):
+        raise ConfigError(
+            f"model.init_checkpoint=None but experiment {experiment!r} starts from pretrained (ImageNet-1k) weights "
+            f"(configs/experiment/{experiment}.yaml says which); allowed: model.init_checkpoint=PATH, or "
+            "model.from_scratch=true to train from scratch"
+        )
+    if scratch is True and has_weights:
+        raise ConfigError(
+            "model.from_scratch=true but initial weights are given (model.init_checkpoint / pretrained_file); "
+            "allowed: one of them"
+        )
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -116,7 +133,7 @@ def _check_data(cfg: DictConfig) -> None:
                     "allowed: an existing ImageFolder root"
                 )
     if _get(cfg, "data.name") == "audioset":
-        _choice(cfg, "data.format", ("folder", "arrays"))
+        _choice(cfg, "data.format", ("folder", "arrays", "hdf5"))
         if _get(cfg, "trainer.loss") != "bce":
             raise ConfigError(
                 f"trainer.loss={_get(cfg, 'trainer.loss')!r} with data.name=audioset (multi-label); allowed: bce"

@@ -41,6 +41,10 @@ class ModelConfig(ModelSpecConfig):
     # schedule and epoch; the classifier is skipped (reported) when num_classes differs. A run dir's own
     # last.pth and trainer.resume win over it.
     init_checkpoint: str | None = None
+    # the recipe's choice of start, made explicit: false = the recipe starts from pretrained weights (the thesis'
+    # ImageNet start of the AudioSet ConvNeXt-T / ConvFormer-S18): init_checkpoint must be given; true = from
+    # scratch on purpose (init_checkpoint must then be empty); null = no rule (every other experiment)
+    from_scratch: bool | None = None
 
 
 @dataclass
@@ -87,9 +91,12 @@ class AudioSetDataConfig(DataConfig):
     """
 
     name: str = "audioset"
-    format: str = "folder"  # folder (segments CSV + clips) | arrays (<split>_data.npy + <split>_targets.npy)
+    # folder (segments CSV + clips) | arrays (<split>_data.npy + <split>_targets.npy) | hdf5 (PANNs <split>.h5)
+    format: str = "folder"
     embedded: bool = False  # true: generate the espeak-ng word set into data.root on first use
-    train_split: str = "train"  # <split>_segments.csv, audio/<split>/ (folder) or <split>_data.npy (arrays)
+    # <split>_segments.csv, audio/<split>/ (folder), <split>_data.npy (arrays) or <split>.h5 (hdf5: several joined
+    # by '+', globs allowed, e.g. balanced_train+unbalanced_train_part*)
+    train_split: str = "train"
     val_split: str = "eval"
     labels_csv: str = "class_labels_indices.csv"
     audio_dir: str = "audio"

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
+from .audio_release import AUDIO_RELEASE_DESCRIPTION, AudioReleaseError, convert_audio_release, is_audio_release
 from .release import RELEASE_DESCRIPTION, ReleaseFormatError, convert_release, is_release, release_state
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
@@ -269,6 +270,20 @@ def _read_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Ten
     return conv.state, CheckpointInfo(path, "release", key, weights, conv.run_config())
 
 
+def _read_audio_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    """A DCLS-Audio AudioSet checkpoint (:mod:`.audio_release`) in our ``*_audio`` model's layout."""
+    key = "model" if isinstance(obj, Mapping) and "model" in obj else None
+    if use_ema:
+        if not (isinstance(obj, Mapping) and isinstance(obj.get("model_ema"), Mapping)):
+            raise _no_ema(path, "a DCLS-Audio file without a 'model_ema' entry")
+        obj, key = {"model": obj["model_ema"]}, "model_ema"
+    try:
+        conv = convert_audio_release(obj)
+    except AudioReleaseError as err:
+        raise ModelLoadError(f"checkpoint={str(path)!r}: {err}", "mismatch", path) from err
+    return conv.state, CheckpointInfo(path, "audio-release", key, "ema" if use_ema else "model", conv.run_config())
+
+
 @dataclass(frozen=True)
 class CheckpointFormat:
     """One kind of checkpoint file: ``detect(obj, path)`` says if a loaded file is one, ``read`` takes its weights."""
@@ -290,6 +305,9 @@ CHECKPOINT_FORMATS: list[CheckpointFormat] = [
             and isinstance(obj.get("config"), Mapping)
         ),
         _read_ours,
+    ),
+    CheckpointFormat(  # before "release": the DCLS-Audio ConvNeXt shares its layout but has a one-channel stem
+        "audio-release", AUDIO_RELEASE_DESCRIPTION, lambda obj, path: is_audio_release(obj), _read_audio_release
     ),
     CheckpointFormat("release", RELEASE_DESCRIPTION, lambda obj, path: is_release(obj), _read_release),
     CheckpointFormat(

@@ -1,10 +1,11 @@
 """Registered DCLS variants of timm models: ``timm.create_model('convnext_tiny_dcls', ...)`` after import.
 
 Each variant is its timm base model passed through :func:`dclsify` (thesis table, docs/design.md §3). Keyword
-arguments ``dcls_interpolation``, ``dcls_dilated_kernel_size``, ``dcls_kernel_count`` and ``dcls_share``
-override the variant's DCLS settings; every other keyword (``num_classes``, ``drop_path_rate``, ``in_chans``,
-``features_only``, ``out_indices``, ...) goes to timm. ``features_only`` models are converted after timm
-wraps them, so stages are found under their renamed paths (``stages_0``) and sharing stays by stage.
+arguments ``dcls_interpolation``, ``dcls_dilated_kernel_size``, ``dcls_kernel_count``, ``dcls_share`` and
+``dcls_exclude`` (module-name globs left dense) override the variant's DCLS settings; every other keyword
+(``num_classes``, ``drop_path_rate``, ``in_chans``, ``features_only``, ``out_indices``, ...) goes to timm.
+``features_only`` models are converted after timm wraps them, so stages are found under their renamed paths
+(``stages_0``) and sharing stays by stage.
 """
 
 from __future__ import annotations
@@ -102,10 +103,9 @@ def create_dcls_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
         "kernel_count": kwargs.pop("dcls_kernel_count", variant.kernel_count),
         "share": kwargs.pop("dcls_share", "stage"),
     }
+    exclude = tuple(kwargs.pop("dcls_exclude", variant.exclude))
     model = timm.create_model(variant.base, pretrained=False, **kwargs)
-    dclsify(
-        model, kernel_size=variant.kernel_size, depthwise_only=variant.depthwise_only, exclude=variant.exclude, **dcls
-    )
+    dclsify(model, kernel_size=variant.kernel_size, depthwise_only=variant.depthwise_only, exclude=exclude, **dcls)
     cfg = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay).to_dict()
     if isinstance(model, (FeatureListNet, FeatureDictNet)):
         cfg = pretrained_cfg_for_features(cfg)  # as timm does: no classifier keys
