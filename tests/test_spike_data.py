@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,8 @@ def test_reader_bins_groups_and_pads_as_counted_by_hand(shd_root: Path) -> None:
     x, y = next(iter(DataLoader(train, batch_size=3)))  # default collation: one fixed length
     assert x.shape == (3, 3, 140) and y.tolist() == [3, 7, 11]
     assert torch.equal(val[0][0], train[1][0])  # the test file is padded to the same (longest) length
+    copy = pickle.loads(pickle.dumps(train))  # as DataLoader workers get it, after the file was opened here
+    assert torch.equal(copy[0][0], train[0][0])
 
 
 def test_reader_crops_to_num_steps_and_keeps_all_700_units_with_group_1(shd_root: Path) -> None:
