@@ -142,6 +142,28 @@ def test_reader_errors_are_one_line_naming_the_file(shd_root: Path, tmp_path: Pa
     _expect_error(lambda: build_datasets(_spikes_cfg(tmp_path / "none", format="ssc")), "ssc_train.h5 not found")
 
 
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("data.format=wav", "data.format='wav' is not supported; allowed: shd, ssc, gsc"),
+        ("data.channel_group=3", "data.channel_group=3 must be a divisor of 700"),
+        ("data.num_steps=0", "data.num_steps=0 must be >= 1 or null"),
+        ("data.dt_ms=0", "data.dt_ms=0.0 must be > 0"),
+    ],
+)
+def test_spike_config_values_are_checked_before_any_data_loads(override: str, line: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from dcls_vision.engine import validate_config
+    from dcls_vision.engine.config import ConfigError
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=spiking_digits", override])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert str(err.value).startswith(line), str(err.value)
+
+
 def test_train_cli_reports_a_missing_spike_file_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
