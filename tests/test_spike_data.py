@@ -234,6 +234,13 @@ def test_embedded_set_is_deterministic_records_espeak_and_is_made_once(digits: P
     assert (tmp_path / "mine" / "shd_train.h5").read_bytes() == b"the user's own file"
 
 
+def test_embedded_set_needs_espeak_only_to_be_made(digits: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on it
+    assert ensure_spiking_digits(digits, n_train=1, n_test=1, seed=0) == digits  # a made set is used as it is
+    made = lambda: ensure_spiking_digits(tmp_path / "new", n_train=1, n_test=1, seed=0)  # noqa: E731
+    assert _expect_error(made, "the embedded spiking-digits set needs espeak-ng; install it").startswith("the ")
+
+
 def test_cochlea_puts_a_tone_on_its_erb_channel() -> None:
     """A 1 kHz tone drives the channels centred near 1 kHz hardest; channels far from it fire at the 1 Hz floor."""
     fb = erb_filterbank()
