@@ -132,6 +132,8 @@ def test_reader_errors_are_one_line_naming_the_file(shd_root: Path, tmp_path: Pa
     _expect_error(lambda: build_datasets(_spikes_cfg(shd_root)), "sample counts differ", "labels: 2")
     write_h5(shd_root / "shd_test.h5", [([0.1], [1], 25)])
     _expect_error(lambda: build_datasets(_spikes_cfg(shd_root)), "label 25 found; expected 0..19")
+    write_h5(shd_root / "shd_test.h5", [([0.1], [1], 2), ([0.1, np.nan], [1, 2], 2)])
+    _expect_error(lambda: build_datasets(_spikes_cfg(shd_root)), "shd_test.h5: sample 1 has non-finite")
     write_h5(shd_root / "shd_test.h5", [([0.1, 0.2], [1, 700], 2)])
     _, val, _ = build_datasets(_spikes_cfg(shd_root))
     _expect_error(lambda: val[0], "shd_test.h5: sample 0 has unit 700; expected units 0..699")
