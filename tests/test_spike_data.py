@@ -94,6 +94,8 @@ def test_reader_bins_groups_and_pads_as_counted_by_hand(shd_root: Path) -> None:
 def test_reader_crops_to_num_steps_and_keeps_all_700_units_with_group_1(shd_root: Path) -> None:
     train, _, _ = build_datasets(_spikes_cfg(shd_root, num_steps=2))
     assert torch.equal(train[0][0], torch.from_numpy(EXPECTED[0, :2]))  # the 26-ms spike (bin 2) is cut
+    sub, _, _ = build_datasets(_spikes_cfg(shd_root, train_subset=2))
+    assert len(sub) == 2 and sub.targets == [SAMPLES[i][2] for i in sub.indices] and sub[0][0].shape == (3, 140)
     full = SpikeH5(shd_root / "shd_train.h5", 10.0, 1)
     x = full[0][0]
     assert x.shape == (3, 700) and x.sum() == 5 and x[1, 699] == 1 and x[0, 4] == 1 and x[0, 5] == 1
