@@ -340,7 +340,7 @@ def test_typos_and_wrong_types_fail_at_composition_but_kwargs_stay_open():
         ("trainer.epochs=abc", "ConfigError: trainer.epochs='abc' has the wrong type; allowed: an integer"),
         (
             "data.name=imagenet",
-            "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder, audioset",
+            "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder, audioset, spikes",
         ),
     ],
 )
@@ -366,7 +366,10 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, override, line):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("group,option", [("data", "fashion_mnist"), ("data", "imagenet"), ("optim", "sgd")])
+@pytest.mark.parametrize(
+    "group,option",
+    [("data", "fashion_mnist"), ("data", "imagenet"), ("data", "spiking_digits"), ("data", "ssc"), ("optim", "sgd")],
+)
 def test_one_option_file_loads_as_hydra_composes_it(group, option):
     from dcls_vision.engine.schema import load_option  # robustness/fashion_folder.py reads data/ this way
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioDataError
+from .generated import DONE, generate_once, is_generated
 
 WORDS = (
     "apple", "banana", "bicycle", "castle", "dolphin", "elephant", "forest", "guitar", "hammer", "island",
@@ -42,20 +42,18 @@ RENDITIONS, TRAIN_RENDITIONS = 16, 12
 EVAL_VOICES = 14  # of the 7 x 8 voice+variant pairs: a quarter, as the eval renditions (4 of 16)
 STORE_RATE, CLIP_SECONDS = 32000, 10  # 32 kHz: the model's rate (audio_features.SAMPLE_RATE)
 VERSION = 4
-DONE = "embedded.json"
 
 
-def _espeak() -> str:
+def espeak_exe(error: type[Exception] = AudioDataError, what: str = "the embedded audio set") -> str:
+    """The espeak-ng executable; its absence is one line (``error``) naming the set that needs it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise AudioDataError(
-            "the embedded audio set needs espeak-ng; install it (apt-get install espeak-ng, or bash tools/install.sh)"
-        )
+        raise error(f"{what} needs espeak-ng; install it (apt-get install espeak-ng, or bash tools/install.sh)")
     return exe
 
 
-def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path) -> np.ndarray:
-    """One rendition as float32 at :data:`STORE_RATE`, peak-normalised."""
+def speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path, rate: int = STORE_RATE) -> np.ndarray:
+    """One rendition as float32 at ``rate`` (default :data:`STORE_RATE`), peak-normalised."""
     from math import gcd
 
     from scipy.io import wavfile
@@ -65,8 +63,8 @@ def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path) -
     subprocess.run([exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(out), word], check=True)
     sr, data = wavfile.read(out)
     wave = data.astype(np.float32) / 32768.0
-    g = gcd(int(sr), STORE_RATE)
-    wave = resample_poly(wave, STORE_RATE // g, int(sr) // g).astype(np.float32)
+    g = gcd(int(sr), rate)
+    wave = resample_poly(wave, rate // g, int(sr) // g).astype(np.float32)
     return wave / max(float(np.abs(wave).max()), 1e-6)
 
 
@@ -95,7 +93,7 @@ def _renditions(rng: np.random.Generator, n_words: int, exe: str) -> tuple[list[
             row, names = [], []
             for r in range(RENDITIONS):
                 voice = str(rng.choice(train_voices if r < TRAIN_RENDITIONS else eval_voices))
-                row.append(_speak(exe, word, voice, int(rng.integers(20, 81)), int(rng.integers(120, 221)), Path(tmp)))
+                row.append(speak(exe, word, voice, int(rng.integers(20, 81)), int(rng.integers(120, 221)), Path(tmp)))
                 names.append(voice)
             bank.append(row)
             voices.append(names)
@@ -159,55 +157,32 @@ def ensure_embedded_audioset(
     Written into a temporary sibling folder and renamed at the end, so an interrupted run leaves nothing half-made.
     """
     settings = {"version": VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed, "words": n_words}
-    done = root / DONE
-    if _same_set(done, settings):
+    if is_generated(root, settings):
         return root
-    rng = np.random.default_rng(seed)
     if not 1 <= n_words <= len(WORDS):
         raise AudioDataError(f"embedded audio set: n_words={n_words}; allowed: 1..{len(WORDS)}")
-    exe = _espeak()
-    bank, voices = _renditions(rng, n_words, exe)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        with (tmp / "class_labels_indices.csv").open("w", newline="") as f:
+    exe = espeak_exe()
+
+    def write(folder: Path) -> dict:
+        rng = np.random.default_rng(seed)
+        bank, voices = _renditions(rng, n_words, exe)
+        with (folder / "class_labels_indices.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "mid", "display_name"])
             writer.writerows([i, f"/x/{w}", w] for i, w in enumerate(WORDS[:n_words]))
         clips = {
-            "train": _write_split(tmp, "train", n_train, rng, bank, range(TRAIN_RENDITIONS)),
-            "eval": _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS)),
+            "train": _write_split(folder, "train", n_train, rng, bank, range(TRAIN_RENDITIONS)),
+            "eval": _write_split(folder, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS)),
         }
-        meta = {**settings, "espeak_ng": espeak_version(exe), "voices": voices, "renditions": clips}
-        (tmp / DONE).write_text(json.dumps(meta))
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        if _same_set(done, settings):
-            return root  # another process (a DDP rank) finished the same set meanwhile: keep its copy
-        if root.exists():
-            if not done.is_file() and any(root.iterdir()):
-                raise AudioDataError(
-                    f"data.root={root} exists and is not an embedded audio set; choose an empty folder"
-                )
-            shutil.rmtree(root)  # an embedded set made with other settings
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return root
+        return {"espeak_ng": espeak_version(exe), "voices": voices, "renditions": clips}
+
+    return generate_once(root, settings, write, AudioDataError, "embedded audio set")
 
 
 def read_metadata(root: Path) -> dict:
     """The set's ``embedded.json``: settings, ``espeak_ng`` version, ``voices[word][rendition]`` (voice+variant)
     and ``renditions[split][YTID]`` (the rendition of each word of the clip, in label order)."""
     return json.loads((root / DONE).read_text())
-
-
-def _same_set(done: Path, settings: dict) -> bool:
-    """True when ``done`` records these settings (the espeak-ng version and voices are information, not a key)."""
-    if not done.is_file():
-        return False
-    meta = json.loads(done.read_text())
-    return {k: meta.get(k) for k in settings} == settings
 
 
 def main() -> None:
