@@ -128,6 +128,13 @@ class DelaySynapses(nn.Module):
             self.conv.positions.round_()
             self.conv.positions.requires_grad_(False)
 
+    def delay_steps(self) -> Tensor:
+        """Each synapse's delay in time steps, real-valued (``(C_out, C_in, K)``): position offset ``p`` is the
+        delay ``max_delay // 2 − p`` (kernel index ``max_delay − 1`` is delay 0); rounded in eval mode."""
+        if not isinstance(self.conv, Dcls1d):
+            raise ValueError(f"delays={self.delays!r} has no per-synapse delays; allowed: learned, fixed")
+        return (self.max_delay - 1 - self.max_delay // 2) - self.conv.positions[0].detach()
+
     def kernel(self) -> Tensor:
         """The dense (C_out, C_in, taps) kernel of this pass: rounded for fixed delays and in eval mode."""
         if isinstance(self.conv, Dcls1d):
@@ -220,10 +227,13 @@ class SpikingDelayNet(nn.Module):
             x = block(x)
         return x
 
+    def readout_potentials(self, features: Tensor) -> Tensor:
+        """Readout membrane potentials ``(T', N, classes)``: LIF with an infinite threshold (``snn_delays.py:91``)."""
+        return lif(self.head(features).permute(2, 0, 1), self.tau, math.inf)
+
     def forward_head(self, x: Tensor) -> Tensor:
-        """Readout potentials ``u_t`` (infinite threshold) → ``Σ_t softmax(u_t)`` per class (``model.py:93-95``)."""
-        u = lif(self.head(x).permute(2, 0, 1), self.tau, math.inf)
-        return u.softmax(-1).sum(0)
+        """``Σ_t softmax(u_t)`` over the readout potentials, per class (``model.py:93-95``, loss ``'sum'``)."""
+        return self.readout_potentials(x).softmax(-1).sum(0)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
