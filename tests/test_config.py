@@ -333,7 +333,7 @@ def test_typos_and_wrong_types_fail_at_composition_but_kwargs_stay_open():
         ("trainer.epochs=abc", "ConfigError: trainer.epochs='abc' has the wrong type; allowed: an integer"),
         (
             "data.name=imagenet",
-            "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder, audioset",
+            "ConfigError: data.name='imagenet' is not supported; allowed: fashion_mnist, imagefolder, audioset, spikes",
         ),
     ],
 )

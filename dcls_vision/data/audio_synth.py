@@ -16,8 +16,6 @@ statistics (std 42 dB) and the small nets' max pooling. Layout: ``class_labels_i
 from __future__ import annotations
 
 import csv
-import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioDataError
+from .generated import generate_once, is_generated
 
 WORDS = (
     "apple", "banana", "bicycle", "castle", "dolphin", "elephant", "forest", "guitar", "hammer", "island",
@@ -37,7 +36,6 @@ VARIANTS = ("", "+m1", "+m3", "+m5", "+f1", "+f2", "+f3", "+f4")
 RENDITIONS, TRAIN_RENDITIONS = 16, 12
 STORE_RATE, CLIP_SECONDS = 32000, 10  # 32 kHz: the model's rate (audio_features.SAMPLE_RATE)
 VERSION = 3
-DONE = "embedded.json"
 
 
 def _espeak() -> str:
@@ -49,8 +47,8 @@ def _espeak() -> str:
     return exe
 
 
-def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path) -> np.ndarray:
-    """One rendition as float32 at :data:`STORE_RATE`, peak-normalised."""
+def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path, rate: int = STORE_RATE) -> np.ndarray:
+    """One rendition as float32 at ``rate`` (default :data:`STORE_RATE`), peak-normalised."""
     from math import gcd
 
     from scipy.io import wavfile
@@ -60,8 +58,8 @@ def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path) -
     subprocess.run([exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(out), word], check=True)
     sr, data = wavfile.read(out)
     wave = data.astype(np.float32) / 32768.0
-    g = gcd(int(sr), STORE_RATE)
-    wave = resample_poly(wave, STORE_RATE // g, int(sr) // g).astype(np.float32)
+    g = gcd(int(sr), rate)
+    wave = resample_poly(wave, rate // g, int(sr) // g).astype(np.float32)
     return wave / max(float(np.abs(wave).max()), 1e-6)
 
 
@@ -129,37 +127,22 @@ def ensure_embedded_audioset(
     Written into a temporary sibling folder and renamed at the end, so an interrupted run leaves nothing half-made.
     """
     settings = {"version": VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed, "words": n_words}
-    done = root / DONE
-    if done.is_file() and json.loads(done.read_text()) == settings:
+    if is_generated(root, settings):
         return root
-    rng = np.random.default_rng(seed)
     if not 1 <= n_words <= len(WORDS):
         raise AudioDataError(f"embedded audio set: n_words={n_words}; allowed: 1..{len(WORDS)}")
-    bank = _renditions(rng, n_words)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        with (tmp / "class_labels_indices.csv").open("w", newline="") as f:
+
+    def write(folder: Path) -> None:
+        rng = np.random.default_rng(seed)
+        bank = _renditions(rng, n_words)
+        with (folder / "class_labels_indices.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "mid", "display_name"])
             writer.writerows([i, f"/x/{w}", w] for i, w in enumerate(WORDS[:n_words]))
-        _write_split(tmp, "train", n_train, rng, bank, range(TRAIN_RENDITIONS))
-        _write_split(tmp, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS))
-        (tmp / DONE).write_text(json.dumps(settings))
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        if done.is_file() and json.loads(done.read_text()) == settings:
-            return root  # another process (a DDP rank) finished the same set meanwhile: keep its copy
-        if root.exists():
-            if not done.is_file() and any(root.iterdir()):
-                raise AudioDataError(
-                    f"data.root={root} exists and is not an embedded audio set; choose an empty folder"
-                )
-            shutil.rmtree(root)  # an embedded set made with other settings
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return root
+        _write_split(folder, "train", n_train, rng, bank, range(TRAIN_RENDITIONS))
+        _write_split(folder, "eval", n_eval, rng, bank, range(TRAIN_RENDITIONS, RENDITIONS))
+
+    return generate_once(root, settings, write, AudioDataError, "embedded audio set")
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from .audio_builder import build_audioset
 from .fashion_mnist import DEFAULT_SOURCE, FashionMNISTTensor, prepare_fashion_mnist
 from .imagefolder import SkipBadImageFolder
 from .paths import resolve_path
+from .spike_builder import build_spikes
 from .subset import stratified_indices
 from .transforms import imagenet_transforms, small_image_transforms
 
-NAMES = ("fashion_mnist", "imagefolder", "audioset")
+NAMES = ("fashion_mnist", "imagefolder", "audioset", "spikes")
 IMAGE_HINT = "root/{split}/<class>/*.JPEG"
 
 
@@ -103,4 +104,6 @@ def build_datasets(
         return _imagefolder(data_cfg, aug_cfg)
     if name == "audioset":  # multi-hot targets; batches need data.audio_builder.batch_transform on the device
         return build_audioset(data_cfg, aug_cfg)
+    if name == "spikes":  # (T, channels) time-major frames for the SNN recipes
+        return build_spikes(data_cfg)
     raise ValueError(f"data.name={name!r} is not supported; allowed: {', '.join(NAMES)}")

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dcls_vision.data.builder import NAMES as DATA_NAMES
+from dcls_vision.data.spike_builder import FORMATS as SPIKE_FORMATS
 from dcls_vision.data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 from dcls_vision.utils.errors import UserError
 
@@ -121,6 +122,11 @@ def _check_data(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"trainer.loss={_get(cfg, 'trainer.loss')!r} with data.name=audioset (multi-label); allowed: bce"
             )
+    if _get(cfg, "data.name") == "spikes":
+        _choice(cfg, "data.format", SPIKE_FORMATS)
+        _num(cfg, "data.dt_ms", lambda v: v > 0, "> 0")
+        _num(cfg, "data.num_steps", lambda v: v >= 1, ">= 1 or null")
+        _num(cfg, "data.channel_group", lambda v: v >= 1 and 700 % v == 0, "a divisor of 700 (5: 140 channels)")
     source = OmegaConf.select(cfg, "data.source", default=None)
     if source and not Path(os.path.expanduser(str(source))).exists():
         raise ConfigError(f"data.source={source!r} does not exist; allowed: an existing path")

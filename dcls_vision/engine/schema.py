@@ -47,7 +47,7 @@ class ModelConfig(ModelSpecConfig):
 class DataConfig:
     """Keys every dataset has; the options (configs/data/*.yaml) set their own values."""
 
-    name: str = MISSING  # fashion_mnist | imagefolder | audioset (dcls_vision.data.builder)
+    name: str = MISSING  # fashion_mnist | imagefolder | audioset | spikes (dcls_vision.data.builder)
     root: str = MISSING  # relative paths resolve against the directory the program started from
     train_subset: int | None = None  # int N: deterministic class-stratified subset (seed 0)
     val_subset: int | None = None
@@ -100,6 +100,27 @@ class AudioSetDataConfig(DataConfig):
     roll: bool = True  # training: random circular shift of the waveform
     speed_p: float = 0.5  # training: speed perturbation probability, rate in speed_rates
     speed_rates: list[float] = field(default_factory=lambda: [0.5, 1.5])
+
+
+@dataclass
+class SpikesDataConfig(DataConfig):
+    """configs/data/{spiking_digits,shd,ssc,gsc}.yaml: spiking audio for SNNs (dcls_vision/data/spikes.py, gsc.py).
+
+    Samples are ``(x, y)``, x float32 (num_steps, in_chans) time-major; in_chans = 700 // channel_group (shd, ssc)
+    or 140 mel bands (gsc).
+    """
+
+    name: str = "spikes"
+    format: str = "shd"  # shd (shd_{train,test}.h5) | ssc (ssc_{train,valid,test}.h5) | gsc (speech_commands_v0.02)
+    embedded: bool = False  # true (format shd): generate the espeak-ng spiking-digits set into data.root on first use
+    train_split: str = "train"
+    val_split: str = "test"  # shd has no validation file: the reference validates on test (main.py:27-29)
+    dt_ms: float = 10.0  # time bin (best_config_*.py:20 time_step)
+    channel_group: int = 5  # 700 units summed in groups of 5 -> 140 (best_config_*.py:21 n_bins)
+    num_steps: int | None = None  # bins per sample; null = the longest sample of the two splits (nothing cropped)
+    in_chans: int = 140
+    mean: list[float] = field(default_factory=list)  # unused: spike counts / dB mel go to the model as they are
+    std: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -297,6 +318,7 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
     ("data", "base_fashion_mnist", FashionMNISTDataConfig),
     ("data", "base_imagefolder", ImageFolderDataConfig),
     ("data", "base_audioset", AudioSetDataConfig),
+    ("data", "base_spikes", SpikesDataConfig),
     ("optim", "base_optim", OptimConfig),
     ("sched", "base_sched", SchedConfig),
     ("aug", "base_aug", AugConfig),
