@@ -207,3 +207,174 @@ def test_dropout_mask_is_shared_over_time():
     gone = torch.all(dropped == 0, dim=-1)
     assert torch.all(kept | gone) and active.sum() > 100
     assert 0.3 < (gone & active).sum() / active.sum() < 0.7
+
+
+# ------------------------------------------------------------------------------------------- σ schedule
+def test_sigma_schedule_reaches_0_5_effective_at_a_quarter_of_the_epochs():
+    from dcls_vision.engine.snn import sigma_at
+
+    epochs, final = 150, 150 // 4
+    values = [sigma_at(e, epochs, 12.0, 0.23, 0.25) for e in range(epochs)]
+    assert values[0] == 12.0 and values[final] == pytest.approx(0.23) and 0.23 + 0.27 == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(values[:final], values[1 : final + 1]))  # decays every epoch until then
+    assert values[final:] == [values[final]] * (epochs - final)  # then stays
+    # the reference multiplies SIG (float32) by alpha after each epoch < final_epoch (snn_delays.py:183-199)
+    sig, alpha = torch.tensor(12.0), (0.23 / 12) ** (1 / final)
+    for e in range(epochs):
+        assert values[e] == pytest.approx(sig.item(), rel=1e-5), e
+        if e < final and sig > 0.23:
+            sig *= alpha
+    assert sigma_at(5, 10, 12.0, 0.23, 0.0) == 0.23  # until 0: constant σ (best_config_SHD.py:95)
+
+
+# --------------------------------------------------------------------------------------- trainer runs
+def _write_delay_task(root, n_per_class: int, seed: int) -> None:
+    """SHD-layout files of a 4-class task that only delays can solve: units 0-99 fire a burst and units 100-199
+    another; the class is the gap between the two bursts (-80, -30, 30, 80 ms). Every sample has the same frames
+    in another order, so a memoryless net (τ ≈ 1 step) without delays sees the same Σ_t and stays at chance."""
+    import h5py
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    gaps = (-0.08, -0.03, 0.03, 0.08)
+    for split, n in (("train", n_per_class), ("test", n_per_class // 2)):
+        rng = np.random.default_rng([seed, split == "test"])
+        times, units, labels = [], [], []
+        for i in range(n * len(gaps)):
+            label = i % len(gaps)
+            start = 0.1 + rng.uniform(0, 0.05)
+            a, b = (start, start + gaps[label]) if gaps[label] > 0 else (start - gaps[label], start)
+            ua, ub = rng.integers(0, 100, 60), rng.integers(100, 200, 60)
+            t = np.concatenate([a + rng.uniform(0, 0.01, 60), b + rng.uniform(0, 0.01, 60)])
+            order = np.argsort(t)
+            times.append(t[order].astype(np.float32))
+            units.append(np.concatenate([ua, ub])[order].astype(np.uint16))
+            labels.append(label)
+        with h5py.File(root / f"shd_{split}.h5", "w") as f:
+            for name, arrays, dtype in (("spikes/times", times, np.float32), ("spikes/units", units, np.uint16)):
+                ds = f.create_dataset(name, (len(arrays),), dtype=h5py.vlen_dtype(dtype))
+                for j, arr in enumerate(arrays):
+                    ds[j] = arr
+            f["labels"] = np.array(labels, dtype=np.uint16)
+
+
+@pytest.fixture(scope="module")
+def delay_task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("delay_task")
+    _write_delay_task(root, n_per_class=24, seed=0)
+    return root
+
+
+def _snn_cfg(data_root, run_dir, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    config_dir = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "experiment=snn_quickstart",
+                f"data.root={data_root}",
+                "data.embedded=false",
+                "data.num_steps=30",
+                "model.kwargs.hidden_size=24",
+                "model.kwargs.max_delay=11",
+                "model.kwargs.dropout=0.0",
+                "trainer.batch_size=16",
+                "trainer.epochs=8",
+                "trainer.device=cpu",
+                "logger.wandb=false",
+                "logger.progress=false",
+                f"trainer.output_dir={run_dir}",
+                *overrides,
+            ],
+        )
+
+
+def test_learned_delays_solve_a_timing_task_that_no_delays_cannot(delay_task, tmp_path):
+    from dcls_vision.engine import train
+
+    learned = train(_snn_cfg(delay_task, tmp_path / "learned"))
+    flat = train(
+        _snn_cfg(
+            delay_task,
+            tmp_path / "none",
+            "model=snn_quickstart_baseline",
+            "model.kwargs.hidden_size=24",
+            "model.kwargs.dropout=0.0",
+            "optim.positions=null",
+            "trainer.sigma_schedule.enabled=false",
+        )  # fmt: skip
+    )
+    assert learned["top1"] >= 75.0, learned  # chance: 25 %
+    assert flat["top1"] <= 40.0, flat
+
+
+def test_sigma_and_delay_optimizer_survive_a_resume(delay_task, tmp_path):
+    """Epochs 0-3 in one go vs four invocations of one epoch each: same σ per epoch, same optimizer/scheduler
+    state (weights' one-cycle incl. Adam β1, delays' cosine) and the same weights at the end."""
+    from dcls_vision.engine import train
+    from dcls_vision.engine.checkpoint import load_checkpoint
+    from dcls_vision.engine.snn import sigma_at
+
+    over = ["trainer.epochs=4", "trainer.keep_last=4"]
+    train(_snn_cfg(delay_task, tmp_path / "straight", *over))
+    for _ in range(4):
+        train(_snn_cfg(delay_task, tmp_path / "resumed", *over, "trainer.max_epochs_per_run=1"))
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pth")
+    for epoch in range(4):  # σ held by the epoch's checkpoint = σ of that epoch (4 epochs: 0.23 from epoch 1)
+        state = load_checkpoint(tmp_path / "resumed" / f"epoch_{epoch:04d}.pth")["model"]
+        assert state["blocks.0.synapses.conv.sigma"].unique().item() == pytest.approx(sigma_at(epoch, 4, 5, 0.23, 0.25))
+    opt_a, opt_b = a["optimizer"]["grouped"], b["optimizer"]["grouped"]
+    assert set(opt_a) == {"weights", "positions"}
+    for name in opt_a:
+        for ga, gb in zip(opt_a[name]["param_groups"], opt_b[name]["param_groups"], strict=True):
+            assert {k: v for k, v in ga.items() if k != "params"} == {k: v for k, v in gb.items() if k != "params"}
+    weights_groups = opt_a["weights"]["param_groups"]
+    assert weights_groups[0]["betas"][0] != 0.9  # one-cycle cycles Adam's beta1 (0.95 -> 0.85 -> 0.95)
+    assert opt_a["positions"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 4)))
+    assert a["scheduler"] == b["scheduler"]
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
+
+
+def test_validation_uses_the_rounded_network(delay_task, tmp_path):
+    """best.pth's recorded val accuracy is that of the network with every delay rounded (plain Conv1d export)."""
+    import copy
+
+    from dcls_vision.data import build_datasets
+    from dcls_vision.engine import train
+    from dcls_vision.engine.checkpoint import load_checkpoint
+    from dcls_vision.ops import convert_to_conv
+
+    cfg = _snn_cfg(delay_task, tmp_path / "run", "trainer.epochs=2")
+    train(cfg)
+    best = load_checkpoint(tmp_path / "run" / "best.pth")
+    model = timm.create_model("snn_delays", num_classes=20, in_chans=140, **dict(cfg.model.kwargs))
+    model.load_state_dict(best["model"])
+    model.eval()
+    rounded = convert_to_conv(copy.deepcopy(model), rounded=True).eval()
+    _, val, _ = build_datasets(cfg.data, cfg.aug)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        acc = (rounded(x).argmax(1) == y).float().mean().item() * 100
+        train_mode_acc = (model.train()(x).argmax(1) == y).float().mean().item() * 100
+    assert best["metrics"]["top1"] == pytest.approx(acc)
+    assert train_mode_acc != pytest.approx(acc)  # the Gaussian network differs: the check can tell them apart
+
+
+def test_snn_config_rules_are_one_line(tmp_path):
+    from dcls_vision.engine import ConfigError, validate_config
+
+    for bad, line in (
+        ("trainer.ema.enabled=true", "trainer.ema.enabled=True with model.name=snn_delays; allowed: off"),
+        ("aug.mixup=0.2", "aug.mixup=0.2 with model.name=snn_delays; allowed: off"),
+        ("trainer.amp=bf16", "trainer.amp='bf16' with model.name=snn_delays; allowed: off"),
+        ("trainer.sigma_schedule.until=2", "trainer.sigma_schedule.until=2.0 must be in [0, 1]"),
+        ("sched.warmup_epochs=2", "sched.warmup_epochs=2 must be 0 with sched.name=onecycle"),
+        ("optim.positions.sched=linear", "optim.positions.sched='linear' is not supported"),
+    ):
+        with pytest.raises(ConfigError, match=line.replace("(", r"\(").replace("[", r"\[")):
+            validate_config(_snn_cfg(tmp_path, tmp_path / "x", bad))
