@@ -261,7 +261,7 @@ def _write_delay_task(root, n_per_class: int, seed: int) -> None:
 @pytest.fixture(scope="module")
 def delay_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("delay_task")
-    _write_delay_task(root, n_per_class=24, seed=0)
+    _write_delay_task(root, n_per_class=64, seed=0)
     return root
 
 
@@ -281,7 +281,7 @@ def _snn_cfg(data_root, run_dir, *overrides: str):
                 "model.kwargs.max_delay=11",
                 "model.kwargs.dropout=0.0",
                 "trainer.batch_size=16",
-                "trainer.epochs=8",
+                "trainer.epochs=6",
                 "trainer.device=cpu",
                 "logger.wandb=false",
                 "logger.progress=false",
@@ -339,30 +339,70 @@ def test_sigma_and_delay_optimizer_survive_a_resume(delay_task, tmp_path):
         assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
 
 
-def test_validation_uses_the_rounded_network(delay_task, tmp_path):
+@pytest.fixture(scope="module")
+def short_run(delay_task, tmp_path_factory):
+    """Two epochs of learned delays on the timing task: (config, run dir)."""
+    from dcls_vision.engine import train
+
+    run_dir = tmp_path_factory.mktemp("short_run")
+    cfg = _snn_cfg(delay_task, run_dir, "trainer.epochs=2")
+    train(cfg)
+    return cfg, run_dir
+
+
+def test_validation_uses_the_rounded_network(short_run):
     """best.pth's recorded val accuracy is that of the network with every delay rounded (plain Conv1d export)."""
     import copy
 
     from dcls_vision.data import build_datasets
-    from dcls_vision.engine import train
     from dcls_vision.engine.checkpoint import load_checkpoint
     from dcls_vision.ops import convert_to_conv
 
-    cfg = _snn_cfg(delay_task, tmp_path / "run", "trainer.epochs=2")
-    train(cfg)
-    best = load_checkpoint(tmp_path / "run" / "best.pth")
+    cfg, run_dir = short_run
+    best = load_checkpoint(run_dir / "best.pth")
     model = timm.create_model("snn_delays", num_classes=20, in_chans=140, **dict(cfg.model.kwargs))
     model.load_state_dict(best["model"])
-    model.eval()
     rounded = convert_to_conv(copy.deepcopy(model), rounded=True).eval()
     _, val, _ = build_datasets(cfg.data, cfg.aug)
     x = torch.stack([val[i][0] for i in range(len(val))])
     y = torch.tensor([val[i][1] for i in range(len(val))])
     with torch.no_grad():
         acc = (rounded(x).argmax(1) == y).float().mean().item() * 100
-        train_mode_acc = (model.train()(x).argmax(1) == y).float().mean().item() * 100
+        loss_rounded = torch.nn.functional.cross_entropy(rounded(x), y).item()
+        model.train()
+        for m in model.modules():  # the Gaussian kernels with the same (running) BN statistics
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.eval()
+        loss_gauss = torch.nn.functional.cross_entropy(model(x), y).item()
     assert best["metrics"]["top1"] == pytest.approx(acc)
-    assert train_mode_acc != pytest.approx(acc)  # the Gaussian network differs: the check can tell them apart
+    assert best["metrics"]["loss"] == pytest.approx(loss_rounded, rel=1e-4)
+    assert loss_gauss != pytest.approx(loss_rounded, rel=1e-4)  # the check can tell the two networks apart
+
+
+def test_delay_histograms_before_and_after_training(short_run, tmp_path):
+    """tools/plot_positions.py --delays: the initialisation is rebuilt from the run's config and seed."""
+    import importlib.util
+    from pathlib import Path
+
+    from dcls_vision.engine.trainer import seed_everything
+
+    cfg, run_dir = short_run
+    spec = importlib.util.spec_from_file_location(
+        "plot_positions", Path(__file__).parents[1] / "tools/plot_positions.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    result = tool.main(["--checkpoint", str(run_dir / "last.pth"), "--delays", "--out", str(tmp_path)])
+    before, after = result["delays"]["before"], result["delays"]["after"]
+    assert [h["name"] for h in after] == ["blocks.0.synapses", "blocks.1.synapses", "head"]
+    assert [sum(h["counts"]) for h in after] == [140 * 24, 24 * 24, 24 * 20] == [sum(h["counts"]) for h in before]
+    seed_everything(int(cfg.trainer.seed))
+    fresh = timm.create_model("snn_delays", num_classes=20, in_chans=140, **dict(cfg.model.kwargs))
+    delays = fresh.blocks[0].synapses.delay_steps().flatten()
+    edges = torch.tensor(before[0]["edges"])
+    assert before[0]["counts"] == torch.histogram(delays, edges).hist.long().tolist()
+    assert before[0]["counts"] != after[0]["counts"]  # trained delays moved
+    assert (tmp_path / "delays_hist.png").stat().st_size > 10_000
 
 
 def test_snn_config_rules_are_one_line(tmp_path):

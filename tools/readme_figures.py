@@ -142,6 +142,33 @@ AUDIO_VALUES = tuple(
     for key, fmt in (("mAP", "{:.2f}"), ("AUC", "{:.1f}"), ("d_prime", "{:.2f}"))
 )
 
+# ------------------------------------------------------------------------- SNN quickstart over 3 seeds (thesis ch. 4)
+SNN_COMMANDS = (
+    Command(
+        "python train.py -m experiment=snn_quickstart,snn_quickstart_baseline trainer.seed=0,1,2 logger.wandb=false "
+        "hydra.sweep.dir=outputs/snn_quickstart_seeds"
+    ),
+    Command(
+        "python tools/report.py outputs/snn_quickstart_seeds --baseline experiment_name=snn_quickstart_baseline",
+        analysis=True,
+    ),
+)
+_SD, _SB = "experiment_name=snn_quickstart", "experiment_name=snn_quickstart_baseline"
+SNN_VALUES = (
+    *(
+        report_value(f"snn_quickstart.{tag}.{stat}", "report.json", label, ("stats", "final_top1", stat), fmt)
+        for tag, label in (("delays", _SD), ("baseline", _SB))
+        for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
+    ),
+    report_value("snn_quickstart.diff", "report.json", _SD, ("vs_baseline", "diff")),
+    report_value("snn_quickstart.p", "report.json", _SD, ("vs_baseline", "p"), "{:.4f}"),
+    *(
+        seed_run_value(f"snn_quickstart.{tag}.seed{seed}", "report.json", label, seed, "val_top1", -1, "{:.1f}")
+        for tag, label in (("delays", _SD), ("baseline", _SB))
+        for seed in range(3)
+    ),
+)
+
 ENTRIES: dict[str, Entry] = {
     e.name: e
     for e in (
@@ -166,6 +193,7 @@ ENTRIES: dict[str, Entry] = {
             plots={KERNEL_SIZE_STUDY_PLOT: "kernel_size_study.png"},
         ),
         Entry("audio_quickstart", AUDIO_COMMANDS, AUDIO_VALUES, cost_s=240),
+        Entry("snn_quickstart", SNN_COMMANDS, SNN_VALUES, cost_s=1800, dirs={"outputs/snn_quickstart_seeds": "."}),
     )
 }
 

@@ -198,7 +198,9 @@ class OneCycleScheduler:
         self.torch = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, **kwargs)
 
     def _set(self, t: int) -> None:
-        self.torch.last_epoch = min(t, self.torch.total_steps) - 1
+        # past the last step (the call after the last epoch) the LR stays at its final value: torch would
+        # anneal on beyond the cycle's end (pct > 1), a value no step trains with but the log would show
+        self.torch.last_epoch = min(t, self.torch.total_steps - 1) - 1
         self.torch.step()
 
     def step(self, epoch: int, metric: float | None = None) -> None:
