@@ -365,7 +365,10 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, override, line):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("group,option", [("data", "fashion_mnist"), ("data", "imagenet"), ("optim", "sgd")])
+@pytest.mark.parametrize(
+    "group,option",
+    [("data", "fashion_mnist"), ("data", "imagenet"), ("data", "spiking_digits"), ("data", "ssc"), ("optim", "sgd")],
+)
 def test_one_option_file_loads_as_hydra_composes_it(group, option):
     from dcls_vision.engine.schema import load_option  # robustness/fashion_folder.py reads data/ this way
 

@@ -38,16 +38,15 @@ STORE_RATE, CLIP_SECONDS = 32000, 10  # 32 kHz: the model's rate (audio_features
 VERSION = 3
 
 
-def _espeak() -> str:
+def espeak_exe(error: type[Exception] = AudioDataError, what: str = "the embedded audio set") -> str:
+    """The espeak-ng executable; its absence is one line (``error``) naming the set that needs it."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise AudioDataError(
-            "the embedded audio set needs espeak-ng; install it (apt-get install espeak-ng, or bash tools/install.sh)"
-        )
+        raise error(f"{what} needs espeak-ng; install it (apt-get install espeak-ng, or bash tools/install.sh)")
     return exe
 
 
-def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path, rate: int = STORE_RATE) -> np.ndarray:
+def speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path, rate: int = STORE_RATE) -> np.ndarray:
     """One rendition as float32 at ``rate`` (default :data:`STORE_RATE`), peak-normalised."""
     from math import gcd
 
@@ -65,14 +64,14 @@ def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, tmp: Path, r
 
 def _renditions(rng: np.random.Generator, n_words: int) -> list[list[np.ndarray]]:
     """``bank[word][r]``: every word in :data:`RENDITIONS` seeded voice/variant/pitch/speed settings."""
-    exe = _espeak()
+    exe = espeak_exe()
     bank = []
     with tempfile.TemporaryDirectory() as tmp:
         for word in WORDS[:n_words]:
             row = []
             for _ in range(RENDITIONS):
                 voice = f"{rng.choice(VOICES)}{rng.choice(VARIANTS)}"
-                row.append(_speak(exe, word, voice, int(rng.integers(20, 81)), int(rng.integers(120, 221)), Path(tmp)))
+                row.append(speak(exe, word, voice, int(rng.integers(20, 81)), int(rng.integers(120, 221)), Path(tmp)))
             bank.append(row)
     return bank
 

@@ -89,7 +89,11 @@ class SpeechCommandsMel(Dataset):
         path = self.root / self.files[i]
         if not path.is_file():
             raise SpikeDataError(f"{path} is listed in the {self.root.name} split lists but missing; expected {LAYOUT}")
-        return features(read_audio(path, SOURCE_RATE)), self.targets[i]
+        try:
+            wave = read_audio(path, SOURCE_RATE)
+        except (ValueError, OSError) as err:  # scipy's wavfile: a truncated or non-WAV file
+            raise SpikeDataError(f"{path}: unreadable WAV ({err}); expected 16-bit mono 16 kHz clips") from err
+        return features(wave), self.targets[i]
 
 
 def features(wave: np.ndarray) -> torch.Tensor:

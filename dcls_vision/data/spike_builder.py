@@ -16,7 +16,6 @@ from torch.utils.data import Dataset, Subset
 from .gsc import GSC_MEL, SpeechCommandsMel
 from .gsc import WORDS as GSC_WORDS
 from .paths import resolve_path
-from .spike_synth import ensure_spiking_digits
 from .spikes import CLASSES, N_UNITS, SpikeDataError, open_splits
 from .subset import stratified_indices
 
@@ -46,6 +45,8 @@ def _datasets(cfg: Mapping[str, Any]) -> tuple[Any, Any, int, int]:
     if cfg["embedded"]:
         if fmt != "shd":
             raise SpikeDataError(f"data.embedded=true with data.format={fmt}; allowed: the embedded set is format shd")
+        from .spike_synth import ensure_spiking_digits  # here: `python -m ...spike_synth` stays warning-free
+
         ensure_spiking_digits(root)
     group, steps = int(cfg["channel_group"]), cfg["num_steps"]
     train, val = open_splits(root, fmt, splits, float(cfg["dt_ms"]), group, None if steps is None else int(steps))

@@ -18,6 +18,7 @@ and in ``embedded.json`` beside them (the audio it renders may change between ve
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -26,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .audio_synth import _espeak, _speak
-from .generated import generate_once, is_generated
+from .audio_synth import espeak_exe, speak
+from .generated import DONE, generate_once, is_generated
 from .spikes import N_UNITS, SpikeDataError
 
 EN_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -91,7 +92,7 @@ def speakers(seed: int) -> tuple[list[str], np.ndarray]:
 def render(word: str, voice: str, rng: np.random.Generator, exe: str, tmp: Path) -> np.ndarray:
     """One noisy 16 kHz rendition: random pitch/speed, lead-in, noise 25-40 dB below the speech, cut at 0.8 s."""
     pitch, speed = int(rng.integers(20, 81)), int(rng.integers(120, 221))
-    speech = _speak(exe, word, voice, pitch, speed, tmp, rate=RATE)
+    speech = speak(exe, word, voice, pitch, speed, tmp, rate=RATE)
     loud = np.nonzero(np.abs(speech) > 10 ** (-40 / 20))[0]  # espeak's silent head and tail (peak = 1)
     speech = speech[loud[0] : loud[-1] + 1] if loud.size else speech
     lead = np.zeros(int(rng.integers(0, 101)) * RATE // 1000, dtype=np.float32)
@@ -126,7 +127,7 @@ def _write_split(
 ) -> None:
     import h5py
 
-    exe, words = _espeak(), EN_WORDS + DE_WORDS
+    exe, words = _exe(), EN_WORDS + DE_WORDS
     times, units = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, speaker) in enumerate(samples):
@@ -145,10 +146,23 @@ def _write_split(
         f.attrs.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
 
 
+def _exe() -> str:
+    return espeak_exe(SpikeDataError, "the embedded spiking-digits set")
+
+
 def espeak_version() -> str:
     """``espeak-ng --version``'s first line, e.g. 'eSpeak NG text-to-speech: 1.51  Data at: ...' (the version)."""
-    line = subprocess.run([_espeak(), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    line = subprocess.run([_exe(), "--version"], capture_output=True, text=True, check=True).stdout.strip()
     return line.split("Data at")[0].strip()
+
+
+def _made_with(root: Path, settings: dict[str, Any]) -> bool:
+    """A complete set in ``root`` with these settings, whichever espeak-ng version made it."""
+    done = root / DONE
+    if not done.is_file():
+        return False
+    recorded = json.loads(done.read_text())
+    return {k: v for k, v in recorded.items() if k != "espeak_ng"} == settings
 
 
 def ensure_spiking_digits(root: Path, n_train: int = 45, n_test: int = 15, seed: int = 0) -> Path:
@@ -156,6 +170,8 @@ def ensure_spiking_digits(root: Path, n_train: int = 45, n_test: int = 15, seed:
     if n_train < 1 or n_test < 1:
         raise SpikeDataError(f"spiking digits: n_train={n_train}, n_test={n_test}; allowed: >= 1 per class each")
     settings: dict[str, Any] = {"version": VERSION, "n_train": n_train, "n_test": n_test, "seed": seed}
+    if shutil.which("espeak-ng") is None and _made_with(root, settings):
+        return root  # a complete set copied to a machine without espeak-ng: usable as it is
     settings["espeak_ng"] = espeak_version()
     if is_generated(root, settings):
         return root

@@ -18,6 +18,7 @@ the longest sample of the files in use, so nothing is cropped and default collat
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class SpikeH5(Dataset):
     ):
         self.path, self.dt_ms, self.group = Path(path), float(dt_ms), int(group)
         self._file: Any = None
+        self._file_pid = 0
         with self._open() as f:
             self.targets = self._check_layout(f, num_classes)
         self.num_steps = int(num_steps) if num_steps is not None else self.longest()
@@ -116,14 +118,19 @@ class SpikeH5(Dataset):
             raise SpikeDataError(f"{self.path}: label {labels.max()} found; expected 0..{num_classes - 1}")
         return labels.tolist()
 
+    def _check_times(self, times: np.ndarray, i: int) -> np.ndarray:
+        if times.ndim != 1 or not np.isfinite(times).all():
+            raise SpikeDataError(f"{self.path}: sample {i} has non-finite or non-1-D spike times; expected seconds")
+        return times
+
     def longest(self) -> int:
         """Bins of the longest sample (the reference's per-batch padding length at its largest)."""
         longest = 0
         with self._open() as f:
             times = f["spikes/times"]
             for start in range(0, len(times), SCAN_CHUNK):
-                for sample in times[start : start + SCAN_CHUNK]:
-                    longest = max(longest, frame_index(np.asarray(sample), self.dt_ms)[1])
+                for i, sample in enumerate(times[start : start + SCAN_CHUNK], start):
+                    longest = max(longest, frame_index(self._check_times(np.asarray(sample), i), self.dt_ms)[1])
         return longest
 
     @property
@@ -133,12 +140,17 @@ class SpikeH5(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def _handle(self) -> Any:
+        """This process's open file: a handle inherited through fork (DataLoader workers) is not reused."""
+        if self._file is None or self._file_pid != os.getpid():
+            self._file, self._file_pid = self._open(), os.getpid()
+        return self._file
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if self._file is None:
-            self._file = self._open()
-        times = np.asarray(self._file["spikes/times"][i])
-        units = np.asarray(self._file["spikes/units"][i])
-        if times.shape != units.shape or times.ndim != 1:
+        f = self._handle()
+        times = self._check_times(np.asarray(f["spikes/times"][i]), i)
+        units = np.asarray(f["spikes/units"][i])
+        if times.shape != units.shape:
             raise SpikeDataError(
                 f"{self.path}: sample {i} has {times.shape} times but {units.shape} units; expected equal"
             )
