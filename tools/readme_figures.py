@@ -152,6 +152,11 @@ SNN_COMMANDS = (
         "python tools/report.py outputs/snn_quickstart_seeds --baseline experiment_name=snn_quickstart_baseline",
         analysis=True,
     ),
+    Command(
+        "python tools/plot_positions.py --checkpoint outputs/snn_quickstart_seeds/0_snn_quickstart/last.pth --delays "
+        "--out outputs/snn_quickstart_seeds/delays",
+        analysis=True,
+    ),
 )
 _SD, _SB = "experiment_name=snn_quickstart", "experiment_name=snn_quickstart_baseline"
 SNN_VALUES = (
@@ -166,6 +171,10 @@ SNN_VALUES = (
         seed_run_value(f"snn_quickstart.{tag}.seed{seed}", "report.json", label, seed, "val_top1", -1, "{:.1f}")
         for tag, label in (("delays", _SD), ("baseline", _SB))
         for seed in range(3)
+    ),
+    *(  # share of first-layer delays within 0.1 step of an integer, seed 0 (thesis Fig. 6.6)
+        json_value(f"snn_quickstart.near_integer.{when}", "delays/positions.json", ("delays", when, 0, "near_integer"))
+        for when in ("before", "after")
     ),
 )
 
@@ -193,7 +202,14 @@ ENTRIES: dict[str, Entry] = {
             plots={KERNEL_SIZE_STUDY_PLOT: "kernel_size_study.png"},
         ),
         Entry("audio_quickstart", AUDIO_COMMANDS, AUDIO_VALUES, cost_s=240),
-        Entry("snn_quickstart", SNN_COMMANDS, SNN_VALUES, cost_s=1800, dirs={"outputs/snn_quickstart_seeds": "."}),
+        Entry(
+            "snn_quickstart",
+            SNN_COMMANDS,
+            SNN_VALUES,
+            cost_s=1800,  # 6 runs of 2-5 min on 2 cores, the delays' set generated once (~2 min)
+            dirs={"outputs/snn_quickstart_seeds": "."},
+            plots={"delays/delays_hist.png": "snn_delays_hist.png"},
+        ),
     )
 }
 
