@@ -418,3 +418,38 @@ def test_snn_config_rules_are_one_line(tmp_path):
     ):
         with pytest.raises(ConfigError, match=line.replace("(", r"\(").replace("[", r"\[")):
             validate_config(_snn_cfg(tmp_path, tmp_path / "x", bad))
+
+
+def test_weights_one_cycle_and_delays_cosine_match_torch_schedulers_per_epoch(tmp_path):
+    """The recipe's two schedules, epoch by epoch, against the reference's torch schedulers (model.py:63-77)."""
+    from dcls_vision.engine import builders
+    from dcls_vision.engine.grouped import GroupedOptimizer
+
+    cfg = _snn_cfg(tmp_path, tmp_path / "x", "trainer.epochs=12")
+    model = timm.create_model("snn_delays", num_classes=20, in_chans=140, **dict(cfg.model.kwargs))
+    opt = builders.build_optimizer(cfg, model, global_batch=16)
+    sched = builders.build_scheduler(cfg, opt, epochs=12, updates_per_epoch=5)
+    assert isinstance(opt, GroupedOptimizer) and [g["name"] for g in opt.param_groups] == [
+        "decay",
+        "no_decay",
+        "positions",
+    ]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-5, 0.0, 0.0]
+    ref_w = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    ref_p = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(ref_w, max_lr=5e-3, total_steps=12)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(ref_p, T_max=12)
+    for epoch in range(12):
+        weights, positions = opt.optimizers["weights"].param_groups[0], opt.optimizers["positions"].param_groups[0]
+        assert weights["lr"] == pytest.approx(ref_w.param_groups[0]["lr"]), epoch
+        assert weights["betas"] == pytest.approx(ref_w.param_groups[0]["betas"]), epoch
+        assert positions["lr"] == pytest.approx(ref_p.param_groups[0]["lr"], abs=1e-12), epoch
+        for update in range(5):
+            sched.step_update(epoch * 5 + update + 1)  # per update: nothing moves (both step per epoch)
+        ref_w.step(), ref_p.step(), one_cycle.step(), cosine.step()
+        opt.step()  # no gradients: moves nothing, but torch wants a step before its scheduler's
+        sched.step(epoch + 1)
+    state = sched.state_dict()
+    assert set(state) == {"weights", "positions"}
+    with pytest.raises(ValueError, match="this run has optimizers"):
+        opt.load_state_dict(opt.optimizers["weights"].state_dict())

@@ -35,10 +35,6 @@ class GroupedOptimizer:
     def param_groups(self) -> list[dict[str, Any]]:
         return [g for opt in self.optimizers.values() for g in opt.param_groups]
 
-    @property
-    def state(self) -> dict[Any, Any]:
-        return {k: v for opt in self.optimizers.values() for k, v in opt.state.items()}
-
     def step(self, closure: Any = None) -> None:
         if closure is not None:
             raise ValueError("GroupedOptimizer.step(closure=...) is not supported; allowed: step()")
