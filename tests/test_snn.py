@@ -453,3 +453,17 @@ def test_weights_one_cycle_and_delays_cosine_match_torch_schedulers_per_epoch(tm
     assert set(state) == {"weights", "positions"}
     with pytest.raises(ValueError, match="this run has optimizers"):
         opt.load_state_dict(opt.optimizers["weights"].state_dict())
+
+
+def test_denormals_are_flushed_only_inside_the_block():
+    from dcls_vision.engine.snn import flushed_denormals
+
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal (1.2e-38): a denormal
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals (no SSE3)")
+    assert (tiny * 1.0).item() != 0.0
+    with flushed_denormals(True):
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0  # the default is back
+    with flushed_denormals(False):
+        assert (tiny * 1.0).item() != 0.0
