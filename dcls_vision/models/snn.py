@@ -12,7 +12,7 @@ layer into ``num_classes`` LIF neurons whose threshold is infinite; the network'
   ``trainer.sigma_schedule`` sets it each epoch); in eval mode every delay is rounded to an integer step and σ
   becomes one-hot (``rounded_kernel``): validation and test always see the rounded network, as the
   reference's ``eval_model`` (``model.py:350-355``: ``SIG *= 0``, version ``max``, ``round_pos``).
-* ``fixed``: the same layer with random integer delays that never move (``snn_delays_lr0``, ``main.py`` rounds
+* ``fixed``: the same layer with random integer delays that never move (``snn_delays_lr0``, ``main.py:18-19`` rounds
   them once and ``snn_delays.py:150-151`` freezes ``P``).
 * ``none``: no delays, one weight per synapse at every step (``snn.py``, ``layer.Linear``), no padding.
 * ``dense``: the "Conv Delays" baseline: a dense causal kernel of ``max_delay`` learned taps per synapse.
@@ -115,7 +115,7 @@ class DelaySynapses(nn.Module):
         The reference draws ``P ~ U(-max_delay//2, max_delay//2)`` with Python's floor division, i.e.
         ``U(-13, 12)`` for 25 (``best_config_SHD.py:104-105``), then clamps to ±12 (``snn_delays.py:147-148``):
         kept as is. σ starts at ``max_delay // 2`` (``best_config_SHD.py:96``, ``snn_delays.py:155-156``) and is
-        never learned. Fixed delays are rounded once (``main.py``: ``model.round_pos()``) and frozen.
+        never learned. Fixed delays are rounded once (``main.py:18-19``: ``model.round_pos()``) and frozen.
         """
         nn.init.kaiming_uniform_(self.conv.weight, nonlinearity="relu")
         if not isinstance(self.conv, Dcls1d):
