@@ -467,3 +467,18 @@ def test_denormals_are_flushed_only_inside_the_block():
     assert (tiny * 1.0).item() != 0.0  # the default is back
     with flushed_denormals(False):
         assert (tiny * 1.0).item() != 0.0
+
+
+def test_bench_snn_prints_one_row_per_sigma_and_flush_setting(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_snn", Path(__file__).parents[1] / "tools/bench_snn.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(["--hidden", "8", "--batch", "2", "--steps", "10", "--repeats", "1", "--max-delay", "5"])
+    result = json.loads(capsys.readouterr().out)
+    rows = [(r["sigma"], r["flush_denormal"]) for r in result["results"]]
+    assert rows == [(2.0, False), (2.0, True), (0.23, False), (0.23, True)]
+    assert all(r["train_s_per_step"] > 0 and r["eval_s_per_step"] > 0 for r in result["results"])
