@@ -55,8 +55,9 @@ class SigmaSchedule:
         self.epochs, self.start, self.end, self.until = epochs, start, end, until
 
     @classmethod
-    def from_config(cls, node: DictConfig, model: nn.Module, epochs: int) -> SigmaSchedule | None:
-        if not node.enabled:
+    def from_config(cls, node: DictConfig | None, model: nn.Module, epochs: int) -> SigmaSchedule | None:
+        """The schedule of ``trainer.sigma_schedule``, or None when it is off (or absent: configs made before it)."""
+        if node is None or not node.enabled:
             return None
         start = None if node.start is None else float(node.start)
         return cls(model, epochs, start, float(node.end), float(node.until))

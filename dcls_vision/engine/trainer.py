@@ -125,7 +125,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "float16")
         self.mixup, self.criterion = builders.build_loss(cfg, self.num_classes, device, self.multilabel)
         self.has_positions = bool(dcls_parameters(self.model)["positions"])
-        self.sigma_schedule = SigmaSchedule.from_config(cfg.trainer.sigma_schedule, self.model, self.epochs)
+        self.sigma_schedule = SigmaSchedule.from_config(cfg.trainer.get("sigma_schedule"), self.model, self.epochs)
         # learned parameters (frozen ones, e.g. the SNNs' σ, not counted): the start line and every epoch record
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.ckpt = CheckpointManager(
@@ -603,7 +603,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         str(cfg.trainer.device), timeout_s=int(cfg.trainer.dist_timeout_s)
     )
     try:
-        flush = bool(cfg.trainer.flush_denormal) and device.type == "cpu"
+        flush = bool(cfg.trainer.get("flush_denormal", False)) and device.type == "cpu"
         with PreemptionGuard() as guard, flushed_denormals(flush):
             trainer = Trainer(cfg, rank, world, local_rank, device, guard=guard)
             try:
