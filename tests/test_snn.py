@@ -166,7 +166,13 @@ def test_parameter_counts_of_table_4_2(classes, hidden, layers, count, max_delay
 
 @pytest.mark.parametrize(
     "mode,hidden,expected",
-    [("fixed", 256, 107_520), ("none", 388, 214_176), ("dense", 256, 2_663_424), ("none", 107, 28_997)],
+    [
+        ("fixed", 256, 107_520),
+        ("none", 388, 214_176),
+        ("dense", 256, 2_663_424),
+        ("learned", 64, 28_928),  # snn_quickstart
+        ("none", 107, 28_997),  # snn_quickstart_baseline: equal parameters
+    ],
 )
 def test_ablation_parameter_counts(mode, hidden, expected):
     model = timm.create_model("snn_delays", num_classes=20, in_chans=140, hidden_size=hidden, delays=mode)
@@ -268,6 +274,9 @@ def delay_task(tmp_path_factory):
 def _snn_cfg(data_root, run_dir, *overrides: str):
     from hydra import compose, initialize_config_dir
 
+    from dcls_vision.engine import register_configs
+
+    register_configs()
     config_dir = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         return compose(
@@ -482,3 +491,68 @@ def test_bench_snn_prints_one_row_per_sigma_and_flush_setting(capsys):
     rows = [(r["sigma"], r["flush_denormal"]) for r in result["results"]]
     assert rows == [(2.0, False), (2.0, True), (0.23, False), (0.23, True)]
     assert all(r["train_s_per_step"] > 0 and r["eval_s_per_step"] > 0 for r in result["results"])
+
+
+def _recipe(name: str):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from dcls_vision.engine import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={name}", "data.root=/nonexistent"])
+
+
+@pytest.mark.parametrize(
+    "name,sizes,epochs,batch",
+    [
+        # best_config_SHD.py: 2 x 256, tau 10.05 ms, 250 ms // 10 ms = 25, dropout 0.4, 150 epochs, batch 256
+        ("shd_snn_delays", (2, 256, 25, 1.005, 0.4, 1), 150, 256),
+        # best_config_SSC.py: 3 x 512, 15 ms, 300 // 10 = 30 -> 31 (odd), 0.25, 60 epochs, batch 128
+        ("ssc_snn_delays", (3, 512, 31, 1.5, 0.25, 1), 60, 128),
+        ("ssc_snn_delays_2l_1kc", (2, 512, 31, 1.5, 0.25, 1), 60, 128),
+        ("ssc_snn_delays_2l_2kc", (2, 512, 31, 1.5, 0.25, 2), 60, 128),
+        ("ssc_snn_delays_3l_2kc", (3, 512, 31, 1.5, 0.25, 2), 60, 128),
+        ("gsc_snn_delays", (3, 512, 31, 1.5, 0.25, 1), 100, 128),  # best_config_GSC.py: as SSC, 100 epochs
+    ],
+)
+def test_recipes_carry_the_best_config_values(name, sizes, epochs, batch):
+    cfg = _recipe(name)
+    k = cfg.model.kwargs
+    assert (k.layers, k.hidden_size, k.max_delay, k.tau, k.dropout, k.kernel_count) == sizes
+    assert (k.delays, cfg.trainer.epochs, cfg.trainer.batch_size) == ("learned", epochs, batch)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 5e-3, 1e-5)
+    assert (cfg.sched.name, cfg.sched.step_on_epochs, cfg.sched.warmup_epochs) == ("onecycle", True, 0)
+    pos = cfg.optim.positions
+    assert (pos.name, pos.lr, pos.weight_decay, pos.sched, pos.min_lr, pos.step_on_epochs) == (
+        "adam", 0.1, 0.0, "cosine", 0.0, True,
+    )  # fmt: skip
+    sig = cfg.trainer.sigma_schedule
+    assert (sig.enabled, sig.start, sig.end, sig.until) == (True, None, 0.23, 0.25)
+    assert (cfg.trainer.ema.enabled, cfg.aug.mixup, cfg.aug.label_smoothing, cfg.trainer.flush_denormal) == (
+        False, 0.0, 0.0, True,
+    )  # fmt: skip
+    assert cfg.data.format == name.split("_")[0]
+
+
+def test_ablations_change_one_thing_each():
+    base = _recipe("shd_snn_delays")
+    for name, delays, hidden, positions, sigma in (
+        ("shd_snn_fixed_delays", "fixed", 256, False, False),
+        ("shd_snn_no_delays", "none", 388, False, False),
+        ("shd_snn_conv_delays", "dense", 256, False, False),
+        ("shd_snn_constant_sigma", "learned", 256, True, True),
+    ):
+        cfg = _recipe(name)
+        assert (cfg.model.kwargs.delays, cfg.model.kwargs.hidden_size) == (delays, hidden), name
+        assert (cfg.optim.positions is not None, cfg.trainer.sigma_schedule.enabled) == (positions, sigma), name
+        assert (cfg.trainer.epochs, cfg.optim.lr, cfg.model.kwargs.tau) == (150, 5e-3, 1.005)
+    constant = _recipe("shd_snn_constant_sigma").trainer.sigma_schedule
+    assert (constant.until, constant.end) == (0.0, 0.23) and base.trainer.sigma_schedule.until == 0.25
+    qs, qb = _recipe("snn_quickstart"), _recipe("snn_quickstart_baseline")
+    assert (qs.trainer.epochs, qs.trainer.batch_size, qs.data.embedded) == (15, 32, True)
+    assert {k: v for k, v in qb.trainer.items() if k not in ("sigma_schedule", "output_dir")} == {
+        k: v for k, v in qs.trainer.items() if k not in ("sigma_schedule", "output_dir")
+    }
