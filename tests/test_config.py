@@ -281,6 +281,12 @@ ADDED_SINCE = {
     "trainer.val_interval": 1,  # issue 19: the kernel-size study's 100-epoch runs validate every 10 epochs
     "trainer.resume_schedule": "checkpoint",  # issue 31: the LR schedule on resume (checkpoint = as before)
     "model.from_scratch": None,  # issue 29: the AudioSet recipes say whether they start from ImageNet weights
+    "optim.positions": None,  # issue 27: SNN delays' own optimizer/scheduler; null = positions in optim (5x lr)
+    "trainer.sigma_schedule.enabled": False,  # issue 27: the SNNs' frozen-σ schedule
+    "trainer.sigma_schedule.start": None,
+    "trainer.sigma_schedule.end": 0.23,
+    "trainer.sigma_schedule.until": 0.25,
+    "trainer.flush_denormal": False,  # issue 27: CPU SNN runs flush denormal floats
 }
 
 

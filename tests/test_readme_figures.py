@@ -85,7 +85,7 @@ def test_unknown_entry_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "readme_figures.py: error: --only 'robustness,nope': unknown entry nope; allowed: "
-        "robustness, quickstart, kernel_size_study, audio_quickstart"
+        "robustness, quickstart, kernel_size_study, audio_quickstart, snn_quickstart"
     ]
 
 
@@ -103,7 +103,7 @@ def test_missing_marker_or_marker_without_entry_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"readme_figures.py: error: {stray}: marker fig:robustness.bogus has no figure in ENTRIES; allowed: "
-        "robustness.*, quickstart.*, kernel_size_study.*, audio_quickstart.*"
+        "robustness.*, quickstart.*, kernel_size_study.*, audio_quickstart.*, snn_quickstart.*"
     ]
     assert not (tmp_path / "out").exists()  # nothing ran
 

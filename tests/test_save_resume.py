@@ -343,3 +343,16 @@ def test_downstream_checkpoint_hook_failed_write_is_one_line_and_leaves_no_torn_
     ), str(err.value)
     assert sorted(p.name for p in work.iterdir() if p.suffix in (".pth", ".tmp")) == ["iter_2.pth"]
     assert load_checkpoint(work / "iter_2.pth")["meta"]["iter"] == 2
+
+
+def test_schedule_changes_name_the_part_of_a_grouped_scheduler():
+    """optim.positions runs two schedulers (weights, positions): a change is named per part and field."""
+    from dcls_vision.engine.resume_config import schedule_changes
+
+    saved = {"weights": {"t_initial": 1, "lr_min": 0.0}, "positions": {"t_initial": 1, "lr_min": 0.0}}
+    rebuilt = {"weights": {"t_initial": 2, "lr_min": 0.0}, "positions": {"t_initial": 2, "lr_min": 0.0}}
+    assert schedule_changes(saved, rebuilt) == {"weights.t_initial": (1, 2), "positions.t_initial": (1, 2)}
+    assert schedule_changes({"t_initial": 1}, {"t_initial": 2}) == {"t_initial": (1, 2)}
+    assert schedule_changes({"_step_count": 2, "total_steps": 1}, {"_step_count": 1, "total_steps": 2}) == {
+        "total_steps": (1, 2)
+    }  # torch's private counters are not settings

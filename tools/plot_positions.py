@@ -5,6 +5,7 @@ directory (Fig. 2.4 / 2.5). Positions are offsets from the kernel centre; axis 0
     python tools/plot_positions.py --run-dir outputs/quickstart/RUN            # speed curves + its last.pth
     python tools/plot_positions.py --checkpoint outputs/quickstart/RUN/best.pth --channels 0 5 9
     python tools/plot_positions.py --model convnext_tiny_dcls_gauss            # the initialisation, for reference
+    python tools/plot_positions.py --run-dir outputs/snn_quickstart/RUN --delays  # SNN delays before/after training
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bins-per-cell", type=positive_int, default=1, help="histogram bins per kernel grid cell (default 1)"
+    )
+    parser.add_argument(
+        "--delays",
+        action="store_true",
+        help="spiking nets (snn_delays): histograms of the synaptic delays in time steps at the run's "
+        "initialisation (rebuilt from its config and seed) and in the checkpoint (delays_hist.png)",
     )
     add_out_arg(parser, "positions")
     return parser
@@ -76,7 +83,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if any("hist2d" in h for h in hists):
             result["png"]["hist2d"] = str(plots.position_hist2d(hists, out / "positions_hist2d.png"))
         result["png"]["kernels"] = str(plots.kernel_grid(kernels, out / "kernels.png"))
+        if args.delays:
+            result["delays"] = _delays(loaded)
+            result["png"]["delays"] = str(
+                plots.delay_histograms(result["delays"]["before"], result["delays"]["after"], out / "delays_hist.png")
+            )
     return result
+
+
+def _delays(loaded: Any) -> dict[str, Any]:
+    """Delay histograms of the checkpoint and of the initialisation its run started from."""
+    from dcls_vision.analysis.errors import AnalysisError
+    from dcls_vision.analysis.positions import delay_histograms, initial_model
+
+    if loaded.config is None:
+        raise AnalysisError(
+            "--delays needs a checkpoint written by train.py (its config and seed); allowed: "
+            "--checkpoint of a trainer run (last.pth, best.pth or the run dir)"
+        )
+    initial = initial_model(loaded.config, loaded.num_classes, loaded.in_chans)
+    return {"before": delay_histograms(initial), "after": delay_histograms(loaded.model)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

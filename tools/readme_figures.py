@@ -155,6 +155,42 @@ AUDIO_VALUES = (
     ),
 )
 
+# ------------------------------------------------------------------------- SNN quickstart over 3 seeds (thesis ch. 4)
+SNN_COMMANDS = (
+    Command(
+        "python train.py -m experiment=snn_quickstart,snn_quickstart_baseline trainer.seed=0,1,2 logger.wandb=false "
+        "hydra.sweep.dir=outputs/snn_quickstart_seeds"
+    ),
+    Command(
+        "python tools/report.py outputs/snn_quickstart_seeds --baseline experiment_name=snn_quickstart_baseline",
+        analysis=True,
+    ),
+    Command(
+        "python tools/plot_positions.py --checkpoint outputs/snn_quickstart_seeds/0_snn_quickstart/last.pth --delays "
+        "--out outputs/snn_quickstart_seeds/delays",
+        analysis=True,
+    ),
+)
+_SD, _SB = "experiment_name=snn_quickstart", "experiment_name=snn_quickstart_baseline"
+SNN_VALUES = (
+    *(
+        report_value(f"snn_quickstart.{tag}.{stat}", "report.json", label, ("stats", "final_top1", stat), fmt)
+        for tag, label in (("delays", _SD), ("baseline", _SB))
+        for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
+    ),
+    report_value("snn_quickstart.diff", "report.json", _SD, ("vs_baseline", "diff")),
+    report_value("snn_quickstart.p", "report.json", _SD, ("vs_baseline", "p"), "{:.4f}"),
+    *(
+        seed_run_value(f"snn_quickstart.{tag}.seed{seed}", "report.json", label, seed, "val_top1", -1, "{:.1f}")
+        for tag, label in (("delays", _SD), ("baseline", _SB))
+        for seed in range(3)
+    ),
+    *(  # share of first-layer delays within 0.1 step of an integer, seed 0 (thesis Fig. 6.6)
+        json_value(f"snn_quickstart.near_integer.{when}", "delays/positions.json", ("delays", when, 0, "near_integer"))
+        for when in ("before", "after")
+    ),
+)
+
 ENTRIES: dict[str, Entry] = {
     e.name: e
     for e in (
@@ -184,6 +220,14 @@ ENTRIES: dict[str, Entry] = {
             AUDIO_VALUES,
             cost_s=900,  # 6 runs of 131 / 91 s on 2 idle cores, plus set generation (~1 min)
             dirs={"outputs/audio_quickstart_seeds": "."},
+        ),
+        Entry(
+            "snn_quickstart",
+            SNN_COMMANDS,
+            SNN_VALUES,
+            cost_s=1800,  # 6 runs of 2-5 min on 2 cores, the delays' set generated once (~2 min)
+            dirs={"outputs/snn_quickstart_seeds": "."},
+            plots={"delays/delays_hist.png": "snn_delays_hist.png"},
         ),
     )
 }

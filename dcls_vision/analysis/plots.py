@@ -119,6 +119,20 @@ def position_histograms(hists: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def delay_histograms(before: list[dict[str, Any]], after: list[dict[str, Any]], path: Path) -> Path:
+    """One row per synapse layer: its delays at initialisation (left) and after training (right)."""
+    fig, axes = plt.subplots(len(after), 2, figsize=(9.0, 2.2 * len(after)), squeeze=False, sharex=True)
+    for i, pair in enumerate(zip(before, after)):
+        for j, (h, when) in enumerate(zip(pair, ("initialisation", "after training"))):
+            ax, edges = axes[i, j], np.array(h["edges"])
+            ax.bar(edges[:-1], h["counts"], width=np.diff(edges), align="edge", color=f"C{j}", alpha=0.85)
+            ax.set_title(f"{h['name']} — {when} ({100 * h['near_integer']:.0f} % within 0.1 of an integer)", fontsize=8)
+        axes[i, 0].set_ylabel("synapses")
+    for ax in axes[-1]:
+        ax.set_xlabel("delay (time steps)")
+    return _save(fig, path)
+
+
 def position_hist2d(hists: list[dict[str, Any]], path: Path) -> Path:
     """2-D histogram (H offset vs W offset) of each positions tensor."""
     hists = [h for h in hists if "hist2d" in h]

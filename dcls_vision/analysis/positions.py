@@ -1,5 +1,6 @@
-"""Learned-position statistics: per-tensor histograms along each axis, 2-D histograms, kernel images, and
-the position "speed" curves of a run (mean |Δposition| per epoch, which the trainer logs in metrics.jsonl).
+"""Learned-position statistics: per-tensor histograms along each axis, 2-D histograms, kernel images, the
+position "speed" curves of a run (mean |Δposition| per epoch, which the trainer logs in metrics.jsonl), and for
+spiking networks the synaptic delays in time steps before and after training (thesis Fig. 6.6).
 
 Positions are offsets from the kernel centre; ``positions[a]`` moves along input axis ``a`` (0 = H, 1 = W).
 Histogram bins are one grid cell wide (``bins_per_cell`` splits them) and span the clamp limits, so every
@@ -107,7 +108,7 @@ def histograms(group: PositionGroup, bins_per_cell: int = 1) -> dict[str, Any]:
 
 @torch.no_grad()
 def kernel_images(group: PositionGroup, channels: list[int]) -> list[dict[str, Any]]:
-    """The first sharing layer's constructed kernel for output ``channels`` (first input channel)."""
+    """The first sharing layer's constructed kernel for output ``channels`` (first input channel; 1-D: all)."""
     layer = group.layer
     out_channels = layer.weight.shape[0]
     bad = [c for c in channels if not 0 <= c < out_channels]
@@ -116,7 +117,7 @@ def kernel_images(group: PositionGroup, channels: list[int]) -> list[dict[str, A
     kernel = layer.build_kernel().float().cpu()
     images = []
     for c in channels:
-        k = kernel[c, 0]
+        k = kernel[c, 0] if kernel.dim() > 3 else kernel[c]  # 1-D layers: every input (rows) x taps
         while k.dim() > 2:  # 3-D kernels: the middle slice of the leading axes
             k = k[k.shape[0] // 2]
         nz = (k.abs() > 1e-6 * k.abs().max()).nonzero()
@@ -132,6 +133,46 @@ def kernel_images(group: PositionGroup, channels: list[int]) -> list[dict[str, A
             }
         )
     return images
+
+
+def delay_histograms(model: nn.Module, bins_per_step: int = 10) -> list[dict[str, Any]]:
+    """Per layer of synapses with delays (``snn_delays``): the histogram of its delays in time steps over
+    ``[0, max_delay - 1]``, ``bins_per_step`` bins per step, and the share within 0.1 step of an integer (learned
+    delays pile up on integers as σ shrinks: thesis Fig. 6.6; uniform delays give 0.2)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for module in model.modules():
+        if not hasattr(module, "delay_steps") or getattr(module, "delays", None) not in ("learned", "fixed"):
+            continue
+        delays = module.delay_steps().float().flatten().cpu()
+        edges = torch.linspace(-0.5, module.max_delay - 0.5, module.max_delay * bins_per_step + 1)
+        counts = torch.histogram(delays.clamp(-0.5, module.max_delay - 0.5), edges).hist
+        out.append(
+            {
+                "name": names[id(module)],
+                "max_delay": module.max_delay,
+                "edges": edges.tolist(),
+                "counts": counts.long().tolist(),
+                "mean": float(delays.mean()),
+                "near_integer": float(((delays - delays.round()).abs() < 0.1).float().mean()),
+            }
+        )
+    if not out:
+        raise AnalysisError(
+            f"{type(model).__name__} has no synapses with delays; allowed: an snn_delays model with delays "
+            "learned or fixed (e.g. a checkpoint of experiment=snn_quickstart)"
+        )
+    return out
+
+
+def initial_model(config: Any, num_classes: int, in_chans: int) -> nn.Module:
+    """The network a run started from: its config's model built after seeding with its ``trainer.seed``, as the
+    trainer does (:meth:`~dcls_vision.engine.trainer.Trainer._build_model`)."""
+    from dcls_vision.engine.trainer import seed_everything
+    from dcls_vision.models.factory import build_model
+
+    seed_everything(int(config.trainer.seed))
+    return build_model(config, num_classes, in_chans).eval()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -208,7 +208,8 @@ def seed_run_value(marker: str, file: str, label: str, seed: int, key: str, epoc
             raise FigureMissing(f"{file} [{label}]: no run with seed {seed}; seeds: {g['seeds']}")
         return _dig(_jsonl(Path(runs[seed]) / "metrics.jsonl"), (epoch, key), f"{runs[seed]}/metrics.jsonl")
 
-    return Value(marker, f"{file} [{label}] seed {seed}: metrics.jsonl {key} (epoch {epoch + 1})", read, fmt)
+    when = "last epoch" if epoch < 0 else f"epoch {epoch + 1}"
+    return Value(marker, f"{file} [{label}] seed {seed}: metrics.jsonl {key} ({when})", read, fmt)
 
 
 def sanitise(label: str) -> str:

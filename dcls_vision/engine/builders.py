@@ -16,6 +16,7 @@ from torch import nn
 from dcls_vision.models.factory import plain_dict
 
 from .config import ConfigError
+from .grouped import GroupedOptimizer, build_grouped_optimizer, build_grouped_scheduler
 from .loader import EpochLoader
 from .optim import create_optimizer, create_scheduler, lr_for_batch, timm_lr_scale_rule
 
@@ -145,9 +146,12 @@ def lr_for_global_batch(cfg: DictConfig, global_batch: int) -> tuple[float, str 
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> torch.optim.Optimizer:
-    """timm optimizer over the DCLS parameter groups, with the LR of :func:`lr_for_global_batch`."""
+    """timm optimizer over the DCLS parameter groups, with the LR of :func:`lr_for_global_batch`; with
+    ``optim.positions`` the positions get their own optimizer (:mod:`.grouped`)."""
     ocfg = cfg.optim
     lr, _ = lr_for_global_batch(cfg, global_batch)
+    if ocfg.get("positions") is not None:
+        return build_grouped_optimizer(cfg, model, lr)
     opt_kwargs = plain_dict(ocfg.kwargs)
     for key in ("betas", "eps"):
         if ocfg[key] is not None:
@@ -165,9 +169,13 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch: int) -> tor
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, updates_per_epoch: int) -> Any:
-    """timm scheduler from ``sched``, stepped per optimizer update."""
+    """timm scheduler from ``sched``, stepped per optimizer update (per epoch with ``step_on_epochs``); a
+    :class:`~.grouped.GroupedOptimizer` gets it for its weights and ``optim.positions.sched`` for its positions."""
     scfg = cfg.sched
     sched_kwargs = plain_dict(scfg.kwargs)
+    if isinstance(optimizer, GroupedOptimizer):
+        weights = build_scheduler(cfg, optimizer.optimizers["weights"], epochs, updates_per_epoch)
+        return build_grouped_scheduler(cfg, optimizer, epochs, updates_per_epoch, weights)
     return create_scheduler(
         optimizer,
         scfg.name,

@@ -35,6 +35,7 @@ LOSSES = ("ce", "bce")
 CLIP_MODES = ("norm", "value", "agc")
 WANDB_MODES = ("online", "offline", "disabled", "shared")
 DIST_BN = ("reduce", "broadcast", "")
+SNN_MODELS = ("snn_delays",)  # trained as SNN-delays: no EMA, AMP, mixup/cutmix, label smoothing
 
 
 class ConfigError(UserError):
@@ -173,6 +174,14 @@ def _check_optim(cfg: DictConfig) -> None:
     _num(cfg, "optim.lr_base_batch", lambda v: v >= 1, ">= 1 or null")
     if _get(cfg, "optim.lr_scale_rule") is not None:
         _choice(cfg, "optim.lr_scale_rule", LR_SCALE_RULES)
+    if _get(cfg, "optim.positions") is not None:
+        pname = _get(cfg, "optim.positions.name")
+        if str(pname).lower().split("_")[-1] not in opts:
+            raise ConfigError(f"optim.positions.name={pname!r} is not a timm optimizer; allowed: adam, adamw, sgd, ...")
+        _num(cfg, "optim.positions.lr", lambda v: v > 0, "> 0")
+        _num(cfg, "optim.positions.weight_decay", lambda v: v >= 0, ">= 0")
+        _num(cfg, "optim.positions.min_lr", lambda v: v >= 0, ">= 0")
+        _choice(cfg, "optim.positions.sched", SCHEDULERS)
 
 
 def _check_sched(cfg: DictConfig) -> None:
@@ -185,6 +194,9 @@ def _check_sched(cfg: DictConfig) -> None:
     prefix = _get(cfg, "sched.warmup_prefix")
     if prefix and _get(cfg, "sched.name") != "cosine":
         raise ConfigError(f"sched.warmup_prefix=true with sched.name={_get(cfg, 'sched.name')!r}; allowed: cosine")
+    if _get(cfg, "sched.name") == "onecycle":
+        for key in ("sched.warmup_epochs", "sched.cooldown_epochs"):
+            _num(cfg, key, lambda v: v == 0, "0 with sched.name=onecycle (its warm-up: sched.kwargs.pct_start)")
     decay = epochs - _get(cfg, "sched.cooldown_epochs") - (_get(cfg, "sched.warmup_epochs") if prefix else 0)
     if decay < 1:
         raise ConfigError(
@@ -252,6 +264,30 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.output_dir=None is required; allowed: a directory path")
 
 
+def _check_snn(cfg: DictConfig) -> None:
+    """σ schedule values in range; an SNN model trains without EMA, AMP, mixup/cutmix or label smoothing."""
+    if _get(cfg, "trainer.sigma_schedule.enabled"):
+        _num(cfg, "trainer.sigma_schedule.start", lambda v: v > 0, "> 0 or null (= dilated_kernel_size // 2)")
+        _num(cfg, "trainer.sigma_schedule.end", lambda v: v > 0, "> 0")
+        _num(cfg, "trainer.sigma_schedule.until", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of trainer.epochs)")
+    name = _get(cfg, "model.name")
+    if name not in SNN_MODELS:
+        return
+    on = {
+        "trainer.ema.enabled": bool(_get(cfg, "trainer.ema.enabled")),
+        "trainer.amp": amp_dtype(_get(cfg, "trainer.amp")) is not None,
+        "aug.mixup": (_get(cfg, "aug.mixup") or 0) > 0,
+        "aug.cutmix": (_get(cfg, "aug.cutmix") or 0) > 0,
+        "aug.label_smoothing": (_get(cfg, "aug.label_smoothing") or 0) > 0,
+    }
+    for key, value in on.items():
+        if value:
+            raise ConfigError(
+                f"{key}={_get(cfg, key)!r} with model.name={name}; allowed: off (SNN runs train without EMA, AMP, "
+                "mixup/cutmix and label smoothing, as SNN-delays)"
+            )
+
+
 def _check_logger(cfg: DictConfig) -> None:
     mode = _get(cfg, "logger.wandb_mode")
     if mode is not None and mode not in WANDB_MODES:
@@ -269,6 +305,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_sched(cfg)
     _check_aug(cfg)
     _check_logger(cfg)
+    _check_snn(cfg)
     _check_data(cfg)
     _check_model(cfg)
 

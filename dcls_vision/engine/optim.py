@@ -11,6 +11,7 @@ Groups carry ``lr_scale``, which timm schedulers (and :func:`apply_lr_scale` for
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ OPTIMIZERS = ("adamw", "adam", "lamb", "lambw", "sgd", "momentum", "nesterov", "
 POSITION_LR_SCALE = 5.0
 """LR multiplier of DCLS positions and σ (thesis: 5× the LR of their layer, weight decay 0; docs/design.md)."""
 
-SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt", "none")
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt", "onecycle", "none")
 LR_SCALE_RULES = ("linear", "sqrt")
 
 
@@ -182,6 +183,44 @@ def _reference_cosine_class() -> type:
     return ReferenceCosineLRScheduler
 
 
+class OneCycleScheduler:
+    """torch's ``OneCycleLR`` behind timm's scheduler interface (``step(epoch)`` / ``step_update(updates)``).
+
+    The SNN-delays recipe's weight schedule (``model.py:64-66``: ``OneCycleLR(max_lr, total_steps=epochs)``,
+    stepped once per epoch; torch's defaults: 30 % warm-up from ``max_lr/25``, cosine, down to ``max_lr/25e4``, and
+    Adam's β1 cycled 0.95 → 0.85 → 0.95). ``max_lr`` of a group is its ``lr × lr_scale``. Each call sets the
+    schedule to the count it is given (``OneCycleLR.get_lr`` is a closed form of ``last_epoch``), so a resumed run
+    continues exactly; its state is torch's ``state_dict`` (plain values, ``weights_only``-safe).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, t_in_epochs: bool, **kwargs: Any) -> None:
+        max_lr = [g["lr"] * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+        self.t_in_epochs = t_in_epochs
+        self.torch = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, **kwargs)
+
+    def _set(self, t: int) -> None:
+        # past the last step (the call after the last epoch) the LR stays at its final value: torch would
+        # anneal on beyond the cycle's end (pct > 1), a value no step trains with but the log would show
+        self.torch.last_epoch = min(t, self.torch.total_steps - 1) - 1
+        with warnings.catch_warnings():  # set by count, so torch's call-order check (a resume sets it first) is moot
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.torch.step()
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        if self.t_in_epochs:
+            self._set(epoch)
+
+    def step_update(self, num_updates: int, metric: float | None = None) -> None:
+        if not self.t_in_epochs:
+            self._set(num_updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.torch.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.torch.load_state_dict(state)
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     sched: str,
@@ -201,10 +240,15 @@ def create_scheduler(
     ``warmup_prefix``), then the LR stays at ``min_lr`` for ``cooldown_epochs`` (timm's train.py runs
     ``num_epochs + cooldown`` epochs). ``warmup_prefix`` (cosine only) is the ConvNeXt/DCLS reference
     schedule: linear warm-up reaching ``lr`` at its last step, then cosine over the remaining steps
-    (:func:`_reference_cosine_class`). ``sched='none'`` gives a constant schedule that still applies ``lr_scale``.
+    (:func:`_reference_cosine_class`). ``sched='none'`` gives a constant schedule that still applies ``lr_scale``;
+    ``sched='onecycle'`` is torch's one-cycle policy peaking at ``lr`` (:class:`OneCycleScheduler`).
     """
     from timm.scheduler import create_scheduler_v2
 
+    if sched == "onecycle":  # its warm-up is kwargs pct_start, its floor final_div_factor (torch's OneCycleLR)
+        return OneCycleScheduler(
+            optimizer, epochs * (1 if step_on_epochs else updates_per_epoch), step_on_epochs, **kwargs
+        )
     if sched == "none":
         sched, warmup_epochs = "constant", 0
     decay_epochs = epochs - cooldown_epochs - (warmup_epochs if warmup_prefix else 0)

@@ -58,10 +58,19 @@ def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> dic
 
 def schedule_changes(saved: dict[str, Any] | None, rebuilt: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The scheduler settings (timm ``Scheduler.state_dict``: ``t_initial``, ``lr_min``, ``base_values``, ...)
-    in which the schedule this config builds differs from the checkpoint's."""
+    in which the schedule this config builds differs from the checkpoint's; a grouped scheduler's parts
+    (``weights``, ``positions``) are compared field by field, named ``part.field``."""
     if not saved:
         return {}
-    return {k: (saved.get(k), v) for k, v in rebuilt.items() if k in saved and saved[k] != v}
+    changes = {}
+    for k, v in rebuilt.items():
+        if k.startswith("_") or k not in saved or saved[k] == v:  # torch's private counters say nothing new
+            continue
+        if isinstance(v, dict) and isinstance(saved[k], dict):  # optim.positions: one scheduler per part
+            changes.update({f"{k}.{sub}": pair for sub, pair in schedule_changes(saved[k], v).items()})
+        else:
+            changes[k] = (saved[k], v)
+    return changes
 
 
 def _pairs(changes: dict[str, tuple[Any, Any]]) -> str:

@@ -131,6 +131,21 @@ class SpikesDataConfig(DataConfig):
 
 
 @dataclass
+class PositionOptimConfig:
+    """optim.positions: the DCLS positions' own optimizer and schedule (engine/grouped.py); SNN-delays' recipe."""
+
+    name: str = "adam"  # SNN-delays model.py:46 optim.Adam(positions, lr=lr_pos, weight_decay=0)
+    lr: float = 0.1  # best_config_SHD.py:69 lr_pos = 100 * lr_w
+    weight_decay: float = 0.0
+    betas: list[float] | None = None  # null = optimizer default
+    eps: float | None = None
+    sched: str = "cosine"  # best_config_SHD.py:73 'cosine_a': CosineAnnealingLR(T_max=epochs) down to min_lr
+    min_lr: float = 0.0
+    step_on_epochs: bool = True  # model.py:265 schedulers step once per epoch
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class OptimConfig:
     """timm optimizer; lr is for the recipe's global batch ``lr_base_batch``, rescaled by ``lr_scale_rule``."""
 
@@ -148,6 +163,9 @@ class OptimConfig:
     # linear | sqrt (lr x ratio or x sqrt(ratio)); null = timm train.py's rule: sqrt for Adam-family/LAMB, else linear
     lr_scale_rule: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # null: positions/sigma train in this optimizer at lr x pos_lr_scale, same schedule; set: their own optimizer
+    # and scheduler (PositionOptimConfig), as the SNN-delays recipe
+    positions: PositionOptimConfig | None = None
 
 
 @dataclass
@@ -157,7 +175,9 @@ class SchedConfig:
     trainer.epochs is the whole run: the decay spans epochs - cooldown_epochs (- warmup_epochs with warmup_prefix).
     """
 
-    name: str = MISSING  # cosine | tanh | step | multistep | poly | constant | wsd | rsqrt | none
+    # cosine | tanh | step | multistep | poly | constant | wsd | rsqrt | onecycle (torch OneCycleLR peaking at
+    # optim.lr; its kwargs pct_start, div_factor, final_div_factor, cycle_momentum) | none
+    name: str = MISSING
     warmup_epochs: int = 0
     warmup_lr: float = 0.0
     min_lr: float = 0.0
@@ -212,6 +232,21 @@ class RepulsiveConfig:
 
 
 @dataclass
+class SigmaScheduleConfig:
+    """trainer.sigma_schedule: frozen DCLS σ set at each epoch's start, a closed form of the epoch (resumes exactly).
+
+    σ(e) = start · (end/start)^(min(e, E)/E), E = int(until · trainer.epochs); E = 0: σ = end throughout. SNN-delays
+    snn_delays.py:183-199 (``decrease_sig``, 'exp') with best_config_SHD.py:96-97 (sigInit = max_delay // 2,
+    final_epoch = epochs // 4); the stored 0.23 is 0.5 effective with σ0 = 0.27 (ops/interpolation.py).
+    """
+
+    enabled: bool = False
+    start: float | None = None  # null = each DCLS layer's dilated_kernel_size[0] // 2
+    end: float = 0.23
+    until: float = 0.25  # fraction of trainer.epochs
+
+
+@dataclass
 class TrainerConfig:
     """Runtime. The global batch is batch_size (per process) x number of processes x accum."""
 
@@ -253,6 +288,10 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the training forward/backward (timm's --torchcompile; inductor)
     cudnn_benchmark: bool = True  # torch.backends.cudnn.benchmark (as timm's train.py)
     tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs (torch.backends.{cuda.matmul,cudnn}.allow_tf32)
+    sigma_schedule: SigmaScheduleConfig = field(default_factory=SigmaScheduleConfig)
+    # CPU: flush denormal floats to zero while training (torch.set_flush_denormal); decaying LIF potentials
+    # otherwise make a CPU SNN run ~5x slower
+    flush_denormal: bool = False
 
 
 @dataclass

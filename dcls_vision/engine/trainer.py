@@ -42,6 +42,7 @@ from .optim import group_summary
 from .progress import Progress, StepMeter, peak_memory_gib, step_line, step_scalars
 from .repulsive import repulsive_applies, repulsive_loss
 from .runlog import PositionTracker, RunLogger, fmt
+from .snn import SigmaSchedule, flushed_denormals
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,7 +125,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "float16")
         self.mixup, self.criterion = builders.build_loss(cfg, self.num_classes, device, self.multilabel)
         self.has_positions = bool(dcls_parameters(self.model)["positions"])
-        self.n_params = sum(p.numel() for p in self.model.parameters())  # the start line and every epoch record
+        self.sigma_schedule = SigmaSchedule.from_config(cfg.trainer.get("sigma_schedule"), self.model, self.epochs)
+        # learned parameters (frozen ones, e.g. the SNNs' σ, not counted): the start line and every epoch record
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.ckpt = CheckpointManager(
             self.run_dir,
             cfg,
@@ -486,6 +489,8 @@ class Trainer:
             else:
                 seed_everything(_epoch_seed(self.seed, epoch, self.rank))
             resume_rng = None
+            if self.sigma_schedule is not None:  # a closed form of the epoch: a resumed run gets the same σ
+                self.sigma_schedule.apply(epoch)
             stats = self.train_one_epoch(epoch)
             t_end = time.time()
             self.scheduler.step(epoch + 1)  # only acts when sched.step_on_epochs is true
@@ -598,7 +603,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         str(cfg.trainer.device), timeout_s=int(cfg.trainer.dist_timeout_s)
     )
     try:
-        with PreemptionGuard() as guard:
+        flush = bool(cfg.trainer.get("flush_denormal", False)) and device.type == "cpu"
+        with PreemptionGuard() as guard, flushed_denormals(flush):
             trainer = Trainer(cfg, rank, world, local_rank, device, guard=guard)
             try:
                 return trainer.fit()

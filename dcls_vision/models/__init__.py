@@ -1,7 +1,7 @@
 """DCLS models: conversion of timm models and registered variants (importing registers them in timm), and the
 model factory (config → model, checkpoint → model)."""
 
-from . import audio, quickstart, zoo  # noqa: F401  (registers the models with timm)
+from . import audio, quickstart, snn, zoo  # noqa: F401  (registers the models with timm)
 from .factory import LoadedModel, ModelLoadError, build_model, load_model, read_checkpoint
 
 __all__ = ["LoadedModel", "ModelLoadError", "build_model", "load_model", "read_checkpoint"]
