@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
-from .release import RELEASE_DESCRIPTION, ReleaseFormatError, convert_release, is_release, release_state
+from .release import (
+    RELEASE_DESCRIPTION,
+    ReleaseFormatError,
+    ReleaseNoEmaError,
+    convert_release,
+    is_release,
+    pick_release_entry,
+)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -72,6 +79,7 @@ class CheckpointInfo:
     config: dict[str, Any] | None = None  # the run's resolved config (our checkpoints)
     epoch: int | None = None
     metrics: dict[str, Any] | None = None  # best*.pth: the trainer's val figures for these weights
+    ignored: tuple[str, ...] = ()  # the file's other entries, not used (the other weights, optimizer, args, ...)
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,9 @@ def _read_ours(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mappi
     return obj[key], info
 
 
+EMA_KEYS = ("ema", "model_ema", "state_dict_ema")  # ours (last.pth), ConvNeXt / ConvNeXt-dcls, timm train.py
+
+
 def _wrapped_key(obj: Any) -> str | None:
     if not isinstance(obj, Mapping):
         return None
@@ -239,14 +250,20 @@ def _wrapped_key(obj: Any) -> str | None:
 
 
 def _read_wrapped(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
-    """A state dict under ``state_dict`` (timm, mmengine) or ``model`` (without a run config), maybe with ``ema``."""
+    """A state dict under ``state_dict`` (timm, mmengine) or ``model`` (without a run config), maybe with EMA
+    weights (:data:`EMA_KEYS`): taken with ``use_ema``, or by default when the file name says EMA (ConvNeXt's
+    ``checkpoint-best-ema.pth`` holds the non-EMA weights under ``model``)."""
     key, weights = _wrapped_key(obj), "model"
-    if use_ema:
-        if not _is_state_dict(obj.get("ema")):
-            raise _no_ema(path, f"a state dict under {key!r} without an 'ema' entry")
-        key, weights = "ema", "ema"
+    ema_key = next((k for k in EMA_KEYS if _is_state_dict(obj.get(k))), None)
+    if use_ema and ema_key is None:
+        raise _no_ema(path, f"a state dict under {key!r} without an entry of {', '.join(EMA_KEYS)}")
+    if ema_key is not None and (use_ema or "ema" in path.stem.lower()):
+        key, weights = ema_key, "ema"
     config = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
-    return obj[key], CheckpointInfo(path, "wrapped", key, weights, None if config is None else dict(config))
+    ignored = tuple(str(k) for k in obj if k != key)
+    return obj[key], CheckpointInfo(
+        path, "wrapped", key, weights, None if config is None else dict(config), ignored=ignored
+    )
 
 
 def _read_plain(obj: Mapping[str, Tensor], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
@@ -256,17 +273,18 @@ def _read_plain(obj: Mapping[str, Tensor], path: Path, use_ema: bool) -> tuple[M
 
 
 def _read_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
-    """A ConvNeXt-dcls release (:mod:`.release`) in our layout; its config (model, data) is inferred from the
-    tensors. The published files hold EMA weights (``*_ema.pth``): labelled "ema" when the name says so."""
-    weights = "ema" if "ema" in path.stem.lower() else "model"
-    if use_ema and weights != "ema":
-        raise _no_ema(path, "a release file without _ema in its name: one set of weights")
+    """A ConvNeXt-dcls release or fork training checkpoint (:mod:`.release`) in our layout; its config (model,
+    data) is inferred from the tensors; the entry (``model`` / ``model_ema``) and label: ``pick_release_entry``."""
     try:
-        conv = convert_release(release_state(obj))
+        entry = pick_release_entry(obj, path.name, use_ema)
+        conv = convert_release(entry.state)
+    except ReleaseNoEmaError as err:
+        raise _no_ema(path, str(err)) from err
     except ReleaseFormatError as err:
         raise ModelLoadError(f"checkpoint={str(path)!r}: {err}", "mismatch", path) from err
-    key = "model" if isinstance(obj, Mapping) and "model" in obj else None
-    return conv.state, CheckpointInfo(path, "release", key, weights, conv.run_config())
+    epoch = obj.get("epoch") if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int) else None
+    info = CheckpointInfo(path, "release", entry.key, entry.weights, conv.run_config(), epoch, ignored=entry.ignored)
+    return conv.state, info
 
 
 @dataclass(frozen=True)
@@ -314,6 +332,29 @@ def _formats(names: Sequence[str] | None) -> list[CheckpointFormat]:
     return [known[n] for n in names]
 
 
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", allowed: str | None = None) -> Any:
+    """A checkpoint file's contents (``weights_only=True``; ``.safetensors``: safetensors), or a
+    :class:`ModelLoadError` of one line for a missing path, a directory, or a file torch cannot read safely."""
+    path = Path(path)
+    allowed = allowed or "; ".join(f.description for f in CHECKPOINT_FORMATS)
+    if not path.is_file():
+        why = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r} {why}; allowed: a file in a format read here: {allowed}", "missing", path
+        )
+    try:
+        return load_checkpoint(path, map_location=map_location)
+    except UnsafeCheckpointError as err:  # one line naming the refused type
+        raise ModelLoadError(str(err), "unreadable", path) from err
+    except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({first}); allowed: {allowed}",
+            "unreadable",
+            path,
+        ) from err
+
+
 def read_checkpoint(
     path: str | os.PathLike,
     use_ema: bool = False,
@@ -327,29 +368,13 @@ def read_checkpoint(
     understood.
     """
     path, readers = Path(path), _formats(formats)
-    allowed = "; ".join(f.description for f in readers)
-    if not path.is_file():
-        raise ModelLoadError(
-            f"checkpoint={str(path)!r} does not exist; allowed: a file in a format read here: {allowed}",
-            "missing",
-            path,
-        )
-    try:
-        obj = load_checkpoint(path, map_location=map_location)
-    except UnsafeCheckpointError as err:  # one line naming the refused type
-        raise ModelLoadError(str(err), "unreadable", path) from err
-    except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ModelLoadError(
-            f"checkpoint={str(path)!r} cannot be loaded with weights_only=True ({first}); allowed: {allowed}",
-            "unreadable",
-            path,
-        ) from err
+    obj = load_file(path, map_location, "; ".join(f.description for f in readers))
     for fmt in readers:
         if fmt.detect(obj, path):
             state, info = fmt.read(obj, path, use_ema)
             return {strip_prefix(k): v for k, v in state.items()}, info
     found = f"keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    allowed = "; ".join(f.description for f in readers)
     raise ModelLoadError(
         f"checkpoint={str(path)!r} is in none of the checkpoint formats read here (found {found}); allowed: {allowed}",
         "unknown_format",
@@ -490,16 +515,34 @@ def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str
     return cfg
 
 
+def _key_problems(own: Mapping[str, Tensor], state: Mapping[str, Tensor], shown: int = 3) -> str:
+    """Counts and the first few keys that are missing, unexpected or of another shape (torch's own message is a
+    paragraph per key; its first line names none)."""
+    groups = (
+        ("missing", [k for k in own if k not in state]),
+        ("unexpected", [k for k in state if k not in own]),
+        (
+            "of another shape",
+            [f"{k} {_shape(v)} vs {_shape(own[k])}" for k, v in state.items() if k in own and v.shape != own[k].shape],
+        ),
+    )
+    return "; ".join(
+        f"{len(keys)} {what}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}"
+        for what, keys in groups
+        if keys
+    )
+
+
 def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+    problems = _key_problems(model.state_dict(), state)
+    if problems:
         raise ModelLoadError(
-            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({first})",
+            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({problems}); allowed: "
+            "model_name= / model kwargs of the architecture the file was trained with",
             "mismatch",
             path,
-        ) from err
+        )
+    model.load_state_dict(state)
 
 
 def load_model(
@@ -550,6 +593,7 @@ def load_model(
         config,
         info.epoch,
         info.metrics,
+        {"ignored_entries": list(info.ignored)},
     )
 
 
