@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
+from .hub import HubSourceError, is_hub_source, read_hub
 from .release import (
     RELEASE_DESCRIPTION,
     ReleaseFormatError,
@@ -355,6 +356,17 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         ) from err
 
 
+def _read_hub_source(source: str, use_ema: bool) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """A ``local-dir:`` / ``hf-hub:`` timm Hub model (:mod:`.hub`): its weights and the config in config.json."""
+    if use_ema:
+        raise _no_ema(Path(source), "a timm Hub folder holds one set of weights (written EMA or not)")
+    try:
+        state, config = read_hub(source)
+    except HubSourceError as err:
+        raise ModelLoadError(str(err), "missing", Path(source)) from err
+    return {strip_prefix(k): v for k, v in state.items()}, CheckpointInfo(Path(source), "hub", None, "model", config)
+
+
 def read_checkpoint(
     path: str | os.PathLike,
     use_ema: bool = False,
@@ -364,9 +376,12 @@ def read_checkpoint(
     """The (EMA) state dict of a checkpoint file, wrapper prefixes stripped, and what the file says about it.
 
     Read with ``weights_only=True`` (``.safetensors``: safetensors); the first of :data:`CHECKPOINT_FORMATS` (or
-    of ``formats``) that detects the file reads it. Raises :class:`ModelLoadError` naming the file and the formats
+    of ``formats``) that detects the file reads it. ``local-dir:FOLDER`` / ``hf-hub:ORG/NAME`` (a timm Hub model,
+    format "hub") are read by timm's own readers. Raises :class:`ModelLoadError` naming the file and the formats
     understood.
     """
+    if is_hub_source(path):
+        return _read_hub_source(str(path), use_ema)
     path, readers = Path(path), _formats(formats)
     obj = load_file(path, map_location, "; ".join(f.description for f in readers))
     for fmt in readers:
@@ -401,7 +416,7 @@ def resolve_checkpoint(source: str | os.PathLike, use_ema: bool = False) -> Path
 
 def _is_timm_spec(source: str | os.PathLike) -> bool:
     """``timm:...``, or a string that is neither an existing path nor shaped like one (no ``/``, no .pth)."""
-    if not isinstance(source, str):
+    if not isinstance(source, str) or is_hub_source(source):
         return False
     if source.startswith("timm:"):
         return True
