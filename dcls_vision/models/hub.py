@@ -27,6 +27,7 @@ HUB_PREFIXES = ("local-dir:", "hf-hub:")
 WEIGHTS_FILE = "model.safetensors"  # timm's HF_SAFE_WEIGHTS_NAME
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
+_DATA_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "test_input_size")
 
 
 class HubSourceError(UserError):
@@ -69,7 +70,7 @@ def absolute_hub_source(source: str, base: Path) -> str:
 def _local_folder(source: str) -> Path:
     folder = Path(source.removeprefix("local-dir:")).expanduser()
     missing = [n for n in (CONFIG_FILE,) if not (folder / n).is_file()]
-    has_weights = folder.is_dir() and any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    has_weights = folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
     if not folder.is_dir() or missing or not has_weights:
         why = "is not a directory" if not folder.is_dir() else f"lacks {CONFIG_FILE} or a weights file"
         raise HubSourceError(
@@ -129,7 +130,11 @@ def load_pretrained_source(model: nn.Module, name: str, pretrained_cfg: Any) -> 
             "published under this name; allowed: timm.create_model('local-dir:FOLDER' or 'hf-hub:ORG/NAME', "
             "pretrained=True), or pretrained=False"
         )
-    load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=3, strict=True)
+    in_chans = int((cfg.get("input_size") or (3,))[0])
+    load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=in_chans, strict=True)
+    # the folder's preprocessing is what resolve_data_config(model=...) must give a timm user
+    data = {k: cfg[k] for k in _DATA_KEYS if cfg.get(k) is not None}
+    model.pretrained_cfg = model.default_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **data}
 
 
 def _unshared(model: nn.Module) -> nn.Module:
