@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from dcls_vision.ops import DclsLayer
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
@@ -81,6 +82,8 @@ class CheckpointInfo:
     epoch: int | None = None
     metrics: dict[str, Any] | None = None  # best*.pth: the trainer's val figures for these weights
     ignored: tuple[str, ...] = ()  # the file's other entries, not used (the other weights, optimizer, args, ...)
+    # a key mapping that needs the built model (timm's checkpoint_filter_fn of a foreign layout), or None
+    filter_fn: Callable[[Mapping[str, Tensor], nn.Module], Mapping[str, Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,34 @@ def _read_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Ten
     return conv.state, info
 
 
+def _metaformer_layout(obj: Any) -> bool:
+    """The MetaFormer repository's layout (sail-sg/metaformer ``metaformer_baselines.py``: ``downsample_layers.N``
+    of ``Downsampling`` with ``conv`` / ``pre_norm`` / ``post_norm``, blocks as ``stages.i.j``), bare or wrapped."""
+    key = _wrapped_key(obj)
+    state = obj[key] if key is not None else obj
+    return (
+        _is_state_dict(state)
+        and "downsample_layers.0.conv.weight" in state
+        and any(k.startswith("stages.0.0.") for k in state)
+    )
+
+
+def _metaformer_filter(state: Mapping[str, Tensor], model: nn.Module) -> Mapping[str, Tensor]:
+    """timm's own key mapping for that layout (``timm.models.metaformer.checkpoint_filter_fn``: renames, and
+    reshapes the repository's Linear weights into timm's 1x1 convs)."""
+    from timm.models.metaformer import checkpoint_filter_fn
+
+    return checkpoint_filter_fn(dict(state), model)
+
+
+def _read_metaformer(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    """ConvFormer / CAFormer / PoolFormerV2 weights of the MetaFormer repository (``model_name=`` names the timm
+    model); keys are mapped by timm's filter once that model is built."""
+    reader = _read_wrapped if _wrapped_key(obj) is not None else _read_plain
+    state, info = reader(obj, path, use_ema)
+    return state, replace(info, format="metaformer", filter_fn=_metaformer_filter)
+
+
 @dataclass(frozen=True)
 class CheckpointFormat:
     """One kind of checkpoint file: ``detect(obj, path)`` says if a loaded file is one, ``read`` takes its weights."""
@@ -311,6 +342,13 @@ CHECKPOINT_FORMATS: list[CheckpointFormat] = [
         _read_ours,
     ),
     CheckpointFormat("release", RELEASE_DESCRIPTION, lambda obj, path: is_release(obj), _read_release),
+    CheckpointFormat(
+        "metaformer",
+        "metaformer: ConvFormer/CAFormer/PoolFormerV2 weights of the MetaFormer repository (downsample_layers.N.conv, "
+        "stages.i.j; needs model_name=, e.g. convformer_s18)",
+        lambda obj, path: _metaformer_layout(obj),
+        _read_metaformer,
+    ),
     CheckpointFormat(
         "wrapped",
         "wrapped: a state dict under 'state_dict' or 'model' (timm, mmengine; needs model_name=)",
@@ -548,6 +586,21 @@ def _key_problems(own: Mapping[str, Tensor], state: Mapping[str, Tensor], shown:
     )
 
 
+def apply_filter(info: CheckpointInfo, state: Mapping[str, Tensor], model: nn.Module) -> Mapping[str, Tensor]:
+    """``state`` in ``model``'s keys: the format's model-dependent mapping (:attr:`CheckpointInfo.filter_fn`)."""
+    if info.filter_fn is None:
+        return state
+    try:
+        return info.filter_fn(state, model)
+    except KeyError as err:
+        raise ModelLoadError(
+            f"checkpoint={str(info.path)!r} ({info.format} format): its key maps to {err.args[0]!r}, which "
+            f"{type(model).__name__} does not have; allowed: model_name= of the architecture the file holds",
+            "mismatch",
+            info.path,
+        ) from err
+
+
 def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
     problems = _key_problems(model.state_dict(), state)
     if problems:
@@ -595,7 +648,7 @@ def load_model(
         num_classes, in_chans = num_classes or run_data.num_classes, in_chans or run_data.in_chans
         run_data = replace(run_data, num_classes=int(num_classes), in_chans=int(in_chans))
     model = build_model(model_cfg, int(num_classes or 1000), int(in_chans or 3))
-    _load_weights(model, state, info.path)
+    _load_weights(model, apply_filter(info, state, model), info.path)
     data = run_data if run_data is not None else _data_from_timm(model, in_chans)
     config = OmegaConf.create(info.config) if info.config else None
     return LoadedModel(
@@ -644,18 +697,38 @@ def _adaptable(model: nn.Module, state: Mapping[str, Tensor], own: Mapping[str, 
         differs = any(k not in own or k not in state or state[k].shape != own[k].shape for k in keys)
         if keys and differs:
             skip[part] = keys
+    dense = _dense_kernel_keys(model, state)
+    if dense:
+        skip["DCLS kernels"] = dense
     return skip
+
+
+def _dense_kernel_keys(model: nn.Module, state: Mapping[str, Tensor]) -> set[str]:
+    """Our DCLS layers' weight / positions / sigma where the file holds the dense kernel of the baseline (one
+    more dimension, no positions): a DCLS model started from its baseline's weights (e.g. ConvFormer-S18 for
+    convformer_s18_dcls) keeps these freshly initialised and loads everything else."""
+    keys: set[str] = set()
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight")
+        if not isinstance(module, DclsLayer) or weight is None or f"{name}.positions" in state:
+            continue
+        if weight.ndim == module.weight.ndim + 1:
+            keys |= {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False) if p != "bias"}
+            keys.add(f"{name}.weight")
+    return keys
 
 
 def init_from_checkpoint(model: nn.Module, source: str | os.PathLike, use_ema: bool = False) -> str:
     """Load a checkpoint of any format into ``model`` to start a new run (fine-tuning); one line saying what.
 
     Strict except for the classifier and the input stem: when one of them differs (another ``num_classes``,
-    ``in_chans`` or stem) it keeps its fresh init and is reported as skipped. Any other missing, unexpected or
+    ``in_chans`` or stem) it keeps its fresh init and is reported as skipped; so do DCLS layers where the file
+    holds its baseline's dense kernels (:func:`_dense_kernel_keys`). Any other missing, unexpected or
     mis-shaped key is a :class:`ModelLoadError`. Parameters are copied in place, so optimizer groups built from
     them (DCLS positions/sigma) are unchanged.
     """
     state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema)
+    state = apply_filter(info, state, model)
     own = model.state_dict()
     parts = _adaptable(model, state, own)
     skip = set().union(*parts.values()) if parts else set()
@@ -685,6 +758,10 @@ def init_from_checkpoint(model: nn.Module, source: str | os.PathLike, use_ema: b
             f"{k} {_shape(state[k]) if k in state else '-'}->{_shape(own[k]) if k in own else '-'}"
             for k in sorted(keys)
         )
+        if part == "DCLS kernels":
+            layers = len({k.rsplit(".", 1)[0] for k in keys})
+            line += f"; skipped {layers} DCLS kernels (the file holds dense kernels), freshly initialised"
+            continue
         why = "another num_classes" if part == "classifier" else "another input stem"
         line += f"; skipped the {part} ({why}), freshly initialised: {shapes}"
     return line
