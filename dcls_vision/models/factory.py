@@ -36,6 +36,7 @@ from .release import (
     ReleaseNoEmaError,
     convert_release,
     is_release,
+    names_ema,
     pick_release_entry,
 )
 
@@ -261,7 +262,7 @@ def _read_wrapped(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Ma
     ema_key = next((k for k in EMA_KEYS if _is_state_dict(obj.get(k))), None)
     if use_ema and ema_key is None:
         raise _no_ema(path, f"a state dict under {key!r} without an entry of {', '.join(EMA_KEYS)}")
-    if ema_key is not None and (use_ema or "ema" in path.stem.lower()):
+    if ema_key is not None and (use_ema or names_ema(path.name)):
         key, weights = ema_key, "ema"
     config = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
     ignored = tuple(str(k) for k in obj if k != key)

@@ -92,6 +92,7 @@ SIZES = {  # (depths, dims) of ConvNeXt-T/S/B
     "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
     "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
 }
+_EMA_WORD = re.compile(r"(^|[-_.])ema([-_.]|$)")
 _DWCONV = re.compile(r"^stages\.(\d+)\.(\d+)\.dwconv\.(P|SIG)$")
 _RENAMES = (  # release key pattern -> our key (timm ConvNeXt names)
     (re.compile(r"^downsample_layers\.0\.([01])\.(.+)$"), r"stem.\1.\2"),
@@ -141,11 +142,16 @@ class ReleaseEntry:
     ignored: tuple[str, ...]
 
 
+def names_ema(file_name: str) -> bool:
+    """Whether a file name says EMA (``*_ema.pth``, ``checkpoint-best-ema.pth``), as a word, not a substring."""
+    return _EMA_WORD.search(file_name.lower()) is not None
+
+
 def pick_release_entry(obj: Any, file_name: str, use_ema: bool) -> ReleaseEntry:
     """``model_ema`` when EMA is asked for, or by default when the file name says EMA (the fork's
     ``checkpoint-best-ema.pth`` holds the non-EMA weights under ``model``); else ``model``. A file with ``model``
     only is labelled EMA when its name says so (the published ``*_ema.pth`` hold the EMA weights there)."""
-    named_ema = "ema" in file_name.lower()
+    named_ema = names_ema(file_name)
     has_ema = isinstance(obj, Mapping) and _release_layout(obj.get(EMA_ENTRY))
     if has_ema and (use_ema or named_ema):
         key, weights = EMA_ENTRY, "ema"
@@ -366,6 +372,7 @@ __all__ = [
     "infer_arch",
     "is_release",
     "model_config",
+    "names_ema",
     "pick_release_entry",
     "release_state",
 ]
