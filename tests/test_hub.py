@@ -198,3 +198,39 @@ def test_bad_hub_sources_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "does not exist" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_downstream_runner_starts_from_a_local_dir(tmp_path, capsys):
+    """UperNet (the tiny Gauss config) with --backbone-checkpoint local-dir:FOLDER: the backbone holds the folder's
+    weights when training starts; a folder that is not there is one line before anything is built."""
+    pytest.importorskip("mmseg")
+    from mmengine.hooks import Hook
+
+    from dcls_vision.downstream import datasets
+    from dcls_vision.downstream.cli import CliError
+    from dcls_vision.downstream.train import build_runner
+
+    ref = ReleaseConvNeXtDcls(**TINY, size=9, version="gauss", seed=23)
+    release_file(ref, tmp_path / "gauss_ema.pth")
+    _tool().main([str(tmp_path / "gauss_ema.pth"), str(tmp_path / "hub")])
+    capsys.readouterr()
+    expected = load_model(f"local-dir:{tmp_path / 'hub'}").model.state_dict()
+    ade = datasets.make_ade(tmp_path / "ade", num_train=4, num_val=2, size=96)["root"]
+
+    class Probe(Hook):
+        loaded = None
+
+        def before_train(self, runner) -> None:
+            body = runner.model.backbone.body.state_dict()
+            shared = [k for k in expected if k in body]  # the trunk: every tensor but the classifier
+            Probe.loaded = len(shared) > 20 and all(torch.equal(body[k], expected[k]) for k in shared)
+
+    config = ROOT / "configs/downstream/tiny/upernet_tiny-dcls-gauss_ade-shapes.py"
+    argv = [str(config), "--work-dir", str(tmp_path / "seg"), "--data-root", str(ade), "--backbone-checkpoint"]
+    options = ["--cfg-options", "train_cfg.max_iters=1", "train_cfg.val_interval=1"]
+    with pytest.raises(CliError, match="does not exist"):
+        build_runner([*argv, f"local-dir:{tmp_path / 'nowhere'}", *options])
+    runner = build_runner([*argv, f"local-dir:{tmp_path / 'hub'}", *options])
+    runner.register_hook(Probe())
+    runner.train()
+    assert Probe.loaded is True
