@@ -234,3 +234,19 @@ def test_downstream_runner_starts_from_a_local_dir(tmp_path, capsys):
     runner.register_hook(Probe())
     runner.train()
     assert Probe.loaded is True
+
+
+def test_the_slurm_launcher_passes_local_dir_backbones_on_as_absolute_folders(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    from dcls_vision.launch.downstream import _existing_source
+    from dcls_vision.launch.options import LaunchError
+
+    best, _ = trained_run
+    _tool().main([str(best), str(tmp_path / "hub")])
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # the job may start elsewhere: a relative folder is made absolute
+    assert _existing_source("local-dir:hub", "--backbone-checkpoint") == f"local-dir:{tmp_path / 'hub'}"
+    assert _existing_source("hf-hub:org/name", "--backbone-checkpoint") == "hf-hub:org/name"
+    with pytest.raises(LaunchError, match="--backbone-checkpoint 'local-dir:nowhere' does not exist"):
+        _existing_source("local-dir:nowhere", "--backbone-checkpoint")
