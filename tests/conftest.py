@@ -1,15 +1,33 @@
-"""Shared fixtures: the loopback SLURM cluster (slurm/local_cluster.sh), started once per session."""
+"""Shared fixtures: the loopback SLURM cluster (slurm/local_cluster.sh), started once per session; mmengine's
+global loggers kept usable between tests."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
+
+
+@pytest.fixture(autouse=True)
+def _drop_closed_mmengine_loggers():
+    """An in-process mmengine Runner leaves its MMLogger as the "current instance" with a log file that is closed
+    once the run ends; a later test's ``BaseModule.init_weights`` writes to it. Forget such loggers after each test
+    (mmengine is never imported for this)."""
+    yield
+    logging_mod = sys.modules.get("mmengine.logging")
+    if logging_mod is None:
+        return
+    instances = logging_mod.MMLogger._instance_dict
+    for name, logger in list(instances.items()):
+        if any(isinstance(h, logging.FileHandler) and h.stream is None for h in logger.handlers):
+            del instances[name]
 
 
 def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:

@@ -166,6 +166,12 @@ def test_fine_tuning_starts_from_a_dcls_audio_checkpoint_and_ema_is_explicit(tmp
     got = load_model(tmp_path / "b.pth", use_ema=True)
     assert got.weights == "ema" and got.provenance.key == "model_ema"
     assert (_logits(ema) - _logits(got.model)).abs().max() <= 1e-4
+    plain = load_model(tmp_path / "b.pth")  # a file name that does not say EMA: the model weights, said so
+    assert plain.weights == "model" and plain.provenance.key == "model"
+    (tmp_path / "b.pth").rename(tmp_path / "checkpoint-best-ema.pth")  # the fork's naming: EMA by default
+    named = load_model(tmp_path / "checkpoint-best-ema.pth")
+    assert named.weights == "ema" and named.provenance.key == "model_ema"
+    assert (_logits(ema) - _logits(named.model)).abs().max() <= 1e-4
 
 
 def test_unequal_copies_of_a_shared_position_tensor_are_one_line(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from release_reference import SIZES, ReleaseConvNeXtDcls, release_file
+from release_reference import SIZES, ReleaseConvNeXtDcls, push_positions, release_file
 
 from dcls_vision.models import ModelLoadError, load_model, read_checkpoint
-from dcls_vision.models.release import ReleaseArch, convert_release, model_config
+from dcls_vision.models.release import ReleaseArch, ReleaseFormatError, convert_release, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"depths": (1, 1, 2, 1), "dims": (16, 32, 64, 128), "count": 10}
@@ -291,3 +291,199 @@ def test_eval_py_reads_a_release_file_as_it_is(tmp_path):
     with torch.no_grad():
         hits = [int(ref(x[None]).argmax()) == y for x, y in SkipBadImageFolder(val, transform=transform)]
     assert top1 == pytest.approx(100.0 * sum(hits) / len(hits))
+
+
+# ------------------------------------------------------- fork training checkpoints (model / model_ema)
+def _fork_checkpoint(path: Path, raw: torch.nn.Module, ema: torch.nn.Module) -> None:
+    """As the fork's utils.save_model writes it: model, optimizer, epoch, scaler, args and model_ema."""
+    torch.save(
+        {
+            "model": raw.state_dict(),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 4e-3, "params": [0]}]},
+            "epoch": 299,
+            "scaler": {"scale": 65536.0},
+            "args": argparse.Namespace(model="convnext_dcls_tiny", model_ema=True),
+            "model_ema": ema.state_dict(),
+        },
+        path,
+    )
+
+
+@pytest.fixture(scope="module")
+def fork_checkpoints(tmp_path_factory):
+    """A raw model and an EMA model (other weights) in checkpoint-best-ema.pth and checkpoint-299.pth."""
+    base = tmp_path_factory.mktemp("fork")
+    raw = ReleaseConvNeXtDcls(**TINY, version="cuda2022", seed=11).eval()
+    ema = ReleaseConvNeXtDcls(**TINY, version="cuda2022", seed=12).eval()
+    for name in ("checkpoint-best-ema.pth", "checkpoint-299.pth"):
+        _fork_checkpoint(base / name, raw, ema)
+    return base, raw, ema
+
+
+def test_fork_training_checkpoints_take_model_ema_when_ema_is_meant(fork_checkpoints):
+    base, raw, ema = fork_checkpoints
+    assert (_logits(raw) - _logits(ema)).abs().max() > 0.1  # two different sets of weights
+    cases = [
+        ("checkpoint-best-ema.pth", False, "model_ema", "ema", ema),  # the file name says EMA: its EMA entry
+        ("checkpoint-best-ema.pth", True, "model_ema", "ema", ema),
+        ("checkpoint-299.pth", False, "model", "model", raw),
+        ("checkpoint-299.pth", True, "model_ema", "ema", ema),
+    ]
+    for name, use_ema, key, weights, expected in cases:
+        loaded = load_model(base / name, use_ema=use_ema)
+        assert (loaded.provenance.key, loaded.weights) == (key, weights), name
+        assert (_logits(expected) - _logits(loaded.model)).abs().max() <= 1e-4, (name, use_ema)
+    assert load_model(base / "checkpoint-299.pth").epoch == 299
+
+
+def test_a_release_without_ema_entry_refuses_use_ema_unless_its_name_says_ema(tiny_releases, tmp_path):
+    _, path = tiny_releases["bilinear"]
+    assert load_model(path, use_ema=True).weights == "ema"  # *_ema.pth: the published EMA weights under 'model'
+    plain = tmp_path / "convnext_dcls_tiny_1k_224.pth"
+    plain.write_bytes(path.read_bytes())
+    assert load_model(plain).weights == "model"
+    with pytest.raises(ModelLoadError, match="no 'model_ema' entry") as err:
+        load_model(plain, use_ema=True)
+    assert err.value.reason == "no_ema"
+
+
+def test_converter_reports_the_entry_taken_and_those_ignored(fork_checkpoints, tmp_path, capsys):
+    base, raw, ema = fork_checkpoints
+    cli = _cli()
+    report = cli.main([str(base / "checkpoint-best-ema.pth"), str(tmp_path / "best_ema.pth")])
+    assert (report["entry"], report["weights"]) == ("model_ema", "ema")
+    assert sorted(report["ignored_entries"]) == ["args", "epoch", "model", "optimizer", "scaler"]
+    assert (_logits(ema) - _logits(load_model(tmp_path / "best_ema.pth").model)).abs().max() <= 1e-4
+    report = cli.main([str(base / "checkpoint-299.pth"), str(tmp_path / "raw.pth")])
+    assert (report["entry"], report["weights"]) == ("model", "model") and "model_ema" in report["ignored_entries"]
+    report = cli.main([str(base / "checkpoint-299.pth"), str(tmp_path / "ema.pth"), "--ema"])
+    assert report["entry"] == "model_ema"
+    assert (_logits(ema) - _logits(load_model(tmp_path / "ema.pth").model)).abs().max() <= 1e-4
+    capsys.readouterr()
+
+
+def test_wrapped_training_checkpoints_take_model_ema_too(tmp_path):
+    """ConvNeXt's own checkpoint-best-ema.pth (a timm ConvNeXt under model / model_ema): the same rule."""
+    import timm
+
+    raw, ema = (timm.create_model("convnext_atto", num_classes=5).eval() for _ in range(2))
+    torch.save({"model": raw.state_dict(), "model_ema": ema.state_dict(), "epoch": 3}, tmp_path / "ckpt-best-ema.pth")
+    loaded = load_model(tmp_path / "ckpt-best-ema.pth", model_name="convnext_atto", num_classes=5)
+    assert (loaded.provenance.key, loaded.weights) == ("model_ema", "ema")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), ema(x))
+
+
+# ------------------------------------------------------------------ the 2022 CUDA construction's border rule
+def test_analysis_reference_kernel_matches_the_loop_reference():
+    """The converter's vectorised check and the element loop of release_reference agree, positions in and out."""
+    from release_reference import Cuda2022Dcls2d, TransposedDcls2d
+
+    from dcls_vision.analysis.convert import dcls_bilinear_kernel
+
+    for cls, transposed, clamp in ((Cuda2022Dcls2d, False, True), (TransposedDcls2d, True, False)):
+        layer = cls(6, 12, 9)
+        with torch.no_grad():
+            layer.P.copy_(torch.randn(2, 6, 1, 12) * 4)  # many past ±4
+        assert (layer.P.abs() > 4).sum() > 10
+        expected = layer.kernel()
+        got = dcls_bilinear_kernel(layer.weight.detach(), layer.P.detach(), 9, transposed, clamp)
+        assert (expected - got).abs().max() <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def overshooting_release(tmp_path_factory):
+    """A release-layout model of the 2022 construction whose EMA positions sit past ±8 (20 per stage)."""
+    ref = ReleaseConvNeXtDcls(**TINY, version="cuda2022", seed=13).eval()
+    moved = push_positions(ref, 20, 8.3, -8.6)
+    path = tmp_path_factory.mktemp("overshoot") / "convnext_dcls_tiny_1k_224_ema.pth"
+    release_file(ref, path)
+    return ref, path, moved
+
+
+def test_v0_clamps_positions_past_the_border_as_the_2022_cuda_code(overshooting_release):
+    ref, path, moved = overshooting_release
+    loaded = load_model(path)
+    assert (_logits(ref) - _logits(loaded.model)).abs().max() <= 1e-4
+    # dcls 0.1.1 "v0" (no clamp) on the same tensors gives other logits: the clamp is what makes them equal
+    unclamped = ReleaseConvNeXtDcls(**TINY, version="v0", seed=13).eval()
+    unclamped.load_state_dict(ref.state_dict())
+    assert (_logits(ref) - _logits(unclamped)).abs().max() > 1e-3
+    conv = convert_release(torch.load(path, weights_only=True)["model"])
+    assert conv.positions_clamped == moved and conv.positions_max_abs == pytest.approx(8.6)
+
+
+def test_converter_reports_clamped_positions_and_checks_against_the_2022_rule(overshooting_release, tmp_path, capsys):
+    ref, path, moved = overshooting_release
+    report = _cli().main([str(path), str(tmp_path / "t.pth")])
+    assert report["positions_clamped"] == moved and report["convention"] == "v0"
+    assert report["max_logit_diff"] <= 1e-4 and "2022 CUDA" in report["logit_check"]
+    assert (_logits(ref) - _logits(load_model(tmp_path / "t.pth").model)).abs().max() <= 1e-4
+    capsys.readouterr()
+
+
+# --------------------------------------------------------------------------------- kernel-size guard
+def test_a_kernel_size_that_cannot_hold_the_positions_is_one_line(tmp_path, capsys):
+    ref = ReleaseConvNeXtDcls(**TINY, version="cuda2022", seed=14)
+    with torch.no_grad():
+        ref.stages[1][0].dwconv.P.view(-1)[0] = 8.0
+    state = {k: v.detach() for k, v in ref.state_dict().items()}
+    with pytest.raises(ReleaseFormatError, match=r"reach 8\.00 but dilated_kernel_size=15 holds ±7; the smallest"):
+        convert_release(state, dilated_kernel_size=15)
+    with pytest.raises(ReleaseFormatError, match=r"dilated_kernel_size=18 is even.*an odd size >= 17"):
+        convert_release(state, dilated_kernel_size=18)
+    assert convert_release(state, dilated_kernel_size=17).dilated_kernel_size == 17
+    release_file(ref, tmp_path / "r_ema.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        _cli().main([str(tmp_path / "r_ema.pth"), str(tmp_path / "x.pth"), "--dilated-kernel-size", "15"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "the smallest size that fits is 17" in err[0]
+    assert not (tmp_path / "x.pth").exists()
+
+
+# ------------------------------------------------------------------------ dcls 0.0.2-0.0.5 (transposed)
+def test_v0_transposed_reads_files_of_the_transposed_window(tmp_path):
+    ref = ReleaseConvNeXtDcls(**TINY, version="v0-transposed", seed=15).eval()
+    release_file(ref, tmp_path / "mine_ema.pth")
+    state = torch.load(tmp_path / "mine_ema.pth", weights_only=True)["model"]
+    model = load_model(tmp_path / "mine_ema.pth").model
+    model.load_state_dict(convert_release(state, convention="v0-transposed").state)
+    assert (_logits(ref) - _logits(model)).abs().max() <= 1e-4
+    model.load_state_dict(convert_release(state).state)  # the default v0 reads it wrong
+    assert (_logits(ref) - _logits(model)).abs().max() > 1e-2
+    report = _cli().main([str(tmp_path / "mine_ema.pth"), str(tmp_path / "m.pth"), "--convention", "v0-transposed"])
+    assert report["max_logit_diff"] <= 1e-4 and report["positions_clamped"] == 0
+
+
+# ------------------------------------------------------------------------------------ converter errors
+def test_converter_file_errors_are_one_line_and_verify_val_is_checked_first(tiny_releases, tmp_path, capsys):
+    _, path = tiny_releases["bilinear"]
+    (tmp_path / "notes.pth").write_text("not a torch file")
+    cases = [
+        ([str(tmp_path / "missing.pth"), str(tmp_path / "x.pth")], "missing.pth' does not exist"),
+        ([str(tmp_path), str(tmp_path / "x.pth")], "is a directory, not a file"),
+        ([str(tmp_path / "notes.pth"), str(tmp_path / "x.pth")], "cannot be loaded with weights_only=True"),
+        ([str(path), str(tmp_path / "x.pth"), "--verify-val", str(tmp_path / "nowhere")], "is not a directory"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            _cli().main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "x.pth").exists()  # nothing converted or written before the check
+
+
+def test_weights_that_do_not_fit_name_the_keys(tiny_releases, tmp_path):
+    import timm
+
+    net = timm.create_model("convnext_atto", num_classes=10)
+    state = net.state_dict()
+    del state["stem.0.bias"], state["head.fc.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "atto.pth")
+    with pytest.raises(ModelLoadError) as err:
+        load_model(tmp_path / "atto.pth", model_name="convnext_atto", num_classes=10)
+    message = str(err.value)
+    assert "\n" not in message and err.value.reason == "mismatch"
+    assert "2 missing: stem.0.bias, head.fc.bias" in message and "1 unexpected: extra.weight" in message

@@ -232,3 +232,58 @@ def test_analysis_and_downstream_read_safetensors_through_the_factory(baseline):
     report = load_backbone_state(root / "resnet18.safetensors", target)
     assert sorted(report["dropped"]) == ["fc.bias", "fc.weight"]
     assert torch.equal(target.conv1.weight, model.conv1.weight)
+
+
+# --------------------------------------------- MetaFormer-repository layouts (ConvFormer), issue 28 item 5
+S18 = {"depths": (3, 3, 9, 3), "dims": (64, 128, 320, 512)}  # timm's convformer_s18 takes no depths/dims
+
+
+@pytest.fixture(scope="module")
+def metaformer_file(tmp_path_factory):
+    """A ConvFormer in the MetaFormer repository's layout (tests/metaformer_reference.py), saved as its
+    releases are (a bare state dict)."""
+    from metaformer_reference import MetaFormerConvFormer
+
+    ref = MetaFormerConvFormer(**S18, num_classes=5, seed=1).eval()
+    path = tmp_path_factory.mktemp("metaformer") / "convformer_s18.pth"
+    torch.save(ref.state_dict(), path)
+    assert "downsample_layers.0.conv.weight" in ref.state_dict()
+    return path, ref
+
+
+def test_a_metaformer_layout_file_loads_into_timm_convformer_with_equal_logits(metaformer_file):
+    path, ref = metaformer_file
+    loaded = load_model_from(path, model_name="convformer_s18", num_classes=5)
+    assert loaded.provenance.format == "metaformer"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = ref(x), loaded.model(x)
+    assert expected.abs().max() > 0.1 and (expected - got).abs().max() <= 1e-4
+
+
+def test_baseline_and_dcls_convformer_start_from_a_metaformer_layout_file(metaformer_file):
+    path, ref = metaformer_file
+    source = {k: v for k, v in ref.state_dict().items()}
+    baseline = timm.create_model("convformer_s18", num_classes=10)
+    line = init_from_checkpoint(baseline, path)
+    assert "metaformer format" in line and "skipped the classifier" in line
+    mapped = baseline.state_dict()
+    assert torch.equal(mapped["stem.conv.weight"], source["downsample_layers.0.conv.weight"])
+    pw = source["stages.2.1.token_mixer.pwconv1.weight"]  # the repository's Linear -> timm's 1x1 conv
+    assert torch.equal(mapped["stages.2.blocks.1.token_mixer.pwconv1.weight"], pw[:, :, None, None])
+    dcls = timm.create_model("convformer_s18_dcls", num_classes=10)
+    fresh = {k: v.clone() for k, v in dcls.state_dict().items()}
+    line = init_from_checkpoint(dcls, path)
+    assert "skipped 18 DCLS kernels (the file holds dense kernels)" in line
+    got = dcls.state_dict()
+    assert torch.equal(got["stages.3.blocks.0.mlp.fc2.weight"], source["stages.3.0.mlp.fc2.weight"][:, :, None, None])
+    assert torch.equal(
+        got["stages.1.blocks.0.token_mixer.dwconv.positions"], fresh["stages.1.blocks.0.token_mixer.dwconv.positions"]
+    )
+
+
+def test_a_metaformer_file_into_another_architecture_names_the_key(metaformer_file):
+    path, _ = metaformer_file
+    with pytest.raises(ModelLoadError, match=r"metaformer format\): its key maps to") as err:
+        load_model_from(path, model_name="caformer_s18", num_classes=5)  # attention mixers in stages 2-3
+    assert "\n" not in str(err.value)

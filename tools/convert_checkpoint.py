@@ -3,8 +3,10 @@ trainer's format, print a JSON report, and optionally check top-1 on ImageNet va
 
 DST ending in .pth/.pt is a weights_only-loadable torch file, .safetensors a safetensors file; both hold the
 weights and a full run config, so train.py, eval.py, the downstream backbones and the analysis tools read it.
-The report: tensors mapped / skipped, shape changes, the max logit difference between the release as the
-``dcls`` package computes it and the converted model on a random batch, the same for the written file reloaded.
+The report: the entry taken (``model_ema`` or ``model`` of a training checkpoint) and the entries ignored,
+tensors mapped / skipped, shape changes, positions clamped (convention v0), the max logit difference between the
+release as its own construction computes it and the converted model on a random batch, the same for the written
+file reloaded.
 ``--verify-val`` evaluates top-1 on N images and prints a WARNING line when it is more than 2 points under the
 published figure (thesis Table 2.2: T 82.5, S 83.7, B 84.1): the one check a wrong convention cannot pass.
 
@@ -39,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--convention",
         choices=CONVENTIONS,
         default=None,
-        help="dcls construction of the release's P/SIG (default: v0 for bilinear releases, gauss with SIG)",
+        help="dcls construction the file was trained with: v0 (the releases: 2022 CUDA code, positions clamped "
+        "into the kernel; default without SIG), v0-transposed (dcls 0.0.2-0.0.5 bilinear), gauss (default with SIG)",
+    )
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="take the EMA weights (model_ema / ema entry); default: EMA only where the file name says ema",
     )
     parser.add_argument(
         "--dilated-kernel-size", type=positive_int, default=None, help="release's dilated kernel (default 17 / 23)"
@@ -60,7 +68,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.limit is not None and args.verify_val is None:
         raise ConvertError(f"--limit {args.limit} without --verify-val; allowed: --verify-val DIR --limit N")
-    report, model = convert_checkpoint(args.src, args.dst, args.model, args.convention, args.dilated_kernel_size)
+    report, model = convert_checkpoint(
+        args.src,
+        args.dst,
+        args.model,
+        args.convention,
+        args.dilated_kernel_size,
+        use_ema=args.ema,
+        val_root=args.verify_val,
+    )
     if args.verify_val is not None:
         published = args.published_top1
         if published is None and not report["model_kwargs"]:

@@ -20,11 +20,27 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from dcls_vision.models.factory import ModelLoadError, build_model, load_model, parse_model_spec
-from dcls_vision.models.release import Conversion, convert_release, release_state
+from dcls_vision.models.factory import (
+    LoadedModel,
+    ModelLoadError,
+    build_model,
+    load_file,
+    load_model,
+    parse_model_spec,
+    plain_dict,
+)
+from dcls_vision.models.hub import save_hub_folder
+from dcls_vision.models.release import (
+    Conversion,
+    ReleaseFormatError,
+    convert_release,
+    is_release,
+    pick_release_entry,
+)
 from dcls_vision.utils.errors import UserError
-from dcls_vision.utils.io import atomic_save, load_checkpoint
+from dcls_vision.utils.io import atomic_save
 
 PUBLISHED_TOP1 = {"convnext_tiny_dcls": 82.5, "convnext_small_dcls": 83.7, "convnext_base_dcls": 84.1}  # Table 2.2
 WARN_BELOW = 2.0  # points under the published top-1 that make verify-val warn
@@ -56,35 +72,89 @@ def run_config(model_cfg: Mapping[str, Any], data: Mapping[str, Any]) -> dict[st
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _release_reference(model: nn.Module, source: Mapping[str, Tensor], conv: Conversion) -> nn.Module | None:
-    """``model`` with every DCLS conv swapped for the ``dcls`` package's Dcls2d holding the release's own
-    tensors (its ``P``/``SIG``, untranslated): the release as its code computes it. None without ``DCLS``."""
+def dcls_bilinear_kernel(weight: Tensor, P: Tensor, size: int, transposed: bool, clamp: bool) -> Tensor:
+    """The dense (C_out, C_in/g, s, s) kernel of a ``dcls`` bilinear construction, from its tensors (weight
+    (C_out, C_in/g, K), P (2, C_out, C_in/g, K)). ``clamp``: the 2022 CUDA code (DCLS ``cuda`` branch 87ea108,
+    ``dcls_construct_2d_cuda_kernel.cu`` lines 124-145 and 37-45): floor and rest of the position clamped to
+    [0, s-1]. Without: the 2022-11 torch code (b5e3521 ``modules.py`` lines 224-243), out-of-kernel shares
+    dropped. ``transposed``: ``P[0]`` along W (dcls 0.0.2-0.0.5) instead of H."""
+    half = size // 2
+    rows, cols = (P[1], P[0]) if transposed else (P[0], P[1])
+    corners = []
+    for p in (rows + half, cols + half):
+        low = p.floor()
+        rest = p - low
+        if clamp:
+            low = low.clamp(0, size - 1)
+            rest = p.clamp(0, size - 1) - low
+        corners.append((low.long(), rest))
+    (h, rh), (w, rw) = corners
+    kernel = weight.new_zeros(*weight.shape[:2], size * size)
+    for dh, dw, share in ((0, 0, (1 - rh) * (1 - rw)), (1, 0, rh * (1 - rw)), (0, 1, (1 - rh) * rw), (1, 1, rh * rw)):
+        hh, ww = h + dh, w + dw
+        inside = (hh >= 0) & (hh < size) & (ww >= 0) & (ww < size)
+        index = (hh.clamp(0, size - 1) * size + ww.clamp(0, size - 1)).long()
+        kernel.scatter_add_(2, index, weight * share * inside)
+    return kernel.view(*weight.shape[:2], size, size)
+
+
+class _DenseReference(nn.Module):
+    """A depthwise conv whose kernel is :func:`dcls_bilinear_kernel` of a release's own (untranslated) tensors."""
+
+    def __init__(self, weight: Tensor, bias: Tensor, P: Tensor, size: int, transposed: bool, clamp: bool) -> None:
+        super().__init__()
+        self.register_buffer("kernel", dcls_bilinear_kernel(weight, P, size, transposed, clamp))
+        self.register_buffer("bias", bias.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.kernel, self.bias, padding=self.kernel.shape[-1] // 2, groups=self.kernel.shape[0])
+
+
+def _dcls_package_layer(dim: int, conv: Conversion, tensors: dict[str, Tensor]) -> nn.Module | None:
+    """The ``dcls`` package's Dcls2d ("gauss") holding a release's tensors; None without ``DCLS``."""
     try:
         from DCLS.construct.modules import Dcls2d as RefDcls2d
     except ImportError:
         return None
-    ref, s = copy.deepcopy(model), conv.dilated_kernel_size
+    s = conv.dilated_kernel_size
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # Dcls2d logs, per layer, that its implicit-GEMM kernel is not installed
     try:
-        for i, stage in enumerate(ref.stages):
-            for j, block in enumerate(stage.blocks):
-                dim = block.conv_dw.in_channels
-                layer = RefDcls2d(
-                    dim,
-                    dim,
-                    conv.arch.kernel_count,
-                    padding=s // 2,
-                    dilated_kernel_size=s,
-                    groups=dim,
-                    version=conv.convention,
-                )
-                with torch.no_grad():
-                    for name in ("weight", "bias", "P") + (("SIG",) if layer.SIG is not None else ()):
-                        getattr(layer, name).copy_(source[f"stages.{i}.{j}.dwconv.{name}"])
-                block.conv_dw = layer
+        layer = RefDcls2d(
+            dim, dim, conv.arch.kernel_count, padding=s // 2, dilated_kernel_size=s, groups=dim, version=conv.convention
+        )
     finally:
         logging.disable(previous)
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(layer, name).copy_(value)
+    return layer
+
+
+REFERENCES = {
+    "v0": "2022 CUDA construction (P[0] on rows, clamped into the kernel) on the release tensors",
+    "v0-transposed": "dcls 0.0.2-0.0.5 bilinear construction (P[0] along W, no clamp) on the release tensors",
+    "gauss": "dcls package Dcls2d (version gauss) on the release tensors",
+}
+
+
+def _release_reference(model: nn.Module, source: Mapping[str, Tensor], conv: Conversion) -> nn.Module | None:
+    """``model`` with every DCLS conv swapped for the release's own construction of its own tensors (its
+    ``P``/``SIG``, untranslated): the release as its training code computed it. None when that needs ``DCLS``
+    and it is missing."""
+    ref, s = copy.deepcopy(model), conv.dilated_kernel_size
+    for i, stage in enumerate(ref.stages):
+        for j, block in enumerate(stage.blocks):
+            names = ("weight", "bias", "P") + (("SIG",) if conv.arch.interpolation == "gauss" else ())
+            tensors = {n: source[f"stages.{i}.{j}.dwconv.{n}"] for n in names}
+            if conv.convention == "gauss":
+                layer = _dcls_package_layer(block.conv_dw.in_channels, conv, tensors)
+                if layer is None:
+                    return None
+            else:
+                transposed = conv.convention == "v0-transposed"
+                layer = _DenseReference(tensors["weight"], tensors["bias"], tensors["P"], s, transposed, not transposed)
+            block.conv_dw = layer
     return ref.eval()
 
 
@@ -94,33 +164,45 @@ def _max_diff(a: nn.Module, b: nn.Module, in_chans: int, size: int, seed: int) -
     return float((a.eval()(x) - b.eval()(x)).abs().max())
 
 
-def _source(src: Path, model: str | None, convention: str | None, dilated_kernel_size: int | None) -> dict[str, Any]:
-    """The state dict in our layout, model/data config and mapping report, from a release or a factory format."""
-    obj = load_checkpoint(src)
-    state = release_state(obj)
-    if state is not None:
-        conv = convert_release(state, convention, dilated_kernel_size)
-        if model is not None and model != conv.model["name"]:
-            raise ConvertError(
-                f"--model {model!r} but {src.name} is a {conv.arch.interpolation} ConvNeXt-dcls release of depths "
-                f"{list(conv.arch.depths)}, dims {list(conv.arch.dims)}; allowed: --model {conv.model['name']}"
-            )
-        return {
-            "format": "release",
-            "conv": conv,
-            "raw": state,
-            "state": conv.state,
-            "model": conv.model,
-            "data": conv.data,
-            "mapped": conv.mapped,
-            "skipped": conv.skipped,
-            "shape_changes": conv.shape_changes,
-        }
-    if convention is not None or dilated_kernel_size is not None:
+def _release_source(obj: Any, src: Path, model: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A release or fork training checkpoint: the entry taken (``model_ema`` / ``model``), converted."""
+    try:
+        entry = pick_release_entry(obj, src.name, bool(options.get("use_ema")))
+        conv = convert_release(entry.state, options.get("convention"), options.get("dilated_kernel_size"))
+    except ReleaseFormatError as err:
+        raise ConvertError(f"{str(src)!r}: {err}") from err
+    if model is not None and model != conv.model["name"]:
+        raise ConvertError(
+            f"--model {model!r} but {src.name} is a {conv.arch.interpolation} ConvNeXt-dcls release of depths "
+            f"{list(conv.arch.depths)}, dims {list(conv.arch.dims)}; allowed: --model {conv.model['name']}"
+        )
+    return {
+        "format": "release",
+        "conv": conv,
+        "raw": entry.state,
+        "state": conv.state,
+        "model": conv.model,
+        "data": conv.data,
+        "mapped": conv.mapped,
+        "skipped": conv.skipped,
+        "shape_changes": conv.shape_changes,
+        "entry": entry.key,
+        "weights": entry.weights,
+        "ignored_entries": list(entry.ignored),
+    }
+
+
+def _source(src: Path, model: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict in our layout, model/data config and mapping report, from a release or a factory format.
+    ``options``: ``convention``, ``dilated_kernel_size`` (releases) and ``use_ema``."""
+    obj = load_file(src)  # the factory's one-line errors: missing, a directory, not a torch file
+    if is_release(obj):
+        return _release_source(obj, src, model, options)
+    if options.get("convention") is not None or options.get("dilated_kernel_size") is not None:
         raise ConvertError(f"--convention/--dilated-kernel-size apply to ConvNeXt-dcls releases; {src.name} is not one")
     name, kwargs = parse_model_spec(model) if model else (None, {})
     try:
-        loaded = load_model(src, model_name=name, **kwargs)
+        loaded = load_model(src, model_name=name, use_ema=bool(options.get("use_ema")), **kwargs)
     except ModelLoadError as err:
         if err.reason != "no_config":
             raise
@@ -148,6 +230,9 @@ def _source(src: Path, model: str | None, convention: str | None, dilated_kernel
         "mapped": len(state),
         "skipped": [],
         "shape_changes": [],
+        "entry": loaded.provenance.key,
+        "weights": loaded.weights,
+        "ignored_entries": list(loaded.extra.get("ignored_entries", [])),
     }
 
 
@@ -158,20 +243,28 @@ def convert_checkpoint(
     convention: str | None = None,
     dilated_kernel_size: int | None = None,
     check_size: int = 64,
+    use_ema: bool = False,
+    val_root: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], nn.Module]:
-    """Convert ``src`` into our format at ``dst``; returns the JSON report and the converted model (eval mode)."""
+    """Convert ``src`` into our format at ``dst``; returns the JSON report and the converted model (eval mode).
+
+    ``val_root`` (``--verify-val``) is checked before anything is written, so a bad folder costs no conversion.
+    """
     src, dst = Path(src), Path(dst)
     if dst.suffix not in SUFFIXES:
         raise ConvertError(f"destination {str(dst)!r} has suffix {dst.suffix!r}; allowed: {', '.join(SUFFIXES)}")
-    got = _source(src, model, convention, dilated_kernel_size)
+    options = {"convention": convention, "dilated_kernel_size": dilated_kernel_size, "use_ema": use_ema}
+    got = _source(src, model, options)
     data = got["data"]
+    if val_root is not None:
+        _check_val_root(Path(val_root), int(data["num_classes"]))
     net = build_model(got["model"], int(data["num_classes"]), int(data["in_chans"]))
     net.load_state_dict(got["state"])  # strict: every tensor of our model is accounted for
     net.eval()
     payload = {
         "model": net.state_dict(),
         "config": run_config(got["model"], data),
-        "converted_from": {"path": str(src), "format": got["format"]},
+        "converted_from": {"path": str(src), "format": got["format"], "entry": got["entry"]},
     }
     atomic_save(payload, dst)
     reloaded = load_model(dst).model
@@ -179,6 +272,9 @@ def convert_checkpoint(
     report: dict[str, Any] = {
         "source": str(src),
         "format": got["format"],
+        "entry": got["entry"],
+        "weights": got["weights"],
+        "ignored_entries": got["ignored_entries"],
         "destination": str(dst),
         "model": got["model"]["name"],
         "model_kwargs": dict(got["model"].get("kwargs") or {}),
@@ -194,10 +290,11 @@ def convert_checkpoint(
             convention=conv.convention,
             dilated_kernel_size=conv.dilated_kernel_size,
             positions_max_abs=conv.positions_max_abs,
+            positions_clamped=conv.positions_clamped,
         )
         ref = _release_reference(net, got["raw"], conv)
         report["max_logit_diff"] = None if ref is None else _max_diff(ref, net, int(data["in_chans"]), size, 1)
-        report["logit_check"] = "dcls package Dcls2d on the release tensors" if ref is not None else "DCLS missing"
+        report["logit_check"] = REFERENCES[conv.convention] if ref is not None else "DCLS missing"
     return report, net
 
 
@@ -253,4 +350,74 @@ def verify_val(
     }
 
 
-__all__ = ["PUBLISHED_TOP1", "WARN_BELOW", "ConvertError", "convert_checkpoint", "run_config", "verify_val"]
+def _card(loaded: LoadedModel, top1: float | None) -> dict[str, Any]:
+    """Model card facts: the recipe and data of the run config, and a measured top-1 (``top1`` given: measured
+    by the caller; else the val top-1 train.py stored in best*.pth with these weights)."""
+    config = OmegaConf.to_container(loaded.config, resolve=True) if loaded.config is not None else {}
+    data = config.get("data") or {}
+    trainer = config.get("trainer") or {}
+    recipe = ", ".join(
+        f"{k} {v}"
+        for k, v in (
+            ("experiment", config.get("experiment_name")),
+            ("optimizer", (config.get("optim") or {}).get("name")),
+            ("epochs", trainer.get("epochs")),
+            ("weights", loaded.weights),
+        )
+        if v is not None
+    )
+    stored = (loaded.stored_metrics or {}).get("top1")
+    source = "given with --top1" if top1 is not None else f"val top-1 stored by train.py at epoch {loaded.epoch}"
+    return {
+        "recipe": recipe or None,
+        "dataset": data.get("name"),
+        "top1": top1 if top1 is not None else stored,
+        "top1_source": source,
+        "source": f"{loaded.source} ({loaded.provenance.format} format)",
+    }
+
+
+def export_hub_folder(
+    source: str | os.PathLike,
+    folder: str | os.PathLike,
+    model: str | None = None,
+    use_ema: bool = False,
+    top1: float | None = None,
+) -> dict[str, Any]:
+    """Write any checkpoint the factory reads (ours, a run dir, a release) as a timm Hub folder
+    (:func:`dcls_vision.models.hub.save_hub_folder`); returns a report with the files and the model card facts."""
+    name, kwargs = parse_model_spec(model) if model else (None, {})
+    loaded = load_model(source, use_ema=use_ema, model_name=name, **kwargs)
+    d = loaded.data
+    data_config = {
+        "input_size": (d.in_chans, *d.img_size),
+        "crop_pct": d.crop_pct,
+        "interpolation": d.interpolation,
+        "mean": tuple(d.mean),
+        "std": tuple(d.std),
+    }
+    model_args = {**plain_dict(loaded.model_cfg.get("kwargs")), "num_classes": d.num_classes, "in_chans": d.in_chans}
+    card = _card(loaded, top1)
+    out = save_hub_folder(
+        loaded.model, folder, loaded.name, model_args, {k: v for k, v in data_config.items() if v is not None}, card
+    )
+    return {
+        "source": str(source),
+        "folder": str(out),
+        "files": sorted(p.name for p in out.iterdir()),
+        "architecture": loaded.name,
+        "model_args": model_args,
+        "card": card,
+        "load_with": f"timm.create_model('local-dir:{out}', pretrained=True) after import dcls_vision.models",
+    }
+
+
+__all__ = [
+    "PUBLISHED_TOP1",
+    "WARN_BELOW",
+    "ConvertError",
+    "convert_checkpoint",
+    "export_hub_folder",
+    "run_config",
+    "verify_val",
+]

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dcls_vision.models.hub import hub_source_exists, is_hub_source
+
 from .cli import CliError, add_common_args, ensure_hooks, load_config, run, setup_distributed
 
 PROG = "python -m dcls_vision.downstream.train"  # argparse prog and the error-line prefix
@@ -44,10 +46,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def build_runner(argv: Sequence[str] | None = None) -> Any:
     """The configured mmengine Runner (process group joined), without training it."""
     args = parse_args(argv)
-    if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
+    given = args.backbone_checkpoint
+    exists = given and (hub_source_exists(given) if is_hub_source(given) else Path(given).is_file())
+    if given and not exists:
         raise CliError(
-            f"--backbone-checkpoint {args.backbone_checkpoint!r} does not exist; allowed: a "
-            "last.pth / best.pth / best_ema.pth written by `python train.py`"
+            f"--backbone-checkpoint {given!r} does not exist; allowed: a last.pth / best.pth / best_ema.pth "
+            "written by `python train.py`, any checkpoint file the model factory reads, or a timm Hub model "
+            "local-dir:FOLDER / hf-hub:ORG/NAME"
         )
     launcher, _, _ = setup_distributed(args.launcher)
     cfg = load_config(args, launcher)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcls_vision.data.builder import NAMES as DATA_NAMES
 from dcls_vision.data.spike_builder import FORMATS as SPIKE_FORMATS
 from dcls_vision.data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
+from dcls_vision.models.hub import hub_source_exists, is_hub_source
 from dcls_vision.utils.errors import UserError
 
 from .optim import LR_SCALE_RULES, SCHEDULERS
@@ -96,10 +97,11 @@ def _check_model(cfg: DictConfig) -> None:
             f"model.pretrained_file={pretrained!r} is not a file; allowed: a local .safetensors/.bin/.pth file of "
             f"timm weights for {name} (nothing is downloaded), or null"
         )
-    if init and not Path(str(init)).exists():
+    exists = hub_source_exists(init) if is_hub_source(init) else Path(str(init)).exists()
+    if init and not exists:
         raise ConfigError(
             f"model.init_checkpoint={init!r} does not exist; allowed: a checkpoint file (any format) or run dir, "
-            "or null"
+            "a timm Hub folder local-dir:FOLDER (config.json + model.safetensors) or hf-hub:ORG/NAME, or null"
         )
     _check_start(cfg, bool(init or pretrained))
 

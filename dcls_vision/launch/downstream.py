@@ -85,6 +85,18 @@ def _existing_file(path: str, flag: str) -> str:
     return str(Path(path).resolve())
 
 
+def _existing_source(source: str, flag: str) -> str:
+    """A checkpoint file (made absolute) or a timm Hub source (``local-dir:`` made absolute; ``hf-hub:`` as is)."""
+    from dcls_vision.models.hub import absolute_hub_source, hub_source_exists, is_hub_source  # torch/timm: lazily
+
+    if not is_hub_source(source):
+        return _existing_file(source, flag)
+    absolute = absolute_hub_source(source, Path.cwd())
+    if not hub_source_exists(absolute):
+        raise LaunchError(f"{flag} {source!r} does not exist; allowed: a timm Hub folder holding config.json")
+    return absolute
+
+
 def submit_downstream(opts: LaunchOptions, train_args: list[str], argv: list[str]) -> Launch:
     """Validate ``train_args`` (config loaded, paths checked), then queue a :class:`DownstreamJob`."""
     from dcls_vision.downstream.cli import CliError, load_config
@@ -104,7 +116,7 @@ def submit_downstream(opts: LaunchOptions, train_args: list[str], argv: list[str
             "python -m dcls_vision.downstream.train --help"
         ) from None
     if args.backbone_checkpoint:
-        args.backbone_checkpoint = _existing_file(args.backbone_checkpoint, "--backbone-checkpoint")
+        args.backbone_checkpoint = _existing_source(args.backbone_checkpoint, "--backbone-checkpoint")
     if args.resume not in (None, "auto"):
         args.resume = _existing_file(args.resume, "--resume")
     try:

@@ -23,6 +23,7 @@ from timm.layers import trunc_normal_
 from timm.models import register_model
 from torch import Tensor, nn
 
+from .hub import load_pretrained_source
 from .quickstart import QuickstartNet
 from .zoo import create_dcls_model
 
@@ -90,13 +91,9 @@ def _audio_cfg(first_conv: str, num_classes: int) -> dict[str, Any]:
 
 def create_audio_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build audio model ``name`` (timm kwargs; ``dcls_*`` kwargs for DCLS variants), stem swapped, 527 classes."""
-    if pretrained:
-        raise ValueError(
-            f"pretrained=True is not supported for {name!r}; allowed: pretrained=False "
-            "(ImageNet initialisation: model.init_checkpoint=<path> in the training config)"
-        )
     family, variant, base = AUDIO_MODELS[name]
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+    source = kwargs.pop("pretrained_cfg", None)  # a Hub source (local-dir: / hf-hub:) when pretrained=True
+    for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
         kwargs.pop(key, None)
     kwargs.setdefault("num_classes", AUDIOSET_CLASSES)
     in_chans = kwargs.pop("in_chans", 1)
@@ -109,6 +106,8 @@ def create_audio_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn
     model = create_dcls_model(variant, **kwargs) if variant else timm.create_model(base, pretrained=False, **kwargs)
     first = swap_stem(model, family)
     model.pretrained_cfg = model.default_cfg = _audio_cfg(first, int(kwargs["num_classes"]))
+    if pretrained:  # ImageNet initialisation goes through model.init_checkpoint=<path> instead
+        load_pretrained_source(model, name, source)
     return model
 
 
@@ -183,13 +182,14 @@ class QuickstartAudioNet(QuickstartNet):
 
 def _quickstart_audio(name: str, pretrained: bool, dcls: bool, kwargs: dict[str, Any]) -> QuickstartNet:
     """The quickstart net with the audio stem: (1, 128, 1001) -> (dim, 64, 62) -> time max -> head."""
-    if pretrained:
-        raise ValueError(f"{name}: no pretrained weights exist; create it with pretrained=False and train it")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
+    source = kwargs.pop("pretrained_cfg", None)  # a Hub source (local-dir: / hf-hub:) when pretrained=True
+    for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):  # passed by timm.create_model
         kwargs.pop(key, None)
     kwargs.pop("in_chans", None)
     model = QuickstartAudioNet(**{"dcls": dcls, **kwargs})
     model.pretrained_cfg = model.default_cfg = _audio_cfg("stem.0", model.num_classes) | {"classifier": "head"}
+    if pretrained:
+        load_pretrained_source(model, name, source)
     return model
 
 

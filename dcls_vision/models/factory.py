@@ -25,11 +25,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from dcls_vision.ops import DclsLayer
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
 from .audio_release import AUDIO_RELEASE_DESCRIPTION, AudioReleaseError, convert_audio_release, is_audio_release
-from .release import RELEASE_DESCRIPTION, ReleaseFormatError, convert_release, is_release, release_state
+from .hub import HubSourceError, is_hub_source, read_hub
+from .release import (
+    RELEASE_DESCRIPTION,
+    ReleaseFormatError,
+    ReleaseNoEmaError,
+    convert_release,
+    is_release,
+    names_ema,
+    pick_release_entry,
+)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -73,6 +83,9 @@ class CheckpointInfo:
     config: dict[str, Any] | None = None  # the run's resolved config (our checkpoints)
     epoch: int | None = None
     metrics: dict[str, Any] | None = None  # best*.pth: the trainer's val figures for these weights
+    ignored: tuple[str, ...] = ()  # the file's other entries, not used (the other weights, optimizer, args, ...)
+    # a key mapping that needs the built model (timm's checkpoint_filter_fn of a foreign layout), or None
+    filter_fn: Callable[[Mapping[str, Tensor], nn.Module], Mapping[str, Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,9 @@ def _read_ours(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mappi
     return obj[key], info
 
 
+EMA_KEYS = ("ema", "model_ema", "state_dict_ema")  # ours (last.pth), ConvNeXt / ConvNeXt-dcls, timm train.py
+
+
 def _wrapped_key(obj: Any) -> str | None:
     if not isinstance(obj, Mapping):
         return None
@@ -240,14 +256,20 @@ def _wrapped_key(obj: Any) -> str | None:
 
 
 def _read_wrapped(obj: Mapping[str, Any], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
-    """A state dict under ``state_dict`` (timm, mmengine) or ``model`` (without a run config), maybe with ``ema``."""
+    """A state dict under ``state_dict`` (timm, mmengine) or ``model`` (without a run config), maybe with EMA
+    weights (:data:`EMA_KEYS`): taken with ``use_ema``, or by default when the file name says EMA (ConvNeXt's
+    ``checkpoint-best-ema.pth`` holds the non-EMA weights under ``model``)."""
     key, weights = _wrapped_key(obj), "model"
-    if use_ema:
-        if not _is_state_dict(obj.get("ema")):
-            raise _no_ema(path, f"a state dict under {key!r} without an 'ema' entry")
-        key, weights = "ema", "ema"
+    ema_key = next((k for k in EMA_KEYS if _is_state_dict(obj.get(k))), None)
+    if use_ema and ema_key is None:
+        raise _no_ema(path, f"a state dict under {key!r} without an entry of {', '.join(EMA_KEYS)}")
+    if ema_key is not None and (use_ema or names_ema(path.name)):
+        key, weights = ema_key, "ema"
     config = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
-    return obj[key], CheckpointInfo(path, "wrapped", key, weights, None if config is None else dict(config))
+    ignored = tuple(str(k) for k in obj if k != key)
+    return obj[key], CheckpointInfo(
+        path, "wrapped", key, weights, None if config is None else dict(config), ignored=ignored
+    )
 
 
 def _read_plain(obj: Mapping[str, Tensor], path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
@@ -257,31 +279,63 @@ def _read_plain(obj: Mapping[str, Tensor], path: Path, use_ema: bool) -> tuple[M
 
 
 def _read_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
-    """A ConvNeXt-dcls release (:mod:`.release`) in our layout; its config (model, data) is inferred from the
-    tensors. The published files hold EMA weights (``*_ema.pth``): labelled "ema" when the name says so."""
-    weights = "ema" if "ema" in path.stem.lower() else "model"
-    if use_ema and weights != "ema":
-        raise _no_ema(path, "a release file without _ema in its name: one set of weights")
+    """A ConvNeXt-dcls release or fork training checkpoint (:mod:`.release`) in our layout; its config (model,
+    data) is inferred from the tensors; the entry (``model`` / ``model_ema``) and label: ``pick_release_entry``."""
     try:
-        conv = convert_release(release_state(obj))
+        entry = pick_release_entry(obj, path.name, use_ema)
+        conv = convert_release(entry.state)
+    except ReleaseNoEmaError as err:
+        raise _no_ema(path, str(err)) from err
     except ReleaseFormatError as err:
         raise ModelLoadError(f"checkpoint={str(path)!r}: {err}", "mismatch", path) from err
-    key = "model" if isinstance(obj, Mapping) and "model" in obj else None
-    return conv.state, CheckpointInfo(path, "release", key, weights, conv.run_config())
+    epoch = obj.get("epoch") if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int) else None
+    info = CheckpointInfo(path, "release", entry.key, entry.weights, conv.run_config(), epoch, ignored=entry.ignored)
+    return conv.state, info
+
+
+def _metaformer_layout(obj: Any) -> bool:
+    """The MetaFormer repository's layout (sail-sg/metaformer ``metaformer_baselines.py``: ``downsample_layers.N``
+    of ``Downsampling`` with ``conv`` / ``pre_norm`` / ``post_norm``, blocks as ``stages.i.j``), bare or wrapped."""
+    key = _wrapped_key(obj)
+    state = obj[key] if key is not None else obj
+    return (
+        _is_state_dict(state)
+        and "downsample_layers.0.conv.weight" in state
+        and any(k.startswith("stages.0.0.") for k in state)
+    )
+
+
+def _metaformer_filter(state: Mapping[str, Tensor], model: nn.Module) -> Mapping[str, Tensor]:
+    """timm's own key mapping for that layout (``timm.models.metaformer.checkpoint_filter_fn``: renames, and
+    reshapes the repository's Linear weights into timm's 1x1 convs)."""
+    from timm.models.metaformer import checkpoint_filter_fn
+
+    return checkpoint_filter_fn(dict(state), model)
+
+
+def _read_metaformer(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
+    """ConvFormer / CAFormer / PoolFormerV2 weights of the MetaFormer repository (``model_name=`` names the timm
+    model); keys are mapped by timm's filter once that model is built."""
+    reader = _read_wrapped if _wrapped_key(obj) is not None else _read_plain
+    state, info = reader(obj, path, use_ema)
+    return state, replace(info, format="metaformer", filter_fn=_metaformer_filter)
 
 
 def _read_audio_release(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping[str, Tensor], CheckpointInfo]:
-    """A DCLS-Audio AudioSet checkpoint (:mod:`.audio_release`) in our ``*_audio`` model's layout."""
+    """A DCLS-Audio AudioSet checkpoint (:mod:`.audio_release`) in our ``*_audio`` model's layout; ``model_ema``
+    is taken as for the fork's files (asked for, or the file name says EMA), and the label says which was taken."""
     key = "model" if isinstance(obj, Mapping) and "model" in obj else None
-    if use_ema:
-        if not (isinstance(obj, Mapping) and isinstance(obj.get("model_ema"), Mapping)):
-            raise _no_ema(path, "a DCLS-Audio file without a 'model_ema' entry")
+    has_ema = isinstance(obj, Mapping) and isinstance(obj.get("model_ema"), Mapping)
+    if use_ema and not has_ema:
+        raise _no_ema(path, "a DCLS-Audio file without a 'model_ema' entry")
+    if has_ema and (use_ema or names_ema(path.name)):
         obj, key = {"model": obj["model_ema"]}, "model_ema"
     try:
         conv = convert_audio_release(obj)
     except AudioReleaseError as err:
         raise ModelLoadError(f"checkpoint={str(path)!r}: {err}", "mismatch", path) from err
-    return conv.state, CheckpointInfo(path, "audio-release", key, "ema" if use_ema else "model", conv.run_config())
+    weights = "ema" if key == "model_ema" else "model"
+    return conv.state, CheckpointInfo(path, "audio-release", key, weights, conv.run_config())
 
 
 @dataclass(frozen=True)
@@ -311,6 +365,13 @@ CHECKPOINT_FORMATS: list[CheckpointFormat] = [
     ),
     CheckpointFormat("release", RELEASE_DESCRIPTION, lambda obj, path: is_release(obj), _read_release),
     CheckpointFormat(
+        "metaformer",
+        "metaformer: ConvFormer/CAFormer/PoolFormerV2 weights of the MetaFormer repository (downsample_layers.N.conv, "
+        "stages.i.j; needs model_name=, e.g. convformer_s18)",
+        lambda obj, path: _metaformer_layout(obj),
+        _read_metaformer,
+    ),
+    CheckpointFormat(
         "wrapped",
         "wrapped: a state dict under 'state_dict' or 'model' (timm, mmengine; needs model_name=)",
         lambda obj, path: _wrapped_key(obj) is not None,
@@ -332,28 +393,18 @@ def _formats(names: Sequence[str] | None) -> list[CheckpointFormat]:
     return [known[n] for n in names]
 
 
-def read_checkpoint(
-    path: str | os.PathLike,
-    use_ema: bool = False,
-    map_location: str | torch.device = "cpu",
-    formats: Sequence[str] | None = None,
-) -> tuple[dict[str, Tensor], CheckpointInfo]:
-    """The (EMA) state dict of a checkpoint file, wrapper prefixes stripped, and what the file says about it.
-
-    Read with ``weights_only=True`` (``.safetensors``: safetensors); the first of :data:`CHECKPOINT_FORMATS` (or
-    of ``formats``) that detects the file reads it. Raises :class:`ModelLoadError` naming the file and the formats
-    understood.
-    """
-    path, readers = Path(path), _formats(formats)
-    allowed = "; ".join(f.description for f in readers)
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", allowed: str | None = None) -> Any:
+    """A checkpoint file's contents (``weights_only=True``; ``.safetensors``: safetensors), or a
+    :class:`ModelLoadError` of one line for a missing path, a directory, or a file torch cannot read safely."""
+    path = Path(path)
+    allowed = allowed or "; ".join(f.description for f in CHECKPOINT_FORMATS)
     if not path.is_file():
+        why = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ModelLoadError(
-            f"checkpoint={str(path)!r} does not exist; allowed: a file in a format read here: {allowed}",
-            "missing",
-            path,
+            f"checkpoint={str(path)!r} {why}; allowed: a file in a format read here: {allowed}", "missing", path
         )
     try:
-        obj = load_checkpoint(path, map_location=map_location)
+        return load_checkpoint(path, map_location=map_location)
     except UnsafeCheckpointError as err:  # one line naming the refused type
         raise ModelLoadError(str(err), "unreadable", path) from err
     except Exception as err:  # pickle/zip errors: not a torch file, or one holding non-tensor objects
@@ -363,11 +414,42 @@ def read_checkpoint(
             "unreadable",
             path,
         ) from err
+
+
+def _read_hub_source(source: str, use_ema: bool) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """A ``local-dir:`` / ``hf-hub:`` timm Hub model (:mod:`.hub`): its weights and the config in config.json."""
+    if use_ema:
+        raise _no_ema(Path(source), "a timm Hub folder holds one set of weights (written EMA or not)")
+    try:
+        state, config = read_hub(source)
+    except HubSourceError as err:
+        raise ModelLoadError(str(err), "missing", Path(source)) from err
+    return {strip_prefix(k): v for k, v in state.items()}, CheckpointInfo(Path(source), "hub", None, "model", config)
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    use_ema: bool = False,
+    map_location: str | torch.device = "cpu",
+    formats: Sequence[str] | None = None,
+) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """The (EMA) state dict of a checkpoint file, wrapper prefixes stripped, and what the file says about it.
+
+    Read with ``weights_only=True`` (``.safetensors``: safetensors); the first of :data:`CHECKPOINT_FORMATS` (or
+    of ``formats``) that detects the file reads it. ``local-dir:FOLDER`` / ``hf-hub:ORG/NAME`` (a timm Hub model,
+    format "hub") are read by timm's own readers. Raises :class:`ModelLoadError` naming the file and the formats
+    understood.
+    """
+    if is_hub_source(path):
+        return _read_hub_source(str(path), use_ema)
+    path, readers = Path(path), _formats(formats)
+    obj = load_file(path, map_location, "; ".join(f.description for f in readers))
     for fmt in readers:
         if fmt.detect(obj, path):
             state, info = fmt.read(obj, path, use_ema)
             return {strip_prefix(k): v for k, v in state.items()}, info
     found = f"keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    allowed = "; ".join(f.description for f in readers)
     raise ModelLoadError(
         f"checkpoint={str(path)!r} is in none of the checkpoint formats read here (found {found}); allowed: {allowed}",
         "unknown_format",
@@ -394,7 +476,7 @@ def resolve_checkpoint(source: str | os.PathLike, use_ema: bool = False) -> Path
 
 def _is_timm_spec(source: str | os.PathLike) -> bool:
     """``timm:...``, or a string that is neither an existing path nor shaped like one (no ``/``, no .pth)."""
-    if not isinstance(source, str):
+    if not isinstance(source, str) or is_hub_source(source):
         return False
     if source.startswith("timm:"):
         return True
@@ -508,16 +590,49 @@ def _model_cfg(info: CheckpointInfo, model_name: str | None, overrides: dict[str
     return cfg
 
 
-def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+def _key_problems(own: Mapping[str, Tensor], state: Mapping[str, Tensor], shown: int = 3) -> str:
+    """Counts and the first few keys that are missing, unexpected or of another shape (torch's own message is a
+    paragraph per key; its first line names none)."""
+    groups = (
+        ("missing", [k for k in own if k not in state]),
+        ("unexpected", [k for k in state if k not in own]),
+        (
+            "of another shape",
+            [f"{k} {_shape(v)} vs {_shape(own[k])}" for k, v in state.items() if k in own and v.shape != own[k].shape],
+        ),
+    )
+    return "; ".join(
+        f"{len(keys)} {what}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}"
+        for what, keys in groups
+        if keys
+    )
+
+
+def apply_filter(info: CheckpointInfo, state: Mapping[str, Tensor], model: nn.Module) -> Mapping[str, Tensor]:
+    """``state`` in ``model``'s keys: the format's model-dependent mapping (:attr:`CheckpointInfo.filter_fn`)."""
+    if info.filter_fn is None:
+        return state
     try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+        return info.filter_fn(state, model)
+    except KeyError as err:
         raise ModelLoadError(
-            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({first})",
+            f"checkpoint={str(info.path)!r} ({info.format} format): its key maps to {err.args[0]!r}, which "
+            f"{type(model).__name__} does not have; allowed: model_name= of the architecture the file holds",
+            "mismatch",
+            info.path,
+        ) from err
+
+
+def _load_weights(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+    problems = _key_problems(model.state_dict(), state)
+    if problems:
+        raise ModelLoadError(
+            f"checkpoint={str(path)!r}: weights do not fit the model rebuilt from its config ({problems}); allowed: "
+            "model_name= / model kwargs of the architecture the file was trained with",
             "mismatch",
             path,
-        ) from err
+        )
+    model.load_state_dict(state)
 
 
 def load_model(
@@ -555,7 +670,7 @@ def load_model(
         num_classes, in_chans = num_classes or run_data.num_classes, in_chans or run_data.in_chans
         run_data = replace(run_data, num_classes=int(num_classes), in_chans=int(in_chans))
     model = build_model(model_cfg, int(num_classes or 1000), int(in_chans or 3))
-    _load_weights(model, state, info.path)
+    _load_weights(model, apply_filter(info, state, model), info.path)
     data = run_data if run_data is not None else _data_from_timm(model, in_chans)
     config = OmegaConf.create(info.config) if info.config else None
     return LoadedModel(
@@ -568,6 +683,7 @@ def load_model(
         config,
         info.epoch,
         info.metrics,
+        {"ignored_entries": list(info.ignored)},
     )
 
 
@@ -603,18 +719,38 @@ def _adaptable(model: nn.Module, state: Mapping[str, Tensor], own: Mapping[str, 
         differs = any(k not in own or k not in state or state[k].shape != own[k].shape for k in keys)
         if keys and differs:
             skip[part] = keys
+    dense = _dense_kernel_keys(model, state)
+    if dense:
+        skip["DCLS kernels"] = dense
     return skip
+
+
+def _dense_kernel_keys(model: nn.Module, state: Mapping[str, Tensor]) -> set[str]:
+    """Our DCLS layers' weight / positions / sigma where the file holds the dense kernel of the baseline (one
+    more dimension, no positions): a DCLS model started from its baseline's weights (e.g. ConvFormer-S18 for
+    convformer_s18_dcls) keeps these freshly initialised and loads everything else."""
+    keys: set[str] = set()
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight")
+        if not isinstance(module, DclsLayer) or weight is None or f"{name}.positions" in state:
+            continue
+        if weight.ndim == module.weight.ndim + 1:
+            keys |= {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False) if p != "bias"}
+            keys.add(f"{name}.weight")
+    return keys
 
 
 def init_from_checkpoint(model: nn.Module, source: str | os.PathLike, use_ema: bool = False) -> str:
     """Load a checkpoint of any format into ``model`` to start a new run (fine-tuning); one line saying what.
 
     Strict except for the classifier and the input stem: when one of them differs (another ``num_classes``,
-    ``in_chans`` or stem) it keeps its fresh init and is reported as skipped. Any other missing, unexpected or
+    ``in_chans`` or stem) it keeps its fresh init and is reported as skipped; so do DCLS layers where the file
+    holds its baseline's dense kernels (:func:`_dense_kernel_keys`). Any other missing, unexpected or
     mis-shaped key is a :class:`ModelLoadError`. Parameters are copied in place, so optimizer groups built from
     them (DCLS positions/sigma) are unchanged.
     """
     state, info = read_checkpoint(resolve_checkpoint(source, use_ema), use_ema)
+    state = apply_filter(info, state, model)
     own = model.state_dict()
     parts = _adaptable(model, state, own)
     skip = set().union(*parts.values()) if parts else set()
@@ -644,6 +780,10 @@ def init_from_checkpoint(model: nn.Module, source: str | os.PathLike, use_ema: b
             f"{k} {_shape(state[k]) if k in state else '-'}->{_shape(own[k]) if k in own else '-'}"
             for k in sorted(keys)
         )
+        if part == "DCLS kernels":
+            layers = len({k.rsplit(".", 1)[0] for k in keys})
+            line += f"; skipped {layers} DCLS kernels (the file holds dense kernels), freshly initialised"
+            continue
         why = "another num_classes" if part == "classifier" else "another input stem"
         line += f"; skipped the {part} ({why}), freshly initialised: {shapes}"
     return line

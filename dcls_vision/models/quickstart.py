@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from dcls_vision.ops import Dcls2d, share_positions
 
+from .hub import load_pretrained_source
+
 __all__ = ["QuickstartNet", "matched_kernel_count"]
 
 POOLS = ("avg", "max")  # max: tagging a short event (a word) in a long map, as the audio quickstart nets
@@ -180,12 +182,14 @@ def _cfg() -> dict[str, object]:
 
 
 def _create(name: str, pretrained: bool, defaults: dict[str, object], kwargs: dict[str, object]) -> QuickstartNet:
-    if pretrained:
-        raise ValueError(f"{name}: no pretrained weights exist; create it with pretrained=False and train it")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
+    """``pretrained=True`` only from a ``local-dir:`` / ``hf-hub:`` source (:func:`.hub.load_pretrained_source`)."""
+    source = kwargs.pop("pretrained_cfg", None)  # passed by timm.create_model (a Hub source: its file / id)
+    for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
         kwargs.pop(key, None)
     model = QuickstartNet(**{**defaults, **kwargs})
     model.pretrained_cfg = model.default_cfg = _cfg()
+    if pretrained:
+        load_pretrained_source(model, name, source)
     return model
 
 

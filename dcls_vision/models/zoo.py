@@ -21,6 +21,7 @@ from timm.models._pretrained import PretrainedCfg
 from torch import nn
 
 from .dclsify import dclsify
+from .hub import load_pretrained_source
 
 __all__: list[str] = []  # filled by register_model
 
@@ -88,15 +89,12 @@ default_cfgs = generate_default_cfgs({name: _data_cfg(variant) for name, variant
 
 
 def create_dcls_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Build registered variant ``name``: its timm base (all timm kwargs), converted by ``dclsify``."""
-    if pretrained:
-        raise ValueError(
-            f"pretrained=True is not supported for {name!r}: no DCLS weights are published; allowed: "
-            "pretrained=False (load a trained checkpoint with timm.create_model(..., checkpoint_path=...))"
-        )
+    """Build registered variant ``name``: its timm base (all timm kwargs), converted by ``dclsify``;
+    ``pretrained=True`` only from a ``local-dir:`` / ``hf-hub:`` source (:func:`.hub.load_pretrained_source`)."""
     variant = VARIANTS[name]
     pretrained_cfg: PretrainedCfg | dict | str | None = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.pop("pretrained_model_args", None)  # timm's record of a Hub folder's model_args (already in kwargs)
     dcls = {
         "interpolation": kwargs.pop("dcls_interpolation", variant.interpolation),
         "dilated_kernel_size": kwargs.pop("dcls_dilated_kernel_size", variant.dilated_kernel_size),
@@ -110,6 +108,8 @@ def create_dcls_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     if isinstance(model, (FeatureListNet, FeatureDictNet)):
         cfg = pretrained_cfg_for_features(cfg)  # as timm does: no classifier keys
     model.pretrained_cfg = model.default_cfg = cfg
+    if pretrained:
+        load_pretrained_source(model, name, cfg)
     return model
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dcls_vision.data.paths import resolve_path
+from dcls_vision.data.paths import original_cwd, resolve_path
 from dcls_vision.engine.config import AMP_DTYPES, ConfigError
+from dcls_vision.models.hub import absolute_hub_source, hub_source_exists, is_hub_source
 
 from .benchmarks import BENCHMARKS, SEVERITIES, allowed_corruptions
 
@@ -67,7 +68,8 @@ def _optional_bool(cfg: DictConfig, key: str) -> None:
 
 _SOURCES = (
     "a .pth written by train.py (last/best/best_ema/epoch_XXXX), a release / state dict / .safetensors file "
-    "with model.name=<timm name>, or checkpoint=null with model.name=<timm name> model.pretrained_file=<file>"
+    "with model.name=<timm name>, a timm Hub model local-dir:FOLDER / hf-hub:ORG/NAME, or checkpoint=null with "
+    "model.name=<timm name> model.pretrained_file=<file>"
 )
 
 
@@ -81,7 +83,12 @@ def _validate_weights_source(cfg: DictConfig) -> None:
             f"checkpoint={ckpt!r} and model.pretrained_file={pretrained!r} are both set; allowed: {_SOURCES}"
         )
     key, value = ("checkpoint", ckpt) if ckpt not in (None, "") else ("model.pretrained_file", pretrained)
-    if not resolve_path(str(value), key).is_file():
+    if key == "checkpoint" and is_hub_source(value):
+        if not hub_source_exists(absolute_hub_source(str(value), original_cwd())):
+            raise EvalConfigError(
+                f"checkpoint={value!r} is not a timm Hub folder (no config.json); allowed: {_SOURCES}"
+            )
+    elif not resolve_path(str(value), key).is_file():
         raise EvalConfigError(f"{key}={value!r} is not a file; allowed: {_SOURCES}")
     if key == "model.pretrained_file" and _select(cfg, "model.name") in (None, ""):
         raise EvalConfigError(f"model.pretrained_file={value!r} needs model.name=<the timm model it belongs to>")
@@ -127,6 +134,8 @@ def validate_eval_config(cfg: DictConfig) -> list[str]:
 
 def checkpoint_path(cfg: DictConfig) -> Path:
     """The weights file evaluated: ``checkpoint``, else ``model.pretrained_file``."""
+    if cfg.checkpoint and is_hub_source(cfg.checkpoint):  # local-dir:FOLDER / hf-hub:ORG/NAME, read by timm
+        return Path(absolute_hub_source(str(cfg.checkpoint), original_cwd()))
     if cfg.checkpoint:
         return resolve_path(str(cfg.checkpoint), "checkpoint")
     return resolve_path(str(cfg.model.pretrained_file), "model.pretrained_file")

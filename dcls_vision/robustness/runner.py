@@ -27,6 +27,7 @@ from dcls_vision.engine.distributed import barrier, broadcast_object, cleanup, i
 from dcls_vision.engine.evaluate import evaluate
 from dcls_vision.engine.loader import EpochLoader
 from dcls_vision.engine.runlog import RunLogger
+from dcls_vision.models.hub import hub_weights_file, is_hub_source
 from dcls_vision.utils.errors import SaveError
 
 from .benchmarks import BENCHMARKS, IMAGENET_C, IMAGENET_C_BAR, Benchmark, coverage_note, severity_folder_names
@@ -344,11 +345,13 @@ class Evaluator:
     # ------------------------------------------------------------------------------------- resume, results
     def resume_key(self) -> dict[str, Any]:
         """What makes saved results valid for this command (see :mod:`dcls_vision.robustness.resume`)."""
-        st = self.ckpt.stat()
+        hub = is_hub_source(self.ckpt)
+        weights = hub_weights_file(self.ckpt) if hub else self.ckpt  # a Hub folder: its weights file
+        st = weights.stat() if weights is not None and weights.is_file() else None
         key: dict[str, Any] = {
-            "checkpoint": str(self.ckpt.resolve()),
-            "checkpoint_size": st.st_size,
-            "checkpoint_mtime_ns": st.st_mtime_ns,
+            "checkpoint": str(self.ckpt) if hub else str(self.ckpt.resolve()),
+            "checkpoint_size": None if st is None else st.st_size,
+            "checkpoint_mtime_ns": None if st is None else st.st_mtime_ns,
             "weights": self.loaded.weights,
             "classes": self.cfg.get("classes"),
             "amp": str(self.amp),
