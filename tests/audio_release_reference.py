@@ -12,6 +12,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from DCLS.construct.modules import Dcls2d as RefDcls2d
+from metaformer_reference import Mlp, SepConv
 from release_reference import ReleaseConvNeXtDcls
 from torch import Tensor, nn
 
@@ -68,15 +69,6 @@ class LayerNormWithoutBias(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
 
 
-class StarReLU(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale, self.bias = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scale * F.relu(x) ** 2 + self.bias
-
-
 class Scale(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -105,36 +97,13 @@ class Downsampling(nn.Module):
         return self.post_norm(self.conv(x).permute(0, 2, 3, 1))
 
 
-class SepConv(nn.Module):
-    def __init__(self, dim: int, count: int, size: int) -> None:
-        super().__init__()
-        self.pwconv1 = nn.Linear(dim, 2 * dim, bias=False)
-        self.act1 = StarReLU()
-        self.dwconv = ref_dcls(2 * dim, count, size, bias=False)
-        self.pwconv2 = nn.Linear(2 * dim, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.act1(self.pwconv1(x)).permute(0, 3, 1, 2)
-        return self.pwconv2(self.dwconv(x).permute(0, 2, 3, 1))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = (
-            nn.Linear(dim, 4 * dim, bias=False),
-            StarReLU(),
-            nn.Linear(4 * dim, dim, bias=False),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     def __init__(self, dim: int, res_scale: bool, count: int, size: int) -> None:
         super().__init__()
-        self.norm1, self.token_mixer = LayerNormWithoutBias(dim), SepConv(dim, count, size)
+        self.norm1, self.token_mixer = (
+            LayerNormWithoutBias(dim),
+            SepConv(dim, ref_dcls(2 * dim, count, size, bias=False)),
+        )
         self.norm2, self.mlp = LayerNormWithoutBias(dim), Mlp(dim)
         self.res_scale1 = Scale(dim) if res_scale else nn.Identity()
         self.res_scale2 = Scale(dim) if res_scale else nn.Identity()

@@ -55,11 +55,13 @@ class Downsampling(nn.Module):
 
 
 class SepConv(nn.Module):
-    def __init__(self, dim: int) -> None:
+    """``dwconv``: the 7x7 depthwise conv of the repository, or a DCLS layer over ``2 * dim`` channels."""
+
+    def __init__(self, dim: int, dwconv: nn.Module | None = None) -> None:
         super().__init__()
         med = 2 * dim
         self.pwconv1, self.act1 = nn.Linear(dim, med, bias=False), StarReLU()
-        self.dwconv = nn.Conv2d(med, med, 7, padding=3, groups=med, bias=False)
+        self.dwconv = dwconv if dwconv is not None else nn.Conv2d(med, med, 7, padding=3, groups=med, bias=False)
         self.pwconv2 = nn.Linear(med, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
