@@ -56,12 +56,16 @@ def _train(cfg: DictConfig, multirun: bool) -> None:
             line = f"final: mAP={result['mAP']:.2f} AUC={result['AUC']:.2f} d_prime={result['d_prime']:.3f}"
             if result.get("ema_mAP") is not None:
                 line += f" ema_mAP={result['ema_mAP']:.2f}"
-            line += f" best_mAP={result['best_mAP']:.2f} run_dir={result['run_dir']}"
+            if result.get("best_mAP") is not None:  # None: trainer.eval_only
+                line += f" best_mAP={result['best_mAP']:.2f}"
+            line += f" run_dir={result['run_dir']}"
         else:
             line = f"final: top1={result['top1']:.2f} top5={result['top5']:.2f}"
             if result.get("ema_top1") is not None:
                 line += f" ema_top1={result['ema_top1']:.2f} ema_top5={result['ema_top5']:.2f}"
-            line += f" best_top1={result['best_top1']:.2f} run_dir={result['run_dir']}"
+            if result.get("best_top1") is not None:  # None: trainer.eval_only
+                line += f" best_top1={result['best_top1']:.2f}"
+            line += f" run_dir={result['run_dir']}"
         print(line, flush=True)
 
 

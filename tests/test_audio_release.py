@@ -16,6 +16,8 @@ from dcls_vision.models import ModelLoadError, load_model
 from dcls_vision.models.factory import build_model, init_from_checkpoint
 from dcls_vision.ops import Dcls2d
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TINY = {"depths": [1, 1, 2, 1], "dims": [16, 32, 64, 128], "dcls_kernel_count": 10}
 
 
@@ -182,3 +184,41 @@ def test_unequal_copies_of_a_shared_position_tensor_are_one_line(tmp_path: Path)
         load_model(tmp_path / "bad.pth")
     assert "stages.2.blocks.1.conv_dw.positions differs from stages.2.blocks.0.conv_dw.positions" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_eval_only_scores_a_dcls_audio_file_on_the_users_eval_set(tmp_path: Path) -> None:
+    """Issue 28.6: a DCLS-Audio ConvNeXt file is evaluated as it is (``trainer.eval_only``): its 4-way head kept,
+    mAP on the eval split, nothing trained or written; the same file scored twice gives the same figure."""
+    from hydra import compose, initialize_config_dir
+
+    from dcls_vision.data.audio_synth import ensure_embedded_audioset
+    from dcls_vision.engine import train
+
+    root = ensure_embedded_audioset(tmp_path / "set", 8, 6, seed=0, n_words=4)
+    ref = audio_convnext(TINY["depths"], TINY["dims"], count=10, num_classes=4)
+    checkpoint(ref, tmp_path / "audio.pth")
+    results = []
+    for run in ("a", "b"):
+        overrides = [
+            "model=convnext_tiny_dcls_audio",
+            "data=audio_embedded",
+            "aug=none",
+            "trainer.loss=bce",
+            "trainer.batch_size=4",
+            f"+model.kwargs={{depths: {TINY['depths']}, dims: {TINY['dims']}, dcls_kernel_count: 10}}",
+            f"model.init_checkpoint={tmp_path / 'audio.pth'}",
+            "trainer.eval_only=true",
+            f"data.root={root}",
+            "data.embedded=false",
+            "data.num_classes=4",
+            "logger.wandb=false",
+            "logger.progress=false",
+            f"trainer.output_dir={tmp_path / run}",
+        ]
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            results.append(train(compose("config", overrides=overrides)))
+        assert not list((tmp_path / run).glob("*.pth")), "eval_only wrote a checkpoint"
+    assert results[0]["epochs_done"] == 0 and results[0]["best_mAP"] is None
+    assert 0 < results[0]["mAP"] <= 100 and results[0]["mAP"] == results[1]["mAP"]
+    log = (tmp_path / "a" / "log.txt").read_text()
+    assert "audio-release" in log and "trainer.eval_only=true" in log

@@ -279,6 +279,7 @@ ADDED_SINCE = {
     "trainer.tf32": True,
     "trainer.head_bias_prior": False,  # issue 18: multi-label quickstart only
     "trainer.val_interval": 1,  # issue 19: the kernel-size study's 100-epoch runs validate every 10 epochs
+    "trainer.eval_only": False,  # issue 28: evaluate a published (e.g. DCLS-Audio) checkpoint without training
     "trainer.resume_schedule": "checkpoint",  # issue 31: the LR schedule on resume (checkpoint = as before)
     "model.from_scratch": None,  # issue 29: the AudioSet recipes say whether they start from ImageNet weights
     "optim.positions": None,  # issue 27: SNN delays' own optimizer/scheduler; null = positions in optim (5x lr)

@@ -319,3 +319,20 @@ def test_val_interval_validates_every_nth_and_the_last_epoch(tmp_path):
     assert "epoch 1/3 | train_loss" in log and "| val -/- |" in log.split("epoch 2/3")[0]
     with pytest.raises(Exception, match="trainer.val_interval"):
         train(_cfg(tmp_path / "bad", "trainer.val_interval=0"))
+
+
+def test_eval_only_scores_the_given_weights_exactly_and_writes_no_checkpoint(tmp_path):
+    """``trainer.eval_only``: the val figures of a checkpoint's weights, equal to those the run measured with them;
+    no training (epochs_done 0), no checkpoint written, no best figure claimed."""
+    trained = train(_cfg(tmp_path / "run", "trainer.epochs=1", "trainer.ema.enabled=false"))
+    scored = train(
+        _cfg(
+            tmp_path / "eval",
+            "trainer.ema.enabled=false",
+            "trainer.eval_only=true",
+            f"model.init_checkpoint={tmp_path / 'run' / 'best.pth'}",
+        )
+    )
+    assert (scored["top1"], scored["top5"]) == (trained["top1"], trained["top5"])
+    assert scored["epochs_done"] == 0 and scored["best_top1"] is None
+    assert not list((tmp_path / "eval").glob("*.pth"))

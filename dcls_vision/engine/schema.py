@@ -283,6 +283,9 @@ class TrainerConfig:
     resume_schedule: str = "checkpoint"
     ckpt_interval_steps: int = 0  # also save last.pth every N optimizer steps mid-epoch (0 = off)
     max_epochs_per_run: int | None = None  # stop after N epochs in this invocation; resume continues
+    # evaluate the starting weights (model.init_checkpoint, or the run dir's checkpoint) on the val split and stop:
+    # no training, no checkpoint written (e.g. a published AudioSet model's mAP on the user's eval set)
+    eval_only: bool = False
     # validate every N epochs (and always after the last one); short many-epoch runs spend most time in eval otherwise
     val_interval: int = 1
     compile: bool = False  # torch.compile the training forward/backward (timm's --torchcompile; inductor)
