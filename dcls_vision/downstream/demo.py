@@ -52,8 +52,6 @@ def _check(args: argparse.Namespace) -> list[Path]:
     if not 0.0 <= args.score_thr <= 1.0 or not 0.0 <= args.alpha <= 1.0:
         raise CliError(f"--score-thr {args.score_thr} / --alpha {args.alpha}: allowed: values in [0, 1]")
     _check_out(Path(args.out), stems)
-    for p in images:
-        _decode(p)  # before the model is built: a bad file is one line, not a cv2 traceback minutes later
     return images
 
 
@@ -73,13 +71,19 @@ def _check_out(out: Path, stems: list[str]) -> None:
 
 
 def _decode(path: Path) -> Any:
-    """The image as an RGB array; a file that does not decode (corrupt, or not an image) is one line."""
-    import cv2
+    """The image as mmcv reads it (RGB array), after PIL has decoded the whole file: a corrupt file or a non-image
+    with an image suffix is one line (PIL raises quietly where libpng/cv2 would print their own messages)."""
+    import mmcv
+    from PIL import Image
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CliError(f"image {str(path)!r} cannot be decoded; allowed: a readable {', '.join(IMAGE_SUFFIXES)} image")
-    return image[..., ::-1]
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise CliError(
+            f"image {str(path)!r} cannot be decoded ({err}); allowed: a readable {', '.join(IMAGE_SUFFIXES)} image"
+        ) from None
+    return mmcv.imread(str(path), channel_order="rgb")
 
 
 def _read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -199,12 +203,13 @@ def _write_png(image_bgr: Any, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     images = _check(args)
+    decoded = {p: _decode(p) for p in images}  # before the model is built: a bad file is one line, not a traceback
     model, infer, scope = _model(args)
     vis = _visualizer(scope, model, args.alpha)
     out = Path(args.out)
     written = []
     for path in images:
-        image = _decode(path)
+        image = decoded[path]
         result = infer(model, str(path))
         extra = {"pred_score_thr": args.score_thr} if scope == "mmdet" else {"with_labels": True}
         vis.add_datasample(path.stem, image, data_sample=result, draw_gt=False, show=False, **extra)
