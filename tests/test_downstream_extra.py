@@ -58,5 +58,6 @@ def test_entry_points_name_the_installer_when_the_extra_is_missing(tmp_path, mis
         )
         assert found, lines[0]
         # the blocked package, or one that this machine really lacks and the entry point needed first
-        assert found.group(1) == missing or importlib.util.find_spec(found.group(1).split(".")[0]) is None
+        root = found.group(1).split(".")[0]
+        assert root == missing or importlib.util.find_spec(root) is None, lines[0]
         assert "bash tools/install_mm.sh" in lines[0]
