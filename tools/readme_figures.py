@@ -222,7 +222,7 @@ AUDIO_VALUES = tuple(
 # ------------------------------------------------------------------------------- downstream FLOPs and throughput
 # README "Downstream": the FLOPs table (tools/downstream_flops.py; CPU, random weights: deterministic counts) and the
 # CPU throughput sentence (tools/downstream_throughput.py: timings of this machine, so they differ run to run).
-COST_FLOPS_S = 300  # measured: see the README's readme_figures paragraph
+COST_FLOPS_S = 210  # measured: 205 s on 2 CPU cores (load ~2), 2026-12-06
 _ADE, _COCO = "_8xb2-amp-160k_ade20k-512x512.py", "_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py"
 FLOPS_COMMANDS = (
     Command(
