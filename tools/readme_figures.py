@@ -317,7 +317,7 @@ ENTRIES: dict[str, Entry] = {
             "kernel_size_study",
             KERNEL_SIZE_STUDY_COMMANDS,
             KERNEL_SIZE_STUDY_VALUES,
-            cost_s=900,  # 30 runs: 15 x ~50 s + 15 x ~5 s of training on 2 idle cores, one start-up
+            cost_s=460,  # measured: 457 s for the 30 runs and the report on 2 nearly idle cores, 2026-12-06
             dirs=KERNEL_SIZE_STUDY_DIRS,
             dynamic=report_group_values("kernel_size_study", "report.json"),
             dynamic_prefix="kernel_size_study.",
