@@ -6,6 +6,7 @@ ones check that every entry's markers and commands are in the real README and th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -85,7 +86,8 @@ def test_unknown_entry_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "readme_figures.py: error: --only 'robustness,nope': unknown entry nope; allowed: "
-        "robustness, quickstart, kernel_size_study, audio_quickstart, snn_quickstart"
+        "robustness, quickstart, kernel_size_study, audio_quickstart, snn_quickstart, downstream_flops, "
+        "downstream_throughput"
     ]
 
 
@@ -103,7 +105,8 @@ def test_missing_marker_or_marker_without_entry_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"readme_figures.py: error: {stray}: marker fig:robustness.bogus has no figure in ENTRIES; allowed: "
-        "robustness.*, quickstart.*, kernel_size_study.*, audio_quickstart.*, snn_quickstart.*"
+        "robustness.*, quickstart.*, kernel_size_study.*, audio_quickstart.*, snn_quickstart.*, downstream_flops.*, "
+        "downstream_throughput.*"
     ]
     assert not (tmp_path / "out").exists()  # nothing ran
 
@@ -193,26 +196,26 @@ def _group(label: str, mean: float, std: float | None, n: int, runs: list[str], 
 
 def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_path, capsys):
     tool = _tool()
-    runs = []
-    for seed in (1, 0):  # the group's runs and seeds align, in any order
-        run = tmp_path / f"run{seed}"
-        run.mkdir()
-        records = [{"epoch": e, "val_top1": 80.0 + 3 * e + seed / 10} for e in range(3)]
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        runs.append(str(run))
+    runs: dict[str, list[str]] = {"run": [], "b": []}
+    for prefix, offset in (("run", 0.0), ("b", -2.0)):
+        for seed in (1, 0, 2):  # the group's runs and seeds align, in any order
+            run = tmp_path / f"{prefix}{seed}"
+            run.mkdir()
+            records = [
+                {"epoch": e, "val_top1": 80.0 + offset + 3 * e + seed / 10, "epoch_time": 150.0 + 10 * e + seed}
+                for e in range(3)
+            ]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            runs[prefix].append(str(run))
     vs = {"metric": "final_top1", "diff": 1.3183, "test": "paired", "t": 2.1, "df": 1.0, "p": 0.04567}
     # report.py groups by every key that differs: a sweep over experiments also differs in model.name
     groups = [
-        _group("experiment_name=quickstart, model.name=dcls_quickstart", 86.05, 0.0707, 2, runs, vs),
+        _group("experiment_name=quickstart, model.name=dcls_quickstart", 86.05, 0.0707, 2, runs["run"], vs),
         _group(
-            "experiment_name=quickstart_baseline, model.name=dcls_quickstart_baseline",
-            84.7317,
-            0.1414,
-            2,
-            [str(tmp_path / "b0"), str(tmp_path / "b1")],
+            "experiment_name=quickstart_baseline, model.name=dcls_quickstart_baseline", 84.7317, 0.1414, 2, runs["b"]
         ),
     ]
-    groups[0]["seeds"] = [1, 0]
+    groups[0]["seeds"] = groups[1]["seeds"] = [1, 0, 2]
     (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
     markers = read_markers(README.read_text(encoding="utf-8"))
     fresh, problems = tool.extract(tool.ENTRIES["quickstart"], tmp_path, markers)
@@ -229,6 +232,10 @@ def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_pat
         "quickstart.epoch1": "80.0",  # seed 0's run, not the first listed
         "quickstart.epoch2": "83.0",
         "quickstart.epoch3": "86.0",
+        # each seed's final epoch; the s/epoch figure is seed 0's mean epoch_time (150, 160, 170)
+        **{f"quickstart.seed{s}.dcls": f"{86.0 + s / 10:.2f}" for s in range(3)},
+        **{f"quickstart.seed{s}.baseline": f"{84.0 + s / 10:.2f}" for s in range(3)},
+        "quickstart.epoch_s": "160",
     }
     printed = capsys.readouterr().out
     assert re.search(r"quickstart\.epoch3 +88\.1 +86\.0 +-2\.10 ", printed), printed
@@ -253,7 +260,8 @@ def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
     groups[1]["vs_baseline"] = {"metric": "final_top1", "diff": 1.0, "test": "paired", "t": 2.0, "df": 2.0, "p": 0.18}
     (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
     markers = {"kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "1", "kernel_size_study.gone.mean": "2"}
-    fresh, problems = tool.extract(tool.ENTRIES["kernel_size_study"], tmp_path, markers)
+    entry = dataclasses.replace(tool.ENTRIES["kernel_size_study"], values=())  # the position/time figures: below
+    fresh, problems = tool.extract(entry, tmp_path, markers)
     assert fresh == {
         "kernel_size_study.dilated_kernel_size_5_epochs_10.mean": "70.00",
         "kernel_size_study.dilated_kernel_size_17_epochs_10.mean": "71.00",
@@ -262,3 +270,67 @@ def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
         "kernel_size_study.dilated_kernel_size_17_epochs_10.p": "0.180",
     }
     assert problems == ["kernel_size_study.gone.mean: marked in the README but not produced by this run"]
+
+
+def test_jsonl_rows_are_found_by_config_name_and_other_lines_skipped(tmp_path):
+    from dcls_vision.analysis.readme_figures import FigureMissing, jsonl_row_value
+
+    rows = [
+        {"config": "configs/a/x.py", "gmacs": 10.25, "construction": {"gflops_per_pass": 0.0194}},
+        {"config": "configs/b/y.py", "gmacs": 3.0},
+    ]
+    (tmp_path / "f.jsonl").write_text(
+        "Loads checkpoint by local backend\n" + "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    value = jsonl_row_value("m", "f.jsonl", "x.py", ("construction", "gflops_per_pass"), "{:.1f}", 1000.0)
+    assert value.format(value.read(tmp_path)) == "19.4"
+    assert jsonl_row_value("m", "f.jsonl", "y.py", ("gmacs",), "{:.1f}").read(tmp_path) == 3.0
+    with pytest.raises(FigureMissing, match="0 rows for config z.py"):
+        jsonl_row_value("m", "f.jsonl", "z.py", ("gmacs",), "{:.1f}").read(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(DEFAULT_SOURCE, "t10k-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
+)
+def test_position_and_time_figures_are_read_from_real_runs(tmp_path):
+    """Two real 1-epoch kernel-size-study runs (sizes 7 and 13): the entry's readers give the largest / mean |position|
+    of their last.pth, the share beyond a limit, and the summed epoch_time, as computed here from the files."""
+    import torch
+
+    from dcls_vision.analysis.readme_figures import epoch_time, group_runs_value, max_over_runs_value, position_stat
+
+    runs = []
+    for size in (7, 13):
+        run = tmp_path / f"k{size}"
+        cmd = [sys.executable, str(ROOT / "train.py"), "experiment=kernel_size_study", "trainer.epochs=1"]
+        cmd += [f"model.kwargs.dilated_kernel_size={size}", f"trainer.output_dir={run}", "logger.progress=false"]
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(run)
+    label = "model.kwargs.dilated_kernel_size={}, trainer.epochs=1"
+    groups = [_group(label.format(k), 30.0, None, 1, [str(r)]) for k, r in zip((7, 13), runs)]
+    (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
+    both = (label.format(7), label.format(13))
+    pos = [
+        torch.cat(
+            [
+                v.flatten()
+                for k, v in torch.load(r / "last.pth", weights_only=True)["model"].items()
+                if k.endswith("positions")
+            ]
+        ).abs()
+        for r in runs
+    ]
+    assert all(p.numel() > 0 for p in pos)
+    assert max_over_runs_value("m", "report.json", both, position_stat("max_abs"), "", "").read(tmp_path) == (
+        pytest.approx(max(float(p.max()) for p in pos))
+    )
+    mean = group_runs_value("m", "report.json", both, position_stat("mean_abs"), "", "").read(tmp_path)
+    assert mean == pytest.approx(sum(float(p.mean()) for p in pos) / 2)
+    beyond = group_runs_value("m", "report.json", both[:1], position_stat("pct_beyond_0.5"), "", "").read(tmp_path)
+    assert beyond == pytest.approx(100 * float((pos[0] > 0.5).float().mean())) and 0 < beyond < 100
+    seconds = json.loads((runs[1] / "metrics.jsonl").read_text().splitlines()[-1])["epoch_time"]
+    assert group_runs_value("m", "report.json", both[1:], epoch_time("sum"), "", "").read(tmp_path) == seconds

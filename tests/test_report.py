@@ -112,6 +112,10 @@ def test_synthetic_groups_stats_and_tests(synthetic, tmp_path):
     assert vs["test"] == "welch" and vs["t"] == pytest.approx(t) and vs["df"] == pytest.approx(df)
     assert vs["p"] == pytest.approx(_t_sf2(t, df), rel=1e-4)
     assert groups[BASE]["vs_baseline"] is None
+    # the fallback from paired to Welch is said, on stdout (report.md) and stderr, naming the seeds
+    note = f"{g7['label']} vs {groups[BASE]['label']}: Welch's t-test instead of paired (seeds [0, 1] vs [0, 1, 2]"
+    assert report["notes"] == [next(n for n in report["notes"] if n.startswith(note))]
+    assert f"- note: {note}" in proc.stdout and f"report.py: note: {note}" in proc.stderr
     # table: incomplete marked, missing params as a dash, the pending dir named; CSV numeric columns
     assert "(1 incomplete†)" in proc.stdout and "| – |" in proc.stdout and "without a finished epoch" in proc.stdout
     assert proc.stdout == (out / "report.md").read_text()
@@ -331,3 +335,115 @@ def test_a_schema_key_newer_than_some_runs_does_not_split_them(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["group_keys"] == [] and [g["n"] for g in report["groups"]] == [3]
+
+
+def test_keys_that_cannot_change_a_result_do_not_split_a_sweep_run_on_two_machines(tmp_path):
+    """Seeds 0-2 of a net and its baseline, seed 2 of each run on a second machine (other data root, loader workers,
+    torch.compile, device, output dir): one group per net and a paired test over 3 seeds, no note."""
+    sweep = tmp_path / "sweep"
+    for i, (name, kernel, finals) in enumerate((("dcls", 3, [80.0, 82.0, 84.0]), ("base", None, [79.0, 80.0, 83.0]))):
+        for seed, final in enumerate(finals):
+            run = _write_run(sweep / f"{i}{seed}_{name}", name, seed, [final], kernel)
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            other = seed == 2
+            cfg["data"] = {"root": "/scratch/fmnist" if other else "data/fmnist", "num_workers": 8 if other else 0}
+            cfg["trainer"].update(compile=other, device="cuda" if other else "cpu", cudnn_benchmark=other)
+            (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _report(str(sweep), "--baseline", "experiment_name=base", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["group_keys"] == ["experiment_name", KEY, "model.name"]
+    assert [g["n"] for g in report["groups"]] == [3, 3] and report["notes"] == []
+    assert report["groups"][0]["vs_baseline"]["test"] == "paired" and "note:" not in proc.stdout + proc.stderr
+
+
+def test_a_comparison_without_a_test_says_so(tmp_path):
+    """One run a side: the difference is shown, no t-test is possible, and a note line says why."""
+    sweep = tmp_path / "sweep"
+    _write_run(sweep / "0_dcls", "dcls", 0, [81.0], 3)
+    _write_run(sweep / "1_base", "base", 0, [80.0], None)
+    report = build([str(sweep)], baseline="experiment_name=base")
+    vs = report["groups"][0]["vs_baseline"]
+    assert vs["diff"] == pytest.approx(1.0) and vs["p"] is None
+    assert report["notes"] == [
+        f"{report['groups'][0]['label']} vs {report['groups'][1]['label']}: no t-test "
+        "(seeds [0] vs [0]; needs 2 runs a side)"
+    ]
+
+
+def _declared_closure() -> set[str]:
+    """pyproject.toml's dependencies and, recursively, what they require (normalised distribution names)."""
+    import importlib.metadata as md
+    import re
+
+    import tomllib
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    todo = [
+        re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0]
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    seen: set[str] = set()
+    while todo:
+        name = norm(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in reqs if "extra ==" not in r]
+    return seen
+
+
+def _our_imports(files: list[str]) -> set[str]:
+    """Top-level names of the absolute imports written in these source files (function-local ones included)."""
+    import ast
+
+    names: set[str] = set()
+    for file in files:
+        for node in ast.walk(ast.parse(Path(file).read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+REPORT_RUN = """import runpy, sys
+tool, sys.argv = sys.argv[1], ["report.py", *sys.argv[2:]]
+try:
+    runpy.run_path(tool, run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] == "dcls_vision" and m.__file__]
+print(" ".join([tool, *ours]))
+print(" ".join(sorted({n.split(".")[0] for n in sys.modules})))
+"""
+
+
+def test_report_needs_only_pyproject_dependencies(synthetic, tmp_path):
+    """A `pip install .` user has every package tools/report.py imports (t-tests, --plot): each third-party module
+    that our code imports on a real report run belongs to a distribution pyproject.toml declares, directly or
+    through another (modules others import only when present, e.g. omegaconf's attr, are not ours to declare)."""
+    import importlib.metadata as md
+    import re
+
+    args = [str(synthetic), "--baseline", "experiment_name=base", "--plot", KEY, "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-c", REPORT_RUN, str(ROOT / "tools" / "report.py"), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and (tmp_path / f"report_{KEY}.png").exists(), proc.stderr
+    files, loaded = (line.split() for line in proc.stdout.strip().splitlines()[-2:])
+    used = (_our_imports(files) & set(loaded)) - set(sys.stdlib_module_names) - {"dcls_vision"}
+    assert {"scipy", "matplotlib"} <= used  # the run did what the user runs
+    dists = md.packages_distributions()
+    needed = {re.sub(r"[-_.]+", "-", d).lower() for m in used for d in dists.get(m, [m])}
+    assert needed - _declared_closure() == set()

@@ -31,10 +31,15 @@ from dcls_vision.analysis.readme_figures import (
     FigureError,
     Value,
     compare,
+    epoch_time,
     eval_split_error,
+    group_runs_value,
     json_value,
+    jsonl_row_value,
     jsonl_value,
+    max_over_runs_value,
     one_line,
+    position_stat,
     read_markers,
     readme_commands,
     report_group_values,
@@ -112,6 +117,14 @@ QUICKSTART_VALUES = (
     report_value("quickstart.diff", "report.json", _QS, ("vs_baseline", "diff")),
     report_value("quickstart.p", "report.json", _QS, ("vs_baseline", "p"), "{:.3f}"),
     *(seed_run_value(f"quickstart.epoch{e + 1}", "report.json", _QS, 0, "val_top1", e, "{:.1f}") for e in range(3)),
+    *(
+        seed_run_value(f"quickstart.seed{seed}.{tag}", "report.json", label, seed, "val_top1", -1, "{:.2f}")
+        for tag, label in (("dcls", _QS), ("baseline", _QB))
+        for seed in range(3)
+    ),
+    group_runs_value(
+        "quickstart.epoch_s", "report.json", (_QS,), epoch_time("mean"), "mean epoch_time (s)", "{:.0f}", seeds=(0,)
+    ),
 )
 
 # ---------------------------------------------------------------------------------- kernel-size study (thesis Fig 6.1)
@@ -126,6 +139,70 @@ KERNEL_SIZE_STUDY_COMMANDS: tuple[Command, ...] = (
     ),
 )
 KERNEL_SIZE_STUDY_DIRS: dict[str, str] = {"outputs/kernel_size_study": "."}
+_KS = "model.kwargs.dilated_kernel_size"
+
+
+def _ks(sizes: tuple[int, ...], epochs: int) -> tuple[str, ...]:
+    return tuple(f"{_KS}={k}, trainer.epochs={epochs}" for k in sizes)
+
+
+# The README's statements on where the learned positions went (read from the seed-0 runs' last.pth) and what a run
+# costs (its metrics.jsonl epoch_time: training + validation, without start-up; mean over the seeds).
+KERNEL_SIZE_STUDY_VALUES = (
+    max_over_runs_value(
+        "kernel_size_study.pos.max_abs.epochs_10",
+        "report.json",
+        _ks((7, 13, 21), 10),
+        position_stat("max_abs"),
+        "largest |position|",
+        "{:.2f}",
+        seeds=(0,),
+    ),
+    *(
+        group_runs_value(
+            f"kernel_size_study.pos.mean_abs.epochs_{epochs}",
+            "report.json",
+            _ks((7, 13, 21), epochs),
+            position_stat("mean_abs"),
+            "mean |position|",
+            fmt,
+            seeds=(0,),
+        )
+        for epochs, fmt in ((10, "{:.2f}"), (100, "{:.1f}"))
+    ),
+    *(
+        group_runs_value(
+            f"kernel_size_study.pos.beyond_3.size_{size}",
+            "report.json",
+            _ks((size,), 100),
+            position_stat("pct_beyond_3"),
+            "% of |position| > 3",
+            "{:.0f}",
+            seeds=(0,),
+        )
+        for size in (13, 21)
+    ),
+    max_over_runs_value(
+        "kernel_size_study.pos.max_abs.epochs_100",
+        "report.json",
+        _ks((13, 21), 100),
+        position_stat("max_abs"),
+        "largest |position|",
+        "{:.1f}",
+        seeds=(0,),
+    ),
+    *(
+        group_runs_value(
+            f"kernel_size_study.time.size_21_epochs_{epochs}",
+            "report.json",
+            _ks((21,), epochs),
+            epoch_time("sum"),
+            "summed epoch_time (s)",
+            "{:.0f}",
+        )
+        for epochs in (10, 100)
+    ),
+)
 KERNEL_SIZE_STUDY_PLOT = "report_model.kwargs.dilated_kernel_size.png"
 
 # -------------------------------------------------------------------------------------- audio quickstart, 3 seeds
@@ -191,6 +268,87 @@ SNN_VALUES = (
     ),
 )
 
+# ------------------------------------------------------------------------------- downstream FLOPs and throughput
+# README "Downstream": the FLOPs table (tools/downstream_flops.py; CPU, random weights: deterministic counts) and the
+# CPU throughput sentence (tools/downstream_throughput.py: timings of this machine, so they differ run to run).
+COST_FLOPS_S = 210  # measured: 205 s on 2 CPU cores (load ~2), 2026-12-06
+_ADE, _COCO = "_8xb2-amp-160k_ade20k-512x512.py", "_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py"
+FLOPS_COMMANDS = (
+    Command(
+        "python tools/downstream_flops.py configs/downstream/ade20k/*.py configs/downstream/coco/*.py",
+        extra="--out {dir}/flops.jsonl",
+    ),
+    Command(
+        "python tools/downstream_flops.py configs/downstream/ade20k/upernet_convnext-t-dcls_8xb2*.py "
+        "--backbone convnext_tiny",
+        extra="--out {dir}/flops_convnext_tiny_ade20k.jsonl",
+    ),
+    Command(
+        "python tools/downstream_flops.py configs/downstream/coco/cascade-mask-rcnn_convnext-t-dcls_fpn*.py "
+        "--backbone convnext_tiny",
+        extra="--out {dir}/flops_convnext_tiny_coco.jsonl",
+    ),
+)
+_FLOPS_ROWS = (  # marker part, output file, config file name, has DCLS layers (a construction cost)
+    *(
+        (f"upernet.{tag}", "flops.jsonl", f"upernet_{name}{_ADE}", True)
+        for tag, name in (
+            ("t_dcls", "convnext-t-dcls"),
+            ("t_dcls_gauss", "convnext-t-dcls-gauss"),
+            ("s_dcls", "convnext-s-dcls"),
+            ("b_dcls", "convnext-b-dcls"),
+            ("convformer_s18_dcls", "convformer-s18-dcls"),
+        )
+    ),
+    *(
+        (f"cascade.{tag}", "flops.jsonl", f"cascade-mask-rcnn_{name}{_COCO}", True)
+        for tag, name in (
+            ("t_dcls", "convnext-t-dcls"),
+            ("t_dcls_gauss", "convnext-t-dcls-gauss"),
+            ("s_dcls", "convnext-s-dcls"),
+            ("b_dcls", "convnext-b-dcls"),
+            ("convformer_s18_dcls", "convformer-s18-dcls"),
+        )
+    ),
+    ("upernet.t", "flops_convnext_tiny_ade20k.jsonl", f"upernet_convnext-t-dcls{_ADE}", False),
+    ("cascade.t", "flops_convnext_tiny_coco.jsonl", f"cascade-mask-rcnn_convnext-t-dcls{_COCO}", False),
+)
+_DECODE_HEADS = ("upernet.t_dcls", "upernet.b_dcls", "upernet.convformer_s18_dcls")  # one per stage-width set
+FLOPS_VALUES = tuple(
+    jsonl_row_value(f"downstream_flops.{tag}.{field}", file, config, keys, fmt, scale)
+    for tag, file, config, dcls in _FLOPS_ROWS
+    for field, keys, fmt, scale in (
+        ("params", ("params_m",), "{:.2f}", 1.0),
+        ("gmacs", ("gmacs",), "{:.1f}", 1.0),
+        ("backbone", ("parts_gmacs", "backbone"), "{:.1f}", 1.0),
+        ("decode_head", ("parts_gmacs", "decode_head"), "{:.1f}", 1.0),
+        ("construction", ("construction", "gflops_per_pass"), "{:.1f}", 1000.0),
+    )
+    if (dcls or field != "construction") and (tag in _DECODE_HEADS or field != "decode_head")
+)
+
+THROUGHPUT_COMMANDS = tuple(
+    Command(
+        "python tools/downstream_throughput.py configs/downstream/ade20k/upernet_convnext-t-dcls_8xb2*.py \\\n"
+        f"    configs/downstream/coco/cascade-mask-rcnn_convnext-t-dcls_fpn*.py --warmup 1 --repeats 2{flag}",
+        extra=f"> {{dir}}/{file}",
+    )
+    for flag, file in (("", "throughput.jsonl"), (" --backbone convnext_tiny", "throughput_convnext_tiny.jsonl"))
+)
+THROUGHPUT_VALUES = tuple(
+    jsonl_row_value(f"downstream_throughput.{tag}.{field}", file, config, keys, fmt, scale)
+    for tag, file, config in (
+        ("upernet.t", "throughput_convnext_tiny.jsonl", f"upernet_convnext-t-dcls{_ADE}"),
+        ("upernet.t_dcls", "throughput.jsonl", f"upernet_convnext-t-dcls{_ADE}"),
+        ("cascade.t", "throughput_convnext_tiny.jsonl", f"cascade-mask-rcnn_convnext-t-dcls{_COCO}"),
+        ("cascade.t_dcls", "throughput.jsonl", f"cascade-mask-rcnn_convnext-t-dcls{_COCO}"),
+    )
+    for field, keys, fmt, scale in (
+        ("images_per_s", ("images_per_s",), "{:.4f}" if tag.startswith("upernet") else "{:.3f}", 1.0),
+        ("seconds", ("median_ms",), "{:.0f}", 1e-3),
+    )
+)
+
 ENTRIES: dict[str, Entry] = {
     e.name: e
     for e in (
@@ -207,8 +365,8 @@ ENTRIES: dict[str, Entry] = {
         Entry(
             "kernel_size_study",
             KERNEL_SIZE_STUDY_COMMANDS,
-            (),
-            cost_s=900,  # 30 runs: 15 x ~50 s + 15 x ~5 s of training on 2 idle cores, one start-up
+            KERNEL_SIZE_STUDY_VALUES,
+            cost_s=460,  # measured: 457 s for the 30 runs and the report on 2 nearly idle cores, 2026-12-06
             dirs=KERNEL_SIZE_STUDY_DIRS,
             dynamic=report_group_values("kernel_size_study", "report.json"),
             dynamic_prefix="kernel_size_study.",
@@ -229,6 +387,8 @@ ENTRIES: dict[str, Entry] = {
             dirs={"outputs/snn_quickstart_seeds": "."},
             plots={"delays/delays_hist.png": "snn_delays_hist.png"},
         ),
+        Entry("downstream_flops", FLOPS_COMMANDS, FLOPS_VALUES, cost_s=COST_FLOPS_S),
+        Entry("downstream_throughput", THROUGHPUT_COMMANDS, THROUGHPUT_VALUES, cost_s=210),  # 200 s on 2 idle cores
     )
 }
 

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paths = write(report, out, args.plot)
     md, table = render(report)
     print({"md": md, "csv": table, "json": dumps(report) + "\n"}[args.format], end="", flush=True)
+    for note in report.get("notes", []):  # also with --format csv/json, whose stdout has no notes
+        print(f"report.py: note: {note}", file=sys.stderr)
     print(f"written: {' '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return report
 

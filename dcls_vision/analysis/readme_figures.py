@@ -212,6 +212,108 @@ def seed_run_value(marker: str, file: str, label: str, seed: int, key: str, epoc
     return Value(marker, f"{file} [{label}] seed {seed}: metrics.jsonl {key} ({when})", read, fmt)
 
 
+def group_runs_value(
+    marker: str,
+    file: str,
+    labels: tuple[str, ...],
+    per_run: Callable[[Path], float],
+    what: str,
+    fmt: str,
+    seeds: tuple[int, ...] | None = None,
+) -> Value:
+    """The mean over the runs of report.json groups (one per label; ``seeds``: only those) of ``per_run(run dir)``,
+    e.g. the summed epoch_time of a run, or a statistic of its learned positions."""
+
+    def read(d: Path) -> float:
+        report, runs = _load_json(d / file), []
+        for label in labels:
+            g = report_group(report, label, file)
+            runs += [Path(r) for s, r in zip(g["seeds"], g["runs"]) if seeds is None or s in seeds]
+        if not runs:
+            raise FigureMissing(f"{file} {list(labels)}: no run with seeds {seeds}")
+        return sum(per_run(r) for r in runs) / len(runs)
+
+    return Value(marker, f"{file} {' | '.join(labels)}{'' if seeds is None else f' seeds {seeds}'}: {what}", read, fmt)
+
+
+def epoch_time(how: str) -> Callable[[Path], float]:
+    """A run's training + validation seconds from its metrics.jsonl ``epoch_time``: ``sum`` or ``mean`` per epoch."""
+
+    def read(run: Path) -> float:
+        times = [_dig(r, ("epoch_time",), f"{run}/metrics.jsonl") for r in _jsonl(run / "metrics.jsonl")]
+        return sum(times) / (len(times) if how == "mean" else 1)
+
+    return read
+
+
+def run_positions(run: Path) -> Any:
+    """Every learned position (all DCLS layers, both axes) of a run's ``last.pth``, flattened; read with
+    weights_only=True by the model factory's reader."""
+    import torch
+
+    from dcls_vision.models.factory import read_checkpoint
+
+    state, _ = read_checkpoint(run / "last.pth")
+    found = [v.flatten().float() for k, v in state.items() if k.endswith("positions")]
+    if not found:
+        raise FigureMissing(f"{run}/last.pth: no positions tensor (not a DCLS run?)")
+    return torch.cat(found)
+
+
+def position_stat(stat: str) -> Callable[[Path], float]:
+    """``max_abs`` (largest |position|), ``mean_abs``, or ``pct_beyond_N`` (% of positions with |p| > N) of a run."""
+
+    def read(run: Path) -> float:
+        p = run_positions(run).abs()
+        if stat.startswith("pct_beyond_"):
+            return 100.0 * float((p > float(stat.rsplit("_", 1)[1])).float().mean())
+        return float(p.max() if stat == "max_abs" else p.mean())
+
+    return read
+
+
+def max_over_runs_value(
+    marker: str,
+    file: str,
+    labels: tuple[str, ...],
+    per_run: Callable[[Path], float],
+    what: str,
+    fmt: str,
+    seeds: tuple[int, ...] | None = None,
+) -> Value:
+    """As :func:`group_runs_value`, the largest per-run figure instead of the mean (e.g. the largest |position|)."""
+
+    def read(d: Path) -> float:
+        report, runs = _load_json(d / file), []
+        for label in labels:
+            g = report_group(report, label, file)
+            runs += [Path(r) for s, r in zip(g["seeds"], g["runs"]) if seeds is None or s in seeds]
+        if not runs:
+            raise FigureMissing(f"{file} {list(labels)}: no run with seeds {seeds}")
+        return max(per_run(r) for r in runs)
+
+    where = f"{file} {' | '.join(labels)}{'' if seeds is None else f' seeds {seeds}'}"
+    return Value(marker, f"{where}: max of {what}", read, fmt)
+
+
+def jsonl_row_value(marker: str, file: str, config: str, keys: tuple[str, ...], fmt: str, scale: float = 1.0) -> Value:
+    """A field of the JSON line of ``config`` (the config file's name) in a file of one JSON object per line, as
+    tools/downstream_flops.py --out writes; ``scale`` converts units (e.g. 1000 for GFLOPs -> MFLOPs)."""
+
+    def read(d: Path) -> float:
+        path = d / file
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (did its command run?)")
+        # a tool's stdout redirected here may carry other lines (library warnings): the JSON objects are the rows
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        found = [r for r in rows if Path(str(r.get("config", ""))).name == config]
+        if len(found) != 1:
+            raise FigureMissing(f"{file}: {len(found)} rows for config {config} (need exactly 1)")
+        return scale * _dig(found[0], keys, f"{file} [{config}]")
+
+    return Value(marker, f"{file} [{config}]: {'.'.join(keys)}", read, fmt)
+
+
 def sanitise(label: str) -> str:
     """A report.json group label as a marker-name part (the last dotted component of each key; ``=`` and separators
     to ``_``): ``model.kwargs.dilated_kernel_size=7`` -> ``dilated_kernel_size_7``."""

@@ -20,10 +20,26 @@ from dcls_vision.analysis.errors import AnalysisError
 from dcls_vision.analysis.runs import Run
 from dcls_vision.engine.resume_config import BOOKKEEPING_KEYS, BOOKKEEPING_PREFIXES
 
-# Config keys that differ between runs of the same setting and so never split groups: the seed (the statistic is
-# over it) and per-run bookkeeping (where the run writes, how it resumes and checkpoints, how it logs: the keys a
-# resumed run does not report as changed either).
-EXCLUDED_KEYS = ("trainer.seed", *BOOKKEEPING_KEYS)
+# Config keys that cannot change a run's result and so never split groups: the seed (the statistic is over it),
+# per-run bookkeeping (where the run writes, how it resumes, checkpoints and logs: the keys a resumed run does not
+# report as changed either, engine/resume_config.py), where the data lives, and machine settings that change speed
+# only (loader processes, torch.compile, cuDNN autotuning, the evaluation batch of a model in eval mode, the device
+# the EMA copy lives on, the collective timeout). Two machines running one sweep differ in these; were they grouping
+# keys, each machine's runs would be a group of their own and the paired test against the baseline would silently
+# compare nothing. The README's "Experiment reports" lists the same keys.
+EXCLUDED_KEYS = (
+    "trainer.seed",
+    *BOOKKEEPING_KEYS,
+    "trainer.compile",
+    "trainer.cudnn_benchmark",
+    "trainer.device",
+    "trainer.dist_timeout_s",
+    "trainer.val_batch_size",
+    "trainer.ema.device",
+    "data.root",
+    "data.source",
+    "data.num_workers",
+)
 EXCLUDED_PREFIXES = BOOKKEEPING_PREFIXES  # W&B ids/names/modes, log intervals, progress bars
 FIRST_KEYS = ("experiment_name",)  # shown first in labels when they differ
 DASH = "–"
@@ -178,9 +194,11 @@ def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) 
     groups = group_runs(runs, keys)
     bases = select_baselines(groups, baseline, keys) if baseline else {}
     base_ids = {id(b) for b in bases.values()}
-    out_groups = []
+    out_groups, notes = [], []
     for g in groups:
         base = bases.get(id(g))
+        if baseline and base is None:
+            notes.append(f"{g.label}: no baseline group shares its other keys, so it is not compared")
         out_groups.append(
             {
                 "label": g.label,
@@ -195,13 +213,36 @@ def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) 
                 "baseline": base.label if base is not None else None,
             }
         )
+        vs = out_groups[-1]["vs_baseline"]
+        if vs is not None and (note := fallback_note(g, base, vs)):
+            notes.append(note)
     return {
         "kind": "train",
         "metric": metric,
         "group_keys": keys,
         "baseline": "; ".join(g.label for g in groups if id(g) in base_ids) or None,
         "groups": out_groups,
+        "notes": notes,
     }
+
+
+def fallback_note(group: Group, baseline: Group, vs: dict[str, Any]) -> str | None:
+    """One line when a comparison is weaker than the paired test a seed sweep intends: Welch's test because the
+    seeds differ, or no test at all (fewer than 2 runs a side); None when paired (or no figure to compare)."""
+    if vs["diff"] is None:
+        return None
+    seeds = f"seeds {_seed_list(group, vs['metric'])} vs {_seed_list(baseline, vs['metric'])}"
+    if vs["t"] is None and vs["df"] is None:
+        return f"{group.label} vs {baseline.label}: no t-test ({seeds}; needs 2 runs a side)"
+    if vs["test"] == "welch":
+        why = "paired needs the same seeds, each once"
+        return f"{group.label} vs {baseline.label}: Welch's t-test instead of paired ({seeds}; {why})"
+    return None
+
+
+def _seed_list(group: Group, metric: str) -> str:
+    seeds = [r.seed for r in group.runs if r.values().get(metric) is not None]
+    return "[" + ", ".join(map(str, seeds)) + "]"
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -249,6 +290,7 @@ def train_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"- {total} run(s) in {len(report['groups'])} group(s); mean ± sample std (ddof=1) over seeds"]
     if incomplete:
         lines.append(f"- † {incomplete} run(s) stopped before their last epoch (trainer.epochs): last epoch's figures")
+    lines += [f"- note: {n}" for n in report.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 

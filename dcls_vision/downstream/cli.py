@@ -116,7 +116,8 @@ def setup_distributed(launcher: str) -> tuple[str, int, int]:
     return ("pytorch" if world > 1 else "none"), rank, world
 
 
-def _innermost(dataset: Any) -> Any:
+def innermost_dataset(dataset: Any) -> Any:
+    """The dataset config under wrappers (RepeatDataset & co.), where ``pipeline`` and ``metainfo`` live."""
     while isinstance(dataset, dict) and isinstance(dataset.get("dataset"), dict):  # RepeatDataset & co.
         dataset = dataset["dataset"]
     return dataset
@@ -129,7 +130,7 @@ def set_data_root(cfg: Any, root: str) -> None:
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         loader = cfg.get(key)
         if loader and loader.get("dataset") is not None:
-            _innermost(loader["dataset"])["data_root"] = new
+            innermost_dataset(loader["dataset"])["data_root"] = new
     for key in ("val_evaluator", "test_evaluator"):
         evaluators = cfg.get(key)
         for ev in evaluators if isinstance(evaluators, list) else [evaluators]:
@@ -200,10 +201,42 @@ def ensure_hooks(cfg: Any) -> None:
     cfg.custom_hooks = hooks
 
 
+# The OpenMMLab extra (tools/install_mm.sh): a machine without it gets one line naming the installer, not a traceback.
+MM_PACKAGES = ("mmengine", "mmcv", "mmdet", "mmseg", "pycocotools")
+
+
+def missing_mm_module(err: BaseException) -> str | None:
+    """The OpenMMLab module whose absence caused ``err`` (searched through its causes: mmengine re-raises a failed
+    ``custom_imports`` as a plain ImportError), else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        name = getattr(cur, "name", None) if isinstance(cur, ModuleNotFoundError) else None
+        if name and name.split(".")[0] in MM_PACKAGES:
+            return name
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def run(main: Any, argv: Sequence[str] | None) -> Any:
-    """Run ``main(argv)``; bad values become one line ``PROG: error: ...`` (as argparse's) and exit code 2.
+    """Run ``main(argv)``; bad values become one line ``PROG: error: ...`` (as argparse's) and exit code 2, and so
+    does a missing OpenMMLab package (naming ``tools/install_mm.sh``).
 
     PROG is the entry module's ``PROG`` (its argparse prog), found also when the module runs as ``__main__``.
     """
     prog = getattr(sys.modules.get(main.__module__), "PROG", None) or "dcls_vision.downstream"
-    return run_cli(lambda: main(argv), prog=prog)
+
+    def guarded() -> Any:
+        try:
+            return main(argv)
+        except ImportError as err:
+            name = missing_mm_module(err)
+            if name is None:
+                raise
+            raise CliError(
+                f"the OpenMMLab extra is not installed (no module {name!r}); allowed: install it with "
+                "`bash tools/install_mm.sh` (mmengine, mmcv with compiled ops, mmdet, mmsegmentation)"
+            ) from None
+
+    return run_cli(guarded, prog=prog)

@@ -2,8 +2,8 @@
 
 - Backbones ``DclsBackbone``, ``DclsConvNeXt``, ``DclsConvFormer`` in ``mmdet.registry.MODELS`` and
   ``mmseg.registry.MODELS`` (each where the package is installed).
-- ``DclsOptimWrapperConstructor``, hooks ``DclsClampHook`` / ``DclsRepulsiveLossHook`` / ``DclsSafeCheckpointHook``
-  and the CPU DDP wrapper in
+- ``DclsOptimWrapperConstructor``, hooks ``DclsClampHook`` / ``DclsRepulsiveLossHook`` / ``DclsSafeCheckpointHook``,
+  the CPU DDP wrapper and the test transform ``DclsShortSideResize`` (``--tta convnext-dcls``) in
   mmengine's root registries, which the mmdet and mmseg registries fall back to.
 """
 
@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 try:
+    import mmcv  # noqa: F401  (the test transform subclasses mmcv's Resize)
     from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
-    from mmengine.registry import HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS
+    from mmengine.registry import HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 except ImportError as err:  # pragma: no cover - exercised only without the mm extra
     raise ImportError(
         f"dcls_vision.downstream.mm needs the OpenMMLab stack ({err}); install it with `bash tools/install_mm.sh`"
@@ -23,6 +24,7 @@ from torch import nn
 from .backbone import DclsBackbone, DclsConvFormer, DclsConvNeXt
 from .hooks import DclsClampHook, DclsRepulsiveLossHook, DclsSafeCheckpointHook
 from .optim import DclsOptimWrapperConstructor
+from .transforms import DclsShortSideResize
 
 BACKBONES = (DclsBackbone, DclsConvNeXt, DclsConvFormer)
 
@@ -42,6 +44,7 @@ def _register() -> list[str]:
     HOOKS.register_module(module=DclsRepulsiveLossHook, force=True)
     HOOKS.register_module(module=DclsSafeCheckpointHook, force=True)
     MODEL_WRAPPERS.register_module(module=DclsCPUDistributedDataParallel, force=True)
+    TRANSFORMS.register_module(module=DclsShortSideResize, force=True)  # mmcv's and mmseg's/mmdet's parent registry
     done = []
     for package in ("mmdet", "mmseg"):
         try:
@@ -67,4 +70,5 @@ __all__ = [
     "DclsOptimWrapperConstructor",
     "DclsRepulsiveLossHook",
     "DclsSafeCheckpointHook",
+    "DclsShortSideResize",
 ]

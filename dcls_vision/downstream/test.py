@@ -1,7 +1,8 @@
 """Evaluate a fine-tuned detector / segmentor: ``python -m dcls_vision.downstream.test CONFIG CHECKPOINT``.
 
-Prints the metrics (COCO bbox/segm AP, mIoU, ...) as one JSON line on rank 0. ``--tta``: multi-scale (0.5-1.75 ×
-the test scale) + flip testing, see :mod:`dcls_vision.downstream.tta`. Same launchers as ``train``
+Prints the metrics (COCO bbox/segm AP, mIoU, ...) as one JSON line on rank 0. ``--tta [convnext|convnext-dcls]``:
+multi-scale (0.5-1.75 × the test scale) + flip testing by ConvNeXt's or the ConvNeXt-dcls fork's protocol, see
+:mod:`dcls_vision.downstream.tta`. Same launchers as ``train``
 (``torchrun ... -m dcls_vision.downstream.test``, ``srun ...``). Exit codes: 0 done, 2 bad argument.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import CliError, add_common_args, ensure_hooks, load_config, run, setup_distributed
+from .tta import DEFAULT_PROTOCOL, PROTOCOLS
 
 PROG = "python -m dcls_vision.downstream.test"  # argparse prog and the error-line prefix
 
@@ -24,8 +26,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="a checkpoint written by `dcls_vision.downstream.train` (iter_N.pth ...)")
     parser.add_argument(
         "--tta",
-        action="store_true",
-        help="multi-scale (0.5, 0.75, 1.0, 1.25, 1.5, 1.75 x the test scale) + flip: segmentation and box detectors",
+        nargs="?",
+        const=DEFAULT_PROTOCOL,
+        default=None,
+        choices=tuple(PROTOCOLS),
+        metavar="PROTOCOL",
+        help="multi-scale (0.5, 0.75, 1.0, 1.25, 1.5, 1.75 x the test scale) + flip: segmentation and box detectors; "
+        + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items())
+        + f" (default {DEFAULT_PROTOCOL})",
     )
     return parser.parse_args(argv)
 
@@ -46,7 +54,7 @@ def build_runner(argv: Sequence[str] | None = None) -> tuple[Any, int]:
     if args.tta:
         from .tta import apply_tta
 
-        apply_tta(cfg)
+        apply_tta(cfg, args.tta)
     from mmengine.runner import Runner
 
     return Runner.from_cfg(cfg), rank
