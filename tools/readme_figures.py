@@ -205,63 +205,54 @@ KERNEL_SIZE_STUDY_VALUES = (
 )
 KERNEL_SIZE_STUDY_PLOT = "report_model.kwargs.dilated_kernel_size.png"
 
+
+def seeds_vs_baseline(
+    name: str, tag: str, metric: str, seed_epoch: int, seed_fmt: str, p_fmt: str
+) -> tuple[tuple[Command, ...], tuple[Value, ...]]:
+    """A quickstart and its ``_baseline`` over seeds 0-2 as one sweep, compared by tools/report.py: the commands and
+    the figures (each group's mean/std/n of ``final_<metric>``, the paired difference and p, every seed's
+    ``val_<metric>`` at record ``seed_epoch``), markers ``<name>.{<tag>,baseline}.*``."""
+    sweep, run, base = f"outputs/{name}_seeds", f"experiment_name={name}", f"experiment_name={name}_baseline"
+    commands = (
+        Command(
+            f"python train.py -m experiment={name},{name}_baseline trainer.seed=0,1,2 logger.wandb=false "
+            f"hydra.sweep.dir={sweep}"
+        ),
+        Command(f"python tools/report.py {sweep} --baseline {base}", analysis=True),
+    )
+    groups = ((tag, run), ("baseline", base))
+    values = (
+        *(
+            report_value(f"{name}.{t}.{stat}", "report.json", label, ("stats", f"final_{metric}", stat), fmt)
+            for t, label in groups
+            for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
+        ),
+        report_value(f"{name}.diff", "report.json", run, ("vs_baseline", "diff")),
+        report_value(f"{name}.p", "report.json", run, ("vs_baseline", "p"), p_fmt),
+        *(
+            seed_run_value(f"{name}.{t}.seed{seed}", "report.json", label, seed, f"val_{metric}", seed_epoch, seed_fmt)
+            for t, label in groups
+            for seed in range(3)
+        ),
+    )
+    return commands, values
+
+
 # -------------------------------------------------------------------------------------- audio quickstart, 3 seeds
-AUDIO_COMMANDS = (
-    Command(
-        "python train.py -m experiment=audio_quickstart,audio_quickstart_baseline trainer.seed=0,1,2 "
-        "logger.wandb=false hydra.sweep.dir=outputs/audio_quickstart_seeds"
-    ),
-    Command(
-        "python tools/report.py outputs/audio_quickstart_seeds --baseline experiment_name=audio_quickstart_baseline",
-        analysis=True,
-    ),
-)
-_AQ, _AQB = "experiment_name=audio_quickstart", "experiment_name=audio_quickstart_baseline"
-AUDIO_VALUES = (
-    *(
-        report_value(f"audio_quickstart.{tag}.{stat}", "report.json", label, ("stats", "final_mAP", stat), fmt)
-        for tag, label in (("dcls", _AQ), ("baseline", _AQB))
-        for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
-    ),
-    report_value("audio_quickstart.diff", "report.json", _AQ, ("vs_baseline", "diff")),
-    report_value("audio_quickstart.p", "report.json", _AQ, ("vs_baseline", "p"), "{:.3f}"),
-    *(
-        seed_run_value(f"audio_quickstart.{tag}.seed{seed}", "report.json", label, seed, "val_mAP", 5, "{:.2f}")
-        for tag, label in (("dcls", _AQ), ("baseline", _AQB))
-        for seed in range(3)
-    ),
-)
+AUDIO_COMMANDS, AUDIO_VALUES = seeds_vs_baseline("audio_quickstart", "dcls", "mAP", 5, "{:.2f}", "{:.3f}")
 
 # ------------------------------------------------------------------------- SNN quickstart over 3 seeds (thesis ch. 4)
+_SNN_SEEDS = seeds_vs_baseline("snn_quickstart", "delays", "top1", -1, "{:.1f}", "{:.4f}")
 SNN_COMMANDS = (
-    Command(
-        "python train.py -m experiment=snn_quickstart,snn_quickstart_baseline trainer.seed=0,1,2 logger.wandb=false "
-        "hydra.sweep.dir=outputs/snn_quickstart_seeds"
-    ),
-    Command(
-        "python tools/report.py outputs/snn_quickstart_seeds --baseline experiment_name=snn_quickstart_baseline",
-        analysis=True,
-    ),
+    *_SNN_SEEDS[0],
     Command(
         "python tools/plot_positions.py --checkpoint outputs/snn_quickstart_seeds/0_snn_quickstart/last.pth --delays "
         "--out outputs/snn_quickstart_seeds/delays",
         analysis=True,
     ),
 )
-_SD, _SB = "experiment_name=snn_quickstart", "experiment_name=snn_quickstart_baseline"
 SNN_VALUES = (
-    *(
-        report_value(f"snn_quickstart.{tag}.{stat}", "report.json", label, ("stats", "final_top1", stat), fmt)
-        for tag, label in (("delays", _SD), ("baseline", _SB))
-        for stat, fmt in (("mean", "{:.2f}"), ("std", "{:.2f}"), ("n", "{:.0f}"))
-    ),
-    report_value("snn_quickstart.diff", "report.json", _SD, ("vs_baseline", "diff")),
-    report_value("snn_quickstart.p", "report.json", _SD, ("vs_baseline", "p"), "{:.4f}"),
-    *(
-        seed_run_value(f"snn_quickstart.{tag}.seed{seed}", "report.json", label, seed, "val_top1", -1, "{:.1f}")
-        for tag, label in (("delays", _SD), ("baseline", _SB))
-        for seed in range(3)
-    ),
+    *_SNN_SEEDS[1],
     *(  # share of first-layer delays within 0.1 step of an integer, seed 0 (thesis Fig. 6.6)
         json_value(f"snn_quickstart.near_integer.{when}", "delays/positions.json", ("delays", when, 0, "near_integer"))
         for when in ("before", "after")
