@@ -280,27 +280,16 @@ FLOPS_COMMANDS = (
         extra="--out {dir}/flops_convnext_tiny_coco.jsonl",
     ),
 )
+_DCLS_BACKBONES = (  # marker part, config name part: the DCLS backbones of both FLOPs tables
+    ("t_dcls", "convnext-t-dcls"),
+    ("t_dcls_gauss", "convnext-t-dcls-gauss"),
+    ("s_dcls", "convnext-s-dcls"),
+    ("b_dcls", "convnext-b-dcls"),
+    ("convformer_s18_dcls", "convformer-s18-dcls"),
+)
 _FLOPS_ROWS = (  # marker part, output file, config file name, has DCLS layers (a construction cost)
-    *(
-        (f"upernet.{tag}", "flops.jsonl", f"upernet_{name}{_ADE}", True)
-        for tag, name in (
-            ("t_dcls", "convnext-t-dcls"),
-            ("t_dcls_gauss", "convnext-t-dcls-gauss"),
-            ("s_dcls", "convnext-s-dcls"),
-            ("b_dcls", "convnext-b-dcls"),
-            ("convformer_s18_dcls", "convformer-s18-dcls"),
-        )
-    ),
-    *(
-        (f"cascade.{tag}", "flops.jsonl", f"cascade-mask-rcnn_{name}{_COCO}", True)
-        for tag, name in (
-            ("t_dcls", "convnext-t-dcls"),
-            ("t_dcls_gauss", "convnext-t-dcls-gauss"),
-            ("s_dcls", "convnext-s-dcls"),
-            ("b_dcls", "convnext-b-dcls"),
-            ("convformer_s18_dcls", "convformer-s18-dcls"),
-        )
-    ),
+    *((f"upernet.{tag}", "flops.jsonl", f"upernet_{name}{_ADE}", True) for tag, name in _DCLS_BACKBONES),
+    *((f"cascade.{tag}", "flops.jsonl", f"cascade-mask-rcnn_{name}{_COCO}", True) for tag, name in _DCLS_BACKBONES),
     ("upernet.t", "flops_convnext_tiny_ade20k.jsonl", f"upernet_convnext-t-dcls{_ADE}", False),
     ("cascade.t", "flops_convnext_tiny_coco.jsonl", f"cascade-mask-rcnn_convnext-t-dcls{_COCO}", False),
 )

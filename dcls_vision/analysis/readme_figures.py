@@ -212,6 +212,33 @@ def seed_run_value(marker: str, file: str, label: str, seed: int, key: str, epoc
     return Value(marker, f"{file} [{label}] seed {seed}: metrics.jsonl {key} ({when})", read, fmt)
 
 
+def _runs_value(
+    marker: str,
+    file: str,
+    labels: tuple[str, ...],
+    per_run: Callable[[Path], float],
+    what: str,
+    fmt: str,
+    seeds: tuple[int, ...] | None,
+    reduce: str,
+) -> Value:
+    """``reduce`` (``mean`` or ``max``) over the runs of report.json groups (one per label; ``seeds``: only those)
+    of ``per_run(run dir)``."""
+
+    def read(d: Path) -> float:
+        report, runs = _load_json(d / file), []
+        for label in labels:
+            g = report_group(report, label, file)
+            runs += [Path(r) for s, r in zip(g["seeds"], g["runs"]) if seeds is None or s in seeds]
+        if not runs:
+            raise FigureMissing(f"{file} {list(labels)}: no run with seeds {seeds}")
+        values = [per_run(r) for r in runs]
+        return max(values) if reduce == "max" else sum(values) / len(values)
+
+    where = f"{file} {' | '.join(labels)}{'' if seeds is None else f' seeds {seeds}'}"
+    return Value(marker, f"{where}: {'max of ' if reduce == 'max' else ''}{what}", read, fmt)
+
+
 def group_runs_value(
     marker: str,
     file: str,
@@ -223,17 +250,7 @@ def group_runs_value(
 ) -> Value:
     """The mean over the runs of report.json groups (one per label; ``seeds``: only those) of ``per_run(run dir)``,
     e.g. the summed epoch_time of a run, or a statistic of its learned positions."""
-
-    def read(d: Path) -> float:
-        report, runs = _load_json(d / file), []
-        for label in labels:
-            g = report_group(report, label, file)
-            runs += [Path(r) for s, r in zip(g["seeds"], g["runs"]) if seeds is None or s in seeds]
-        if not runs:
-            raise FigureMissing(f"{file} {list(labels)}: no run with seeds {seeds}")
-        return sum(per_run(r) for r in runs) / len(runs)
-
-    return Value(marker, f"{file} {' | '.join(labels)}{'' if seeds is None else f' seeds {seeds}'}: {what}", read, fmt)
+    return _runs_value(marker, file, labels, per_run, what, fmt, seeds, "mean")
 
 
 def epoch_time(how: str) -> Callable[[Path], float]:
@@ -282,18 +299,7 @@ def max_over_runs_value(
     seeds: tuple[int, ...] | None = None,
 ) -> Value:
     """As :func:`group_runs_value`, the largest per-run figure instead of the mean (e.g. the largest |position|)."""
-
-    def read(d: Path) -> float:
-        report, runs = _load_json(d / file), []
-        for label in labels:
-            g = report_group(report, label, file)
-            runs += [Path(r) for s, r in zip(g["seeds"], g["runs"]) if seeds is None or s in seeds]
-        if not runs:
-            raise FigureMissing(f"{file} {list(labels)}: no run with seeds {seeds}")
-        return max(per_run(r) for r in runs)
-
-    where = f"{file} {' | '.join(labels)}{'' if seeds is None else f' seeds {seeds}'}"
-    return Value(marker, f"{where}: max of {what}", read, fmt)
+    return _runs_value(marker, file, labels, per_run, what, fmt, seeds, "max")
 
 
 def jsonl_row_value(marker: str, file: str, config: str, keys: tuple[str, ...], fmt: str, scale: float = 1.0) -> Value:
