@@ -214,12 +214,12 @@ class CheckpointManager:
         path, state, lines = self._load_intact(candidates)
         if path != candidates[0]:
             lines.append(f"resuming from {path}, the newest intact snapshot ({describe_position(state)})")
-        note = "\n".join([note, *lines]) if note else "\n".join(lines) or None
+        notes = [*([note] if note else []), *lines]  # log lines: where from and why, what was skipped or changed
         self.model.load_state_dict(state["model"])
         if "optimizer" not in state:  # best.pth / best_ema.pth: weights only, a warm start from epoch 1
             if self.ema is not None:
                 self.ema.set(self.model)
-            return Resumed(TrainState(), path, note)
+            return Resumed(TrainState(), path, "\n".join(notes) or None)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -229,16 +229,14 @@ class CheckpointManager:
             global_step=int(state["global_step"]),
             best=dict(state["best"]),
         )
-        config_lines = self._restore_schedule(state, counters)
+        notes += self._restore_schedule(state, counters)
         if path.parent.resolve() == self.run_dir.resolve():
             self.intact = (path, describe_position(counters))
-        if config_lines:
-            note = "\n".join([*([note] if note else []), *config_lines])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state.get("rng") or []
         rng = rngs[self.rank] if len(rngs) == self.world else None
-        return Resumed(counters, path, note, rng, state.get("wandb_id"))
+        return Resumed(counters, path, "\n".join(notes) or None, rng, state.get("wandb_id"))
 
     def _load_intact(self, candidates: list[Path]) -> tuple[Path, Any, list[str]]:
         """Rank 0 picks the newest candidate that matches its checksum and loads (one line per one skipped); every

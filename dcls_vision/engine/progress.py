@@ -66,8 +66,10 @@ def significant(x: float, digits: int = 4) -> str:
     Log lines are read by people and parsed by tools: a fixed number of decimals turns a 17 ms step into
     ``0.017`` (2 digits, a 3 % rounding error), so products such as img/s × s/step stop matching.
     """
-    if not math.isfinite(x) or x == 0:
-        return f"{x:.{digits - 1}f}" if math.isfinite(x) else str(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return f"{x:.{digits - 1}f}"
     decimals = max(digits - 1 - math.floor(math.log10(abs(x))), 1)
     return f"{x:.{decimals}f}"
 

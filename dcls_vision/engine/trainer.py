@@ -479,7 +479,8 @@ class Trainer:
         self._log_start()
         max_epochs = tcfg.max_epochs_per_run
         stop_at = self.epochs if not max_epochs else min(self.epochs, st.next_epoch + int(max_epochs))
-        if tcfg.get("eval_only"):
+        eval_only = bool(tcfg.get("eval_only"))  # absent from configs written before the key existed
+        if eval_only:
             self.log.info("trainer.eval_only=true: evaluating the starting weights; no training, nothing saved")
             stop_at = st.next_epoch
         val: dict[str, float] | None = None
@@ -515,8 +516,8 @@ class Trainer:
         result = {
             **{k: val[k] for k in self._metric_names()},
             **{f"ema_{k}": ema[k] if ema else None for k in self._metric_names()},
-            f"best_{m}": None if tcfg.get("eval_only") else st.best["top1"],
-            f"best_ema_{m}": st.best["ema_top1"] if self.ema is not None and not tcfg.get("eval_only") else None,
+            f"best_{m}": None if eval_only else st.best["top1"],
+            f"best_ema_{m}": st.best["ema_top1"] if self.ema is not None and not eval_only else None,
             "epochs_done": st.next_epoch,
             "global_step": st.global_step,
             "run_dir": str(self.run_dir),
