@@ -426,11 +426,14 @@ def test_optimizer_constructor_rejects_bad_paramwise_cfg():
 def test_docs_say_what_the_public_fork_constructor_keeps():
     """ConvNeXt-dcls' LearningRateDecayOptimizerConstructor (mmdet and mmseg) puts ``.P`` tensors in
     ``no_decay_dcls`` groups with weight decay 0, but its ``scale = 5`` is overwritten by the layer's scale: only
-    the 5× is lost. The README and the constructor's docstring must say exactly that."""
+    the 5× is lost. The downstream page and the constructor's docstring must say exactly that."""
     from dcls_vision.downstream import optim
 
     claim = "keeps weight decay 0 for the positions and loses only their 5× LR"
-    for where, text in (("optim.py", optim.__doc__), ("README.md", (ROOT / "README.md").read_text())):
+    for where, text in (
+        ("optim.py", optim.__doc__),
+        ("docs/downstream.md", (ROOT / "docs" / "downstream.md").read_text()),
+    ):
         flat = " ".join(text.split())
         assert claim in flat and "loses both" not in flat, where
 

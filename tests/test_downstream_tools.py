@@ -362,7 +362,7 @@ def test_readme_flops_figures_are_current(tmp_path):
         [*cmd, "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert f"0 of {len(entry.values)} figure(s) differ from the README" in proc.stdout
+    assert f"0 of {len(entry.values)} figure(s) differ from the docs" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------ throughput

@@ -1,7 +1,8 @@
-"""tools/readme_figures.py: README figures are marked, produced by the README's own commands, and rewritten in place.
+"""tools/readme_figures.py: the docs' figures are marked, produced by the docs' own commands, and rewritten in place.
 
-The slow test runs the cheapest entry (the robustness walk-through) for real on a temp copy of README.md; the fast
-ones check that every entry's markers and commands are in the real README and that bad input is one line, exit 2.
+The slow test runs the cheapest entry (the robustness walk-through) for real on a temp copy of README.md + docs/*.md;
+the fast ones check that every entry's markers and commands are on the real pages and that bad input is one line,
+exit 2.
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from dcls_vision.analysis.readme_figures import (
-    Command,
-    Entry,
+from dcls_vision.analysis.doc_markers import (
     FigureError,
+    doc_commands,
+    doc_pages,
+    read_doc_markers,
     read_markers,
-    readme_commands,
     write_markers,
 )
+from dcls_vision.analysis.readme_figures import Command, Entry
 from dcls_vision.data.fashion_mnist import DEFAULT_SOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "readme_figures.py"
-README = ROOT / "README.md"
 
 
 def _tool():
@@ -46,7 +47,7 @@ def _run(*args: str, timeout: int = 30) -> subprocess.CompletedProcess:
 
 
 def _figure_lines(stdout: str, names: set[str]) -> dict[str, tuple[str, str, str]]:
-    """marker -> (README, fresh, diff) from the tool's table lines."""
+    """marker -> (docs, fresh, diff) from the tool's table lines."""
     rows = {}
     for line in stdout.splitlines():
         parts = line.split()
@@ -55,19 +56,39 @@ def _figure_lines(stdout: str, names: set[str]) -> dict[str, tuple[str, str, str
     return rows
 
 
-def test_every_entry_figure_and_command_is_in_the_readme():
+def _docs_markers() -> dict[str, str]:
+    """Marker -> marked text over README.md and docs/*.md, wherever each figure now lives."""
+    return {name: text for name, (_, text) in read_doc_markers(doc_pages(ROOT)).items()}
+
+
+def _copy_docs(dest: Path) -> Path:
+    """README.md and docs/*.md copied under ``dest`` (a --docs folder the tool may rewrite)."""
+    (dest / "docs").mkdir(parents=True)
+    for page in doc_pages(ROOT):
+        (dest / page.relative_to(ROOT)).write_text(page.read_text(encoding="utf-8"), encoding="utf-8")
+    return dest
+
+
+def test_every_entry_figure_and_command_is_in_the_docs():
     tool = _tool()
-    text = README.read_text(encoding="utf-8")
-    markers = read_markers(text)
-    commands = readme_commands(text)
+    pages = doc_pages(ROOT)
+    markers, commands = _docs_markers(), doc_commands(pages)
     for entry in tool.ENTRIES.values():
         for value in entry.values:
-            assert value.marker in markers, f"{entry.name}: README has no <!--fig:{value.marker}--> marker"
+            assert value.marker in markers, f"{entry.name}: no page has a <!--fig:{value.marker}--> marker"
         for cmd in entry.commands:
-            assert tool.one_line(cmd.text) in commands, f"{entry.name}: README has no command {cmd.text!r}"
+            assert tool.one_line(cmd.text) in commands, f"{entry.name}: no page has the command {cmd.text!r}"
     # and the tool's own start-up check agrees (no marker without an entry figure either)
-    tool.check_readme(text, markers, list(tool.ENTRIES.values()), README)
+    assert set(tool.check_docs(pages, list(tool.ENTRIES.values()))) == set(markers)
     assert {m.split(".")[0] for m in markers} <= set(tool.ENTRIES)
+
+
+def test_a_marker_on_two_pages_is_an_error_naming_both(tmp_path):
+    docs = _copy_docs(tmp_path / "docs_root")
+    page = docs / "docs" / "extra.md"
+    page.write_text("again <!--fig:robustness.mce-->1.00<!--/fig-->\n")
+    with pytest.raises(FigureError, match=r"fig:robustness.mce appears in .*docs/extra\.md and .*docs/robustness\.md"):
+        read_doc_markers(doc_pages(docs))
 
 
 def test_markers_are_read_and_rewritten_in_place_only_outside_code():
@@ -92,16 +113,17 @@ def test_unknown_entry_is_one_line_exit_2():
 
 
 def test_missing_marker_or_marker_without_entry_is_one_line_exit_2(tmp_path):
-    text = README.read_text(encoding="utf-8")
-    gone = tmp_path / "gone.md"
-    gone.write_text(re.sub(r"<!--fig:robustness\.mce-->(.*?)<!--/fig-->", r"\1", text))
-    proc = _run("--only", "robustness", "--readme", str(gone), "--out", str(tmp_path / "out"))
+    gone = _copy_docs(tmp_path / "gone")
+    for page in doc_pages(gone):
+        text = page.read_text(encoding="utf-8")
+        page.write_text(re.sub(r"<!--fig:robustness\.mce-->(.*?)<!--/fig-->", r"\1", text), encoding="utf-8")
+    proc = _run("--only", "robustness", "--docs", str(gone), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "figure robustness.mce has no <!--fig:robustness.mce--> marker" in proc.stderr
-    stray = tmp_path / "stray.md"
-    stray.write_text(text + "\nSee <!--fig:robustness.bogus-->1.0<!--/fig-->.\n")
-    proc = _run("--only", "robustness", "--readme", str(stray), "--out", str(tmp_path / "out"))
+    stray = _copy_docs(tmp_path / "stray") / "docs" / "stray.md"
+    stray.write_text("See <!--fig:robustness.bogus-->1.0<!--/fig-->.\n")
+    proc = _run("--only", "robustness", "--docs", str(stray.parents[1]), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"readme_figures.py: error: {stray}: marker fig:robustness.bogus has no figure in ENTRIES; allowed: "
@@ -132,15 +154,14 @@ def test_robustness_entry_reruns_the_walk_through_and_rewrites_the_readme(tmp_pa
     tool = _tool()
     entry = tool.ENTRIES["robustness"]
     names = {v.marker for v in entry.values}
-    readme = tmp_path / "README.md"
-    readme.write_text(README.read_text(encoding="utf-8"))
-    before = read_markers(readme.read_text())
+    docs = _copy_docs(tmp_path / "docs_root")
+    before = _docs_markers()
     out = tmp_path / "out"
-    proc = _run("--only", "robustness", "--out", str(out), "--readme", str(readme), "--write", timeout=600)
+    proc = _run("--only", "robustness", "--out", str(out), "--docs", str(docs), "--write", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     rows = _figure_lines(proc.stdout, names)
     assert set(rows) == names
-    # the README column is the marked text, the fresh column the produced files' values
+    # the docs column is the marked text, the fresh column the produced files' values
     assert {m: r[0] for m, r in rows.items()} == {m: before[m] for m in names}
     run_dir = out / "robustness" / "robustness_demo"
     result = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -166,13 +187,15 @@ def test_robustness_entry_reruns_the_walk_through_and_rewrites_the_readme(tmp_pa
     expected = {m: f"{v:.0f}" if m.endswith(".images") else f"{v:.2f}" for m, v in files.items()}
     assert {m: r[1] for m, r in rows.items()} == expected
     assert files["robustness.val"] == files["robustness.clean"]  # eval.py's clean figure is the trainer's
-    # --write put the fresh values into the temp README (the real one is untouched); a second comparison, reading
+    # --write put the fresh values into the temp pages (the real ones are untouched); a second comparison, reading
     # the same outputs without rerunning them, shows no difference
-    assert read_markers(readme.read_text()) == {**before, **{m: r[1] for m, r in rows.items()}}
-    again = _run("--only", "robustness", "--reuse", str(out / "robustness"), "--readme", str(readme), "--check")
+    after = {name: text for name, (_, text) in read_doc_markers(doc_pages(docs)).items()}
+    assert after == {**before, **{m: r[1] for m, r in rows.items()}}
+    assert _docs_markers() == before
+    again = _run("--only", "robustness", "--reuse", str(out / "robustness"), "--docs", str(docs), "--check")
     assert again.returncode == 0, again.stdout + again.stderr
     assert {r[2] for r in _figure_lines(again.stdout, names).values()} == {"same"}
-    assert "0 of 22 figure(s) differ from the README" in again.stdout
+    assert "0 of 22 figure(s) differ from the docs" in again.stdout
 
 
 def _report(groups: list[dict], metric: str = "final_top1") -> dict:
@@ -217,7 +240,7 @@ def test_quickstart_figures_are_read_from_report_json_and_the_seed_0_run(tmp_pat
     ]
     groups[0]["seeds"] = groups[1]["seeds"] = [1, 0, 2]
     (tmp_path / "report.json").write_text(json.dumps(_report(groups)))
-    markers = read_markers(README.read_text(encoding="utf-8"))
+    markers = _docs_markers()
     fresh, problems = tool.extract(tool.ENTRIES["quickstart"], tmp_path, markers)
     assert problems == []
     assert fresh == {
@@ -269,7 +292,7 @@ def test_kernel_size_study_yields_one_figure_per_report_group(tmp_path):
         "kernel_size_study.dilated_kernel_size_17_epochs_10.diff": "+1.00",  # vs its baseline, when there is one
         "kernel_size_study.dilated_kernel_size_17_epochs_10.p": "0.180",
     }
-    assert problems == ["kernel_size_study.gone.mean: marked in the README but not produced by this run"]
+    assert problems == ["kernel_size_study.gone.mean: marked in the docs but not produced by this run"]
 
 
 def test_jsonl_rows_are_found_by_config_name_and_other_lines_skipped(tmp_path):

@@ -1,12 +1,13 @@
-"""Rerun the README's examples and print every figure the README quotes beside the fresh one (and the difference).
+"""Rerun the documented examples and print every figure the docs quote beside the fresh one (and the difference).
 
-    python tools/readme_figures.py [--only NAME[,NAME]] [--out DIR] [--write] [--readme PATH] [--reuse DIR] [--check]
+    python tools/readme_figures.py [--only NAME[,NAME]] [--out DIR] [--write] [--docs DIR] [--reuse DIR] [--check]
 
-Each entry of ENTRIES is one README example: its commands exactly as the README prints them (README paths such as
+Each entry of ENTRIES is one documented example: its commands exactly as a page prints them (paths such as
 ``outputs/robustness_demo`` are replaced by places under ``--out``/NAME, default outputs/readme_figures/NAME), the
-figures it yields and the file and field each is read from. README.md marks each figure as
-``<!--fig:NAME-->62.40<!--/fig-->`` (invisible when rendered). ``--write`` rewrites the marked values in place
-(atomically) and copies produced plots to docs/figures/. ``--reuse DIR`` (one entry) skips the commands that train
+figures it yields and the file and field each is read from. README.md and docs/*.md (the pages under ``--docs``,
+default the repository) mark each figure as ``<!--fig:NAME-->62.40<!--/fig-->`` (invisible when rendered), on
+whichever page discusses it. ``--write`` rewrites the marked values in place, in the page that holds each
+(atomically), and copies produced plots to docs/figures/. ``--reuse DIR`` (one entry) skips the commands that train
 or evaluate and reads the figures from DIR, e.g. a sweep you already ran; analysis commands (tools/report.py) still
 run. ``--list`` prints the entries, their estimated cost and commands without running anything.
 Exit codes: 0 done (figures may differ; with --check: 0 only if none differs), 1 a command failed, a figure could
@@ -25,10 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dcls_vision.analysis.cli import make_parser
+from dcls_vision.analysis.doc_markers import (
+    FigureError,
+    doc_commands,
+    doc_pages,
+    one_line,
+    read_doc_markers,
+    write_doc_markers,
+)
 from dcls_vision.analysis.readme_figures import (
     Command,
     Entry,
-    FigureError,
     Value,
     compare,
     epoch_time,
@@ -38,17 +46,13 @@ from dcls_vision.analysis.readme_figures import (
     jsonl_row_value,
     jsonl_value,
     max_over_runs_value,
-    one_line,
     position_stat,
-    read_markers,
-    readme_commands,
     report_group_values,
     report_value,
     seed_run_value,
-    write_markers,
 )
 from dcls_vision.utils.errors import run_cli
-from dcls_vision.utils.io import atomic_write_bytes, atomic_write_text
+from dcls_vision.utils.io import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = ".readme_figures"  # written into every entry dir this tool made, so only those are ever deleted
@@ -377,10 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("readme_figures.py", __doc__)
     parser.add_argument("--only", default=None, help=f"comma-separated entries (default: all): {', '.join(ENTRIES)}")
     parser.add_argument("--out", type=Path, default=Path("outputs/readme_figures"), help="entry dirs go to OUT/NAME")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to compare and rewrite")
-    parser.add_argument("--write", action="store_true", help="rewrite the README's marked values; copy plots")
+    parser.add_argument("--docs", type=Path, default=ROOT, help="folder of README.md + docs/*.md to compare/rewrite")
+    parser.add_argument("--write", action="store_true", help="rewrite the pages' marked values; copy plots")
     parser.add_argument("--reuse", type=Path, default=None, help="one entry: read figures from DIR, run no training")
-    parser.add_argument("--check", action="store_true", help="exit 1 if any figure differs from the README's")
+    parser.add_argument("--check", action="store_true", help="exit 1 if any figure differs from the docs'")
     parser.add_argument("--list", action="store_true", help="print entries, cost and commands; run nothing")
     return parser
 
@@ -401,24 +405,26 @@ def select(only: str | None) -> list[Entry]:
 ALLOWED = ", ".join(f"{name}.*" for name in ENTRIES)
 
 
-def check_readme(text: str, markers: dict[str, str], entries: Sequence[Entry], readme: Path) -> None:
-    """Every README marker belongs to an entry, every static figure of ``entries`` has a marker and every command
-    of ``entries`` is in one of the README's bash blocks, verbatim (else one line, exit 2)."""
-    commands = readme_commands(text)
+def check_docs(pages: Sequence[Path], entries: Sequence[Entry]) -> dict[str, tuple[Path, str]]:
+    """Every marker of ``pages`` belongs to an entry, every static figure of ``entries`` has a marker and every
+    command of ``entries`` is in a bash block of one page, verbatim (else one line, exit 2); returns the markers."""
+    markers, commands = read_doc_markers(pages), doc_commands(pages)
+    docs = f"{pages[0].parent}/README.md or docs/*.md" if pages else "the docs (no README.md, no docs/*.md)"
     for entry in entries:
         for cmd in entry.commands:
             if one_line(cmd.text) not in commands:
-                raise FigureError(f"entry {entry.name}: command not in a bash block of {readme}: {one_line(cmd.text)}")
-    for name in markers:
+                raise FigureError(f"entry {entry.name}: command not in a bash block of {docs}: {one_line(cmd.text)}")
+    for name, (page, _) in markers.items():
         entry = ENTRIES.get(name.split(".")[0])
         if entry is None or (name not in {v.marker for v in entry.values} and not _dynamic(entry, name)):
-            raise FigureError(f"{readme}: marker fig:{name} has no figure in ENTRIES; allowed: {ALLOWED}")
+            raise FigureError(f"{page}: marker fig:{name} has no figure in ENTRIES; allowed: {ALLOWED}")
     for entry in entries:
         for v in entry.values:
             if v.marker not in markers:
                 raise FigureError(
-                    f"entry {entry.name}: figure {v.marker} has no <!--fig:{v.marker}--> marker in {readme}"
+                    f"entry {entry.name}: figure {v.marker} has no <!--fig:{v.marker}--> marker in {docs}"
                 )
+    return markers
 
 
 def _dynamic(entry: Entry, name: str) -> bool:
@@ -465,7 +471,7 @@ def run_commands(entry: Entry, entry_dir: Path, reuse: bool) -> bool:
 
 
 def extract(entry: Entry, entry_dir: Path, markers: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Print README vs fresh for every figure; returns (marker -> fresh text, problems)."""
+    """Print the docs' figure vs the fresh one for every figure; returns (marker -> fresh text, problems)."""
     values: list[Value] = list(entry.values)
     problems: list[str] = []
     if entry.dynamic is not None:
@@ -474,7 +480,7 @@ def extract(entry: Entry, entry_dir: Path, markers: dict[str, str]) -> tuple[dic
         except (OSError, LookupError, ValueError) as err:
             problems.append(f"{entry.name}: {err}")
     fresh_text: dict[str, str] = {}
-    print(f"  {'figure':<34} {'README':>9} {'fresh':>9} {'diff':>8}  source")
+    print(f"  {'figure':<34} {'docs':>9} {'fresh':>9} {'diff':>8}  source")
     for v in values:
         readme = markers.get(v.marker)
         try:
@@ -489,7 +495,7 @@ def extract(entry: Entry, entry_dir: Path, markers: dict[str, str]) -> tuple[dic
         print(f"  {v.marker:<34} {shown:>9} {text:>9} {compare(readme, fresh, v):>8}  {v.source}")
     produced = {v.marker for v in values}
     missing = [m for m in markers if _dynamic(entry, m) and m not in produced]
-    problems += [f"{m}: marked in the README but not produced by this run" for m in missing]
+    problems += [f"{m}: marked in the docs but not produced by this run" for m in missing]
     return fresh_text, problems
 
 
@@ -505,12 +511,11 @@ def main(args: argparse.Namespace) -> int:
         raise FigureError(f"--reuse {args.reuse}: needs exactly one entry; allowed: --only NAME with one name")
     if args.reuse is not None and not args.reuse.is_dir():
         raise FigureError(f"--reuse {args.reuse}: not a directory; allowed: an existing output dir of the entry")
-    readme = args.readme.resolve()
-    if not readme.is_file():
-        raise FigureError(f"--readme {args.readme}: no such file")
-    text = readme.read_text(encoding="utf-8")
-    markers = read_markers(text)
-    check_readme(text, markers, entries, readme)
+    root = args.docs.resolve()
+    if not (root / "README.md").is_file():
+        raise FigureError(f"--docs {args.docs}: no README.md there; allowed: a folder holding README.md and docs/")
+    where = check_docs(doc_pages(root), entries)
+    markers = {name: text for name, (_, text) in where.items()}
     failed, unmarked, fresh_all = False, False, {}
     for entry in entries:
         entry_dir = (args.reuse or args.out / entry.name).resolve()
@@ -526,14 +531,14 @@ def main(args: argparse.Namespace) -> int:
         if ok:  # a failed command leaves a partial run: its figures are shown, never written
             fresh_all.update({m: t for m, t in fresh.items() if m in markers})
         if args.write:
-            _copy_plots(entry, entry_dir, readme.parent / "docs" / "figures")
+            _copy_plots(entry, entry_dir, root / "docs" / "figures")
     changed = {m: t for m, t in fresh_all.items() if markers[m].strip() != t}
     if args.write and changed:
-        atomic_write_text(readme, write_markers(readme.read_text(encoding="utf-8"), changed))
-        print(f"wrote {len(changed)} figure(s) into {readme}")
-    print(f"{len(changed)} of {len(fresh_all)} figure(s) differ from the README")
+        pages = write_doc_markers({m: where[m][0] for m in changed}, changed)
+        print(f"wrote {len(changed)} figure(s) into {', '.join(map(str, pages))}")
+    print(f"{len(changed)} of {len(fresh_all)} figure(s) differ from the docs")
     if unmarked:
-        raise FigureError("some fresh figures have no README marker (listed as '(none)'); add <!--fig:NAME--> markers")
+        raise FigureError("some fresh figures have no marker in the docs (listed as '(none)'); add <!--fig:NAME-->")
     return 1 if failed or (args.check and changed and not args.write) else 0
 
 

@@ -1,10 +1,11 @@
-"""README figures that cannot go stale: markers in README.md, the commands that produce them, and value extraction.
+"""Documentation figures that cannot go stale: the commands that produce each marked figure, and value extraction.
 
-Every number README.md quotes from a run is wrapped in an HTML comment pair, ``<!--fig:NAME-->62.40<!--/fig-->``
-(invisible in rendered Markdown, table cells included). ``tools/readme_figures.py`` reruns the README's commands
-(:class:`Entry`), reads each marked value back from the files the commands wrote (:class:`Value`), prints it beside
-the README's and, with ``--write``, rewrites the marked text in place. Markers are found by name, never by prose
-regexes, so rewording the README cannot silently detach a figure from its command.
+Every number the documentation quotes from a run is wrapped in an HTML comment pair,
+``<!--fig:NAME-->62.40<!--/fig-->`` (invisible in rendered Markdown, table cells included). ``tools/readme_figures.py``
+reruns the documented commands (:class:`Entry`), reads each marked value back from the files the commands wrote
+(:class:`Value`), prints it beside the page's and, with ``--write``, rewrites the marked text in place, in whichever
+page holds it. Markers are found by name, never by prose regexes, so rewording or moving text between pages cannot
+silently detach a figure from its command.
 """
 
 from __future__ import annotations
@@ -18,17 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcls_vision.utils.errors import UserError
-
+from .doc_markers import one_line
 from .runs import read_records
-
-MARKER_RE = re.compile(r"<!--fig:([A-Za-z0-9_.\-]+)-->(.*?)<!--/fig-->")
-FENCE_RE = re.compile(r"^\s*```")
-CODE_SPAN_RE = re.compile(r"(`[^`\n]*`)")
-
-
-class FigureError(UserError):
-    """A README marker without an entry value, an entry value without a marker, or an unknown entry name."""
 
 
 class FigureMissing(LookupError):
@@ -36,78 +28,6 @@ class FigureMissing(LookupError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-def _outside_fences(text: str) -> list[tuple[int, str]]:
-    """(line number, line) of every line outside ``` code blocks: markers there would be printed literally."""
-    lines, inside = [], False
-    for i, line in enumerate(text.splitlines(), 1):
-        if FENCE_RE.match(line):
-            inside = not inside
-            continue
-        if not inside:
-            lines.append((i, line))
-    return lines
-
-
-def _without_code_spans(line: str) -> str:
-    """``line`` without its inline `code` spans: a marker written there (e.g. to document the syntax) is shown."""
-    return CODE_SPAN_RE.sub("", line)
-
-
-def read_markers(text: str) -> dict[str, str]:
-    """Marker name -> the README's text between the markers; a name used twice or a marker in code is an error."""
-    found: dict[str, str] = {}
-    for _, line in _outside_fences(text):
-        for m in MARKER_RE.finditer(_without_code_spans(line)):
-            if m.group(1) in found:
-                raise FigureError(f"README marker fig:{m.group(1)} appears twice; allowed: each name once")
-            found[m.group(1)] = m.group(2)
-    in_code = set(MARKER_RE.findall("\n".join(_without_code_spans(ln) for ln in text.splitlines()))) - set(
-        found.items()
-    )
-    if in_code:
-        name = sorted(in_code)[0][0]
-        raise FigureError(f"README marker fig:{name} is inside a ``` code block; allowed: markers in prose/tables")
-    return found
-
-
-def one_line(command: str) -> str:
-    """A shell command as one line: backslash continuations joined, whitespace collapsed, a trailing comment cut."""
-    line = " ".join(command.replace("\\\n", " ").split())
-    return re.sub(r"\s+#.*$", "", line)
-
-
-def readme_commands(text: str) -> set[str]:
-    """Every command of the README's ```bash blocks (continuations joined), as :func:`one_line` writes it."""
-    return {one_line(c) for c in _bash_lines(text) if c.strip()}
-
-
-def _bash_lines(text: str) -> list[str]:
-    out, block, pending = [], None, ""
-    for line in text.splitlines():
-        if FENCE_RE.match(line):
-            block = line.strip()[3:].strip() if block is None else None
-            continue
-        if block not in ("bash", "sh", "shell") or line.lstrip().startswith("#"):
-            continue
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        out.append(pending + line)
-        pending = ""
-    return out
-
-
-def write_markers(text: str, values: Mapping[str, str]) -> str:
-    """``text`` with the content of each marker named in ``values`` replaced (other text byte-identical)."""
-
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        return f"<!--fig:{name}-->{values[name]}<!--/fig-->" if name in values else m.group(0)
-
-    parts = CODE_SPAN_RE.split(text)  # odd items are the `code` spans, left as they are
-    return "".join(p if i % 2 else MARKER_RE.sub(sub, p) for i, p in enumerate(parts))
 
 
 # ---------------------------------------------------------------------------------------------------- extraction
