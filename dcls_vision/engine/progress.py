@@ -127,7 +127,7 @@ def step_scalars(
 
 
 def step_line(p: Progress, s: dict[str, float]) -> str:
-    """One console/log.txt line from :func:`step_scalars`; README "Progress lines" explains each field."""
+    """One console/log.txt line from :func:`step_scalars`; docs/training.md "Progress lines" explains each field."""
     parts = [
         f"step {p.global_step}",
         f"epoch {p.epoch + 1}/{p.epochs} {p.step_in_epoch}/{p.steps_per_epoch}",

@@ -4,7 +4,7 @@
 ``OUT/<class>/<index>.png``: the original 28x28 grey pixels, lossless, class folders named as
 :func:`~dcls_vision.robustness.classes.fashion_mnist_classes`. Loaded back with the checkpoint's eval transform the
 images give bit-identical input tensors, so eval.py's clean top-1 on this folder equals the trainer's val top-1.
-This is the real-data stand-in for ImageNet in the tests and the README walk-through.
+This is the real-data stand-in for ImageNet in the tests and the docs/robustness.md walk-through.
 """
 
 from __future__ import annotations
