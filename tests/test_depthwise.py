@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from dcls_vision.ops import depthwise as dw
 from dcls_vision.ops.algo_select import AlgorithmError, AlgoSelector, cache_dir
-from dcls_vision.ops.depthwise import (
+from dcls_vision.ops.depthwise import depthwise_conv2d
+from dcls_vision.ops.depthwise_algorithms import (
     FORWARD_ALGORITHMS,
     GRAD_INPUT_ALGORITHMS,
     GRAD_WEIGHT_ALGORITHMS,
     choose_algorithms,
-    depthwise_conv2d,
 )
 
 ALL_ALGORITHMS = list(itertools.product(FORWARD_ALGORITHMS, GRAD_INPUT_ALGORITHMS, GRAD_WEIGHT_ALGORITHMS))
@@ -177,7 +177,7 @@ def test_bf16_autocast(kernel):
         ref = F.conv2d(x, wt, b, 1, p, 1, 8)
         out = depthwise_conv2d(x, wt, b, 1, p)
     assert out.dtype == ref.dtype == torch.bfloat16
-    assert type(out.grad_fn).__name__ == "_DepthwiseConv2dFunctionBackward"  # the custom function, not aten's
+    assert type(out.grad_fn).__name__ == "DepthwiseConv2dFunctionBackward"  # the custom function, not aten's
     assert out.is_contiguous(memory_format=torch.channels_last)
     # reference in float32 from the same bf16-rounded operands: we compute in float32 and round once
     xr, wr, br = (t.detach().bfloat16().float().requires_grad_() for t in (x, wt, b))
@@ -247,8 +247,8 @@ def _dispatch(x, wt, b, selector, stride=1, padding=6):
 
 GRAD_FN = {
     "aten_cl": "ConvolutionBackward0",
-    "fft": "_DepthwiseConv2dFunctionBackward",
-    "custom": "_DepthwiseConv2dFunctionBackward",
+    "fft": "DepthwiseConv2dFunctionBackward",
+    "custom": "DepthwiseConv2dFunctionBackward",
 }
 
 
@@ -302,7 +302,7 @@ def test_selector_json_persistence_and_reload(tmp_path):
         FakeTimer({"aten_nchw": 5.0, "aten_cl": 2.0, "custom": 3.0, "fft": 1.0}),
         versions={"torch": "99", "triton": "99"},
     )
-    assert type(_dispatch(x, wt, b, upgraded, padding=4).grad_fn).__name__ == "_DepthwiseConv2dFunctionBackward"
+    assert type(_dispatch(x, wt, b, upgraded, padding=4).grad_fn).__name__ == "DepthwiseConv2dFunctionBackward"
     path.write_text("{not json")
     broken = AlgoSelector("GPU X", path, FakeTimer({"aten_nchw": 5.0, "aten_cl": 1.0, "custom": 3.0, "fft": 4.0}))
     with pytest.warns(UserWarning, match="unreadable"):
@@ -331,7 +331,7 @@ def test_forced_algorithm_env(monkeypatch):
         depthwise_conv2d(x, wt, b, 1, 6)
     msg = str(info.value)
     assert "\n" not in msg and "'winograd'" in msg and "aten_nchw, aten_cl, triton, fft, custom" in msg
-    for name, grad_fn in [("aten_cl", "ConvolutionBackward0"), ("fft", "_DepthwiseConv2dFunctionBackward")]:
+    for name, grad_fn in [("aten_cl", "ConvolutionBackward0"), ("fft", "DepthwiseConv2dFunctionBackward")]:
         monkeypatch.setenv("DCLS_DEPTHWISE_ALGO", name)
         out = depthwise_conv2d(x, wt, b, 1, 6)
         assert type(out.grad_fn).__name__ == grad_fn

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dcls_vision.ops import depthwise as dw
+from dcls_vision.ops import depthwise_algorithms as algos
 
 SHAPES = ((96, 56), (192, 28), (384, 14), (768, 7))
 PARTS = ("forward", "backward", "total")
@@ -93,8 +94,8 @@ def bench_pair(channels: int, size: int, kernel: int, args: argparse.Namespace) 
             "total_cpu_ms": round(f["cpu_ms"] + bwd["cpu_ms"], 2),
             "samples": min(f["samples"], bwd["samples"]),
         }
-    if kernel * kernel > dw._MAX_ATEN_TAPS:
-        row["algorithms"] = list(dw.choose_algorithms(x.shape, (kernel, kernel), (1, 1), (pad, pad)))
+    if kernel * kernel > algos.MAX_ATEN_TAPS:
+        row["algorithms"] = list(algos.choose_algorithms(x.shape, (kernel, kernel), (1, 1), (pad, pad)))
     else:
         row["algorithms"] = "F.conv2d"
     ref, ours = row["F.conv2d"], row["depthwise_conv2d"]
@@ -113,23 +114,23 @@ def bench_algorithms(channels: int, size: int, kernel: int, args: argparse.Names
     if args.channels_last:
         go = go.contiguous(memory_format=torch.channels_last)
     cands: dict[str, Callable[[], object]] = {
-        "forward/aten": lambda: dw._forward_aten(x, w, b, s, p),
-        "forward/fft": lambda: dw._forward_fft(x, w, b, p),
-        "grad_input/aten": lambda: dw._grads_aten(go, x, w, s, p, True, False)[0],
-        "grad_input/flip": lambda: dw._grad_input_flip(go, x.shape, w, s, p),
-        "grad_input/fft": lambda: dw._grad_fft(go, x, w, p, True, False),
-        "grad_weight/aten": lambda: dw._grads_aten(go, x, w, s, p, False, True)[1],
-        "grad_weight/batch_groups": lambda: dw._grad_weight_batch_groups(go, x, k, s, p),
-        "grad_weight/channel_groups": lambda: dw._grad_weight_channel_groups(go, x, k, s, p),
-        "grad_weight/fft": lambda: dw._grad_fft(go, x, w, p, False, True),
-        "grad_both/fft": lambda: dw._grad_fft(go, x, w, p, True, True),
+        "forward/aten": lambda: algos.forward_aten(x, w, b, s, p),
+        "forward/fft": lambda: algos.forward_fft(x, w, b, p),
+        "grad_input/aten": lambda: algos.grads_aten(go, x, w, s, p, True, False)[0],
+        "grad_input/flip": lambda: algos.grad_input_flip(go, x.shape, w, s, p),
+        "grad_input/fft": lambda: algos.grad_fft(go, x, w, p, True, False),
+        "grad_weight/aten": lambda: algos.grads_aten(go, x, w, s, p, False, True)[1],
+        "grad_weight/batch_groups": lambda: algos.grad_weight_batch_groups(go, x, k, s, p),
+        "grad_weight/channel_groups": lambda: algos.grad_weight_channel_groups(go, x, k, s, p),
+        "grad_weight/fft": lambda: algos.grad_fft(go, x, w, p, False, True),
+        "grad_both/fft": lambda: algos.grad_fft(go, x, w, p, True, True),
     }
     row: dict[str, object] = {
         "channels": channels,
         "size": size,
         "kernel": kernel,
-        "fft_ratio": round(dw._fft_ratio(x.shape, k, p), 2),
-        "chosen": list(dw.choose_algorithms(x.shape, k, s, p)),
+        "fft_ratio": round(algos.fft_ratio(x.shape, k, p), 2),
+        "chosen": list(algos.choose_algorithms(x.shape, k, s, p)),
     }
     for name, fn in cands.items():
         if args.only and not any(name.startswith(o) for o in args.only):

@@ -8,12 +8,8 @@ from .dcls import (
     Dcls3_2d,
     Dcls3d,
     DclsLayer,
-    clamp_positions_,
-    convert_to_conv,
-    dcls_layers,
-    dcls_parameters,
-    share_positions,
 )
+from .dcls_model import clamp_positions_, convert_to_conv, dcls_layers, dcls_parameters, share_positions
 from .interpolation import INTERPOLATIONS
 
 __all__ = [

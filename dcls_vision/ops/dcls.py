@@ -2,7 +2,9 @@
 
 A layer keeps ``kernel_count`` weights per (out, in/groups) pair, their positions (and, for
 triangle/gauss, widths σ) along the learned axes; the dense kernel is built by interpolation
-(:mod:`dcls_vision.ops.interpolation`) and fed to an ordinary convolution.
+(:mod:`dcls_vision.ops.interpolation`) and fed to an ordinary convolution. This module holds the layer
+(set-up, kernel construction and cache, forward, export to a plain convolution) and its variants;
+argument checks live in :mod:`.dcls_args`, whole-model helpers in :mod:`.dcls_model`.
 
 Conventions (one for every variant): ``positions[m]`` is an offset from the kernel centre
 ``floor(s/2)`` along the m-th learned spatial axis of the *input* (axis 0 = H for 2-D).
@@ -11,57 +13,24 @@ Conventions (one for every variant): ``positions[m]`` is an offset from the kern
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dcls_args import check_counts, check_learned_axes, int_tuple, positive, resolve_padding
 from .depthwise import depthwise_conv2d
 from .interpolation import SIGMA_INIT, check_interpolation, construct_kernel, construct_rounded_kernel
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_MODULE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def _tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, bool) or not isinstance(value, (int, Sequence)):
-        raise TypeError(f"{name}={value!r} must be an int or a tuple of {n} ints")
-    out = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(out) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
-        raise ValueError(f"{name}={value!r} must be an int or a tuple of {n} ints")
-    return out
-
-
-def _positive(values: tuple[int, ...], name: str, raw: object) -> tuple[int, ...]:
-    if any(v < 1 for v in values):
-        raise ValueError(f"{name}={raw!r} is invalid; allowed: integers >= 1")
-    return values
-
-
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _bits(t: Tensor) -> Tensor:
     """The tensor's bits as integers, so equality is exact (NaN equals itself, -0.0 differs from 0.0)."""
     return t.view(_INT_OF_SIZE[t.element_size()]) if t.element_size() in _INT_OF_SIZE else t
-
-
-def _check_counts(in_channels: int, out_channels: int, kernel_count: int, groups: int, padding_mode: str) -> None:
-    """Channel and element counts are integers >= 1, groups divide the channels, the padding mode is known."""
-    for name, value in (
-        ("in_channels", in_channels),
-        ("out_channels", out_channels),
-        ("kernel_count", kernel_count),
-        ("groups", groups),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} is invalid; allowed: integers >= 1")
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode={padding_mode!r} is not supported; allowed: {', '.join(PADDING_MODES)}")
 
 
 class _Pad(nn.Module):
@@ -104,24 +73,19 @@ class _DclsNd(nn.Module):
     ) -> None:
         super().__init__()
         n, m = self.n_dims, self.n_learned
-        _check_counts(in_channels, out_channels, kernel_count, groups, padding_mode)
+        check_counts(in_channels, out_channels, kernel_count, groups, padding_mode)
         self.interpolation = check_interpolation(interpolation)
-        self.dilated_kernel_size = _positive(
-            _tuple(dilated_kernel_size, m, "dilated_kernel_size"), "dilated_kernel_size", dilated_kernel_size
+        self.dilated_kernel_size = positive(
+            int_tuple(dilated_kernel_size, m, "dilated_kernel_size"), "dilated_kernel_size", dilated_kernel_size
         )
-        dense = () if n == m else _tuple(dense_kernel_size, n - m, "dense_kernel_size")
-        self.dense_kernel_size = _positive(dense, "dense_kernel_size", dense_kernel_size)
-        axes = tuple(range(m)) if learned_axes is None else tuple(learned_axes)
-        if len(axes) != m or len(set(axes)) != m or list(axes) != sorted(axes) or not all(0 <= a < n for a in axes):
-            raise ValueError(
-                f"learned_axes={learned_axes!r} is invalid; allowed: {m} distinct increasing axes in [0, {n - 1}]"
-            )
-        self.learned_axes = axes
+        dense = () if n == m else int_tuple(dense_kernel_size, n - m, "dense_kernel_size")
+        self.dense_kernel_size = positive(dense, "dense_kernel_size", dense_kernel_size)
+        self.learned_axes = check_learned_axes(learned_axes, n, m)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_count, self.groups, self.padding_mode = kernel_count, groups, padding_mode
-        self.stride = _positive(_tuple(stride, n, "stride"), "stride", stride)
+        self.stride = positive(int_tuple(stride, n, "stride"), "stride", stride)
         self.kernel_size = self._kernel_size()
-        self.padding = self._resolve_padding(padding)
+        self.padding = resolve_padding(padding, self.kernel_size)
 
         factory = {"device": device, "dtype": dtype}
         shape = (out_channels, in_channels // groups, *self.dense_kernel_size, kernel_count)
@@ -139,19 +103,6 @@ class _DclsNd(nn.Module):
     def _kernel_size(self) -> tuple[int, ...]:
         learned, dense = iter(self.dilated_kernel_size), iter(self.dense_kernel_size)
         return tuple(next(learned) if a in self.learned_axes else next(dense) for a in range(self.n_dims))
-
-    def _resolve_padding(self, padding: int | Sequence[int] | str | None) -> tuple[tuple[int, int], ...]:
-        """Per-axis (before, after) padding; the default centres the output on the kernel centre."""
-        if padding is None or padding == "same":
-            return tuple((s // 2, s - 1 - s // 2) for s in self.kernel_size)
-        if padding == "valid":
-            return ((0, 0),) * self.n_dims
-        if isinstance(padding, str):
-            raise ValueError(f"padding={padding!r} is not supported; allowed: None, 'same', 'valid', int or tuple")
-        values = _tuple(padding, self.n_dims, "padding")
-        if any(v < 0 for v in values):
-            raise ValueError(f"padding={padding!r} is invalid; allowed: integers >= 0")
-        return tuple((v, v) for v in values)
 
     def reset_parameters(self) -> None:
         """Reference initialisation: kaiming-uniform weights, positions ~ N(0, 0.5) clamped, σ constant."""
@@ -407,65 +358,3 @@ class Dcls3_2d(_DclsNMd):
 
 
 DclsLayer = _DclsNd
-
-
-# ---------------------------------------------------------------- model-level helpers
-def dcls_layers(model: nn.Module) -> Iterable[_DclsNd]:
-    return (m for m in model.modules() if isinstance(m, _DclsNd))
-
-
-def dcls_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Distinct positions and σ tensors of a model (shared tensors appear once), by identity not name."""
-    out: dict[str, list[nn.Parameter]] = {"positions": [], "sigma": []}
-    seen: set[int] = set()
-    for layer in dcls_layers(model):
-        for kind, params in layer.dcls_parameters().items():
-            for p in params:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    out[kind].append(p)
-    return out
-
-
-@torch.no_grad()
-def clamp_positions_(model: nn.Module) -> None:
-    """Clamp every DCLS layer's positions into its dilated kernel."""
-    for layer in dcls_layers(model):
-        layer.clamp_()
-
-
-def share_positions(layers: Sequence[_DclsNd], sigma: bool = True) -> None:
-    """Make ``layers`` use the first layer's positions (and σ) tensor; weights stay per layer.
-
-    Sharing is by object identity, so ``model.parameters()``, optimizers and state_dict round-trips
-    (``load_state_dict`` copies into the one tensor) all keep it.
-    """
-    if not layers:
-        return
-    first = layers[0]
-    for layer in layers[1:]:
-        if (
-            layer.positions.shape != first.positions.shape
-            or layer.interpolation != first.interpolation
-            or layer.dilated_kernel_size != first.dilated_kernel_size
-        ):
-            raise ValueError(
-                f"cannot share positions between layers with positions {tuple(first.positions.shape)}, "
-                f"{first.interpolation!r}, size {first.dilated_kernel_size} and {tuple(layer.positions.shape)}, "
-                f"{layer.interpolation!r}, size {layer.dilated_kernel_size}; shared layers must match"
-            )
-        layer.positions = first.positions
-        if sigma and first.sigma is not None:
-            layer.sigma = first.sigma
-
-
-def convert_to_conv(model: nn.Module, rounded: bool = False) -> nn.Module:
-    """Replace every DCLS layer of ``model`` (in place) by its plain-convolution export."""
-    if isinstance(model, _DclsNd):
-        return model.to_conv(rounded=rounded)
-    for name, child in list(model.named_children()):
-        if isinstance(child, _DclsNd):
-            setattr(model, name, child.to_conv(rounded=rounded))
-        else:
-            convert_to_conv(child, rounded)
-    return model

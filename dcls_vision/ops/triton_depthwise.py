@@ -25,6 +25,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .depthwise_algorithms import output_memory_format
+
 __all__ = ["TritonDepthwiseFunction", "triton_depthwise_conv2d"]
 
 _MAX_INT32 = 2**31 - 1
@@ -222,12 +224,6 @@ def _out_size(
     return tuple((hw[d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(2))
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def conv_forward(
     x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
 ) -> Tensor:
@@ -235,7 +231,7 @@ def conv_forward(
     n, c, h, w = x.shape
     kh, kw = weight.shape[-2:]
     ho, wo = _out_size((h, w), (kh, kw), stride, padding)
-    out = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=_memory_format(x))
+    out = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=output_memory_format(x))
     if out.numel() == 0:
         return out
     _check_size(x, out)
@@ -272,7 +268,7 @@ def conv_grad_input(go: Tensor, x: Tensor, weight: Tensor, stride: tuple[int, in
     n, c, h, w = x.shape
     kh, kw = weight.shape[-2:]
     ho, wo = go.shape[-2:]
-    gi = torch.empty_like(x, memory_format=_memory_format(x))
+    gi = torch.empty_like(x, memory_format=output_memory_format(x))
     if gi.numel() == 0:
         return gi
     _check_size(go, gi)
