@@ -29,7 +29,6 @@ from dcls_vision.models.factory import (
     load_file,
     load_model,
     parse_model_spec,
-    plain_dict,
 )
 from dcls_vision.models.hub import save_hub_folder
 from dcls_vision.models.release import (
@@ -39,6 +38,7 @@ from dcls_vision.models.release import (
     is_release,
     pick_release_entry,
 )
+from dcls_vision.utils.config import plain_dict
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import atomic_save
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dcls_vision.ops import DclsLayer
+from dcls_vision.utils.config import plain_dict
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import BEST, BEST_EMA, LAST, UnsafeCheckpointError, load_checkpoint
 
@@ -151,13 +152,6 @@ class LoadedModel:
 
 
 # ------------------------------------------------------------------------------------- build_model
-def plain_dict(node: Any) -> dict[str, Any]:
-    """A plain dict from an optional DictConfig/dict node (``kwargs`` groups for timm factories)."""
-    if node is None:
-        return {}
-    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
-
-
 def build_model(model_cfg: Mapping[str, Any], num_classes: int, in_chans: int) -> nn.Module:
     """The network of a run config: ``timm.create_model(name, **kwargs, drop_path_rate=...)``.
 
