@@ -22,14 +22,8 @@ from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dcls_vision.models.factory import (
-    LoadedModel,
-    ModelLoadError,
-    build_model,
-    load_file,
-    load_model,
-    parse_model_spec,
-)
+from dcls_vision.models.checkpoint_formats import ModelLoadError, load_file
+from dcls_vision.models.factory import LoadedModel, build_model, load_model, parse_model_spec
 from dcls_vision.models.hub import save_hub_folder
 from dcls_vision.models.release import (
     Conversion,
