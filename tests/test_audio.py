@@ -199,7 +199,9 @@ def test_audio_quickstart_learns_well_above_the_label_prior(tmp_path_factory: py
 
 def test_init_checkpoint_copies_matching_tensors_through_the_factory(tmp_path: Path) -> None:
     """An image checkpoint initialises the audio net: body copied, new (2,16) stem and 30-way head left fresh."""
-    from dcls_vision.models.factory import ModelLoadError, build_model, init_from_checkpoint
+    from dcls_vision.models.checkpoint_formats import ModelLoadError
+    from dcls_vision.models.factory import build_model
+    from dcls_vision.models.finetune_init import init_from_checkpoint
 
     image = timm.create_model("dcls_quickstart", num_classes=10)
     torch.save(image.state_dict(), tmp_path / "image.pth")

@@ -13,7 +13,8 @@ import torch
 from audio_release_reference import AudioConvFormer, audio_convnext, checkpoint, perturb, ref_dcls
 
 from dcls_vision.models import ModelLoadError, load_model
-from dcls_vision.models.factory import build_model, init_from_checkpoint
+from dcls_vision.models.factory import build_model
+from dcls_vision.models.finetune_init import init_from_checkpoint
 from dcls_vision.ops import Dcls2d
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
-"""The model factory (dcls_vision/models/factory.py) on a real tiny training run's checkpoints: config → model,
-checkpoint → model (model / EMA weights, data config, provenance), DDP prefixes, formats, timm specs, and the
-downstream backbone reading its checkpoint through the factory."""
+"""The model factory (dcls_vision/models/factory.py and its readers, checkpoint_formats.py) on a real tiny training
+run's checkpoints: config → model, checkpoint → model (model / EMA weights, data config, provenance), DDP prefixes,
+formats, timm specs, and the downstream backbone reading its checkpoint through the factory."""
 
 from __future__ import annotations
 
@@ -14,13 +14,8 @@ from omegaconf import OmegaConf
 
 from dcls_vision.data.fashion_mnist import DEFAULT_SOURCE
 from dcls_vision.engine import train
-from dcls_vision.models.factory import (
-    CHECKPOINT_FORMATS,
-    ModelLoadError,
-    build_model,
-    load_model,
-    read_checkpoint,
-)
+from dcls_vision.models.checkpoint_formats import CHECKPOINT_FORMATS, ModelLoadError, read_checkpoint
+from dcls_vision.models.factory import build_model, load_model
 from dcls_vision.utils.io import atomic_save, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

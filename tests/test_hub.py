@@ -16,7 +16,9 @@ import torch
 from release_reference import ReleaseConvNeXtDcls, release_file
 
 import dcls_vision.models  # noqa: F401  (registers the DCLS architectures with timm)
-from dcls_vision.models.factory import ModelLoadError, init_from_checkpoint, load_model
+from dcls_vision.models.checkpoint_formats import ModelLoadError
+from dcls_vision.models.factory import load_model
+from dcls_vision.models.finetune_init import init_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"depths": (1, 1, 2, 1), "dims": (16, 32, 64, 128), "count": 10}

@@ -22,8 +22,10 @@ import dcls_vision.models  # noqa: F401  (registers the DCLS models)
 from dcls_vision.engine.checkpoint import load_checkpoint
 from dcls_vision.engine.config import validate_config
 from dcls_vision.engine.trainer import Trainer
-from dcls_vision.models.factory import ModelLoadError, build_model, init_from_checkpoint
+from dcls_vision.models.checkpoint_formats import ModelLoadError
+from dcls_vision.models.factory import build_model
 from dcls_vision.models.factory import load_model as load_model_from
+from dcls_vision.models.finetune_init import init_from_checkpoint
 from dcls_vision.ops import dcls_parameters
 from dcls_vision.robustness import EvalConfigError, load_model, run_eval
 from dcls_vision.robustness.classes import imagenet_synsets

@@ -22,15 +22,8 @@ from omegaconf import OmegaConf, open_dict
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dcls_vision.models.factory import (
-    LoadedModel,
-    ModelLoadError,
-    build_model,
-    load_file,
-    load_model,
-    parse_model_spec,
-    plain_dict,
-)
+from dcls_vision.models.checkpoint_formats import ModelLoadError, load_file
+from dcls_vision.models.factory import LoadedModel, build_model, load_model, parse_model_spec
 from dcls_vision.models.hub import save_hub_folder
 from dcls_vision.models.release import (
     Conversion,
@@ -39,6 +32,7 @@ from dcls_vision.models.release import (
     is_release,
     pick_release_entry,
 )
+from dcls_vision.utils.config import plain_dict
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import atomic_save
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from dcls_vision.models.factory import LoadedModel, ModelLoadError, load_model, parse_model_spec
+from dcls_vision.models.checkpoint_formats import ModelLoadError
+from dcls_vision.models.factory import LoadedModel, load_model, parse_model_spec
 
 from .errors import AnalysisError
 

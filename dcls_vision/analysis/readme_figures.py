@@ -188,7 +188,7 @@ def run_positions(run: Path) -> Any:
     weights_only=True by the model factory's reader."""
     import torch
 
-    from dcls_vision.models.factory import read_checkpoint
+    from dcls_vision.models.checkpoint_formats import read_checkpoint
 
     state, _ = read_checkpoint(run / "last.pth")
     found = [v.flatten().float() for k, v in state.items() if k.endswith("positions")]

@@ -1,6 +1,6 @@
 """Backbone weights from a checkpoint written by our trainer (or a plain timm/mmengine state dict).
 
-Files are read by the model factory's checkpoint reader (one place for formats, EMA and ``module.`` prefixes).
+Files are read by the models layer's checkpoint reader (one place for formats, EMA and ``module.`` prefixes).
 Why a mapping of its own: mmengine's ``Pretrained`` init knows neither the trainer's layout (``model`` /
 ``ema`` keys of ``last.pth``; ``best_ema.pth`` holds the EMA weights under ``model``) nor timm's key forms,
 and it would load classifier heads and stems with the wrong channel count silently or not at all.
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dcls_vision.models.factory import ModelLoadError, strip_prefix
-from dcls_vision.models.factory import read_checkpoint as factory_read_checkpoint
+from dcls_vision.models.checkpoint_formats import ModelLoadError, strip_prefix
+from dcls_vision.models.checkpoint_formats import read_checkpoint as read_any_format
 
 CHECKPOINT_KEYS = ("model", "ema")
 _HEAD_PREFIXES = ("head.", "head_", "fc.", "classifier.", "norm_pre.", "pre_logits.")
@@ -29,14 +29,14 @@ _FEATURE_NET_RE = re.compile(r"^(stem|stages)_(\d+)\.")  # timm FeatureListNet n
 def read_checkpoint(path: str | os.PathLike, key: str = "model") -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The state dict stored under ``key`` and the run's resolved config (``{}`` if none).
 
-    Read by the model factory's reader (:func:`dcls_vision.models.factory.read_checkpoint`): the trainer's
+    Read by the models layer's reader (:func:`dcls_vision.models.checkpoint_formats.read_checkpoint`): the trainer's
     ``last.pth`` (``model`` or ``ema``), ``best.pth`` / ``best_ema.pth`` (``best_ema.pth``'s weights are EMA ones
     under either key), an mmengine/timm file with ``state_dict``, or a bare state dict.
     """
     if key not in CHECKPOINT_KEYS:
         raise ValueError(f"checkpoint_key={key!r} is not supported; allowed: {', '.join(CHECKPOINT_KEYS)}")
     try:
-        state, info = factory_read_checkpoint(path, use_ema=key == "ema")
+        state, info = read_any_format(path, use_ema=key == "ema")
     except ModelLoadError as err:
         if err.reason == "missing":
             raise FileNotFoundError(str(err)) from err

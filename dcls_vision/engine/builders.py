@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dcls_vision.models.factory import plain_dict
+from dcls_vision.utils.config import plain_dict
 
 from .config import ConfigError
 from .grouped import GroupedOptimizer, build_grouped_optimizer, build_grouped_scheduler

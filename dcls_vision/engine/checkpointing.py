@@ -22,7 +22,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from dcls_vision.models.factory import init_from_checkpoint
+from dcls_vision.models.finetune_init import init_from_checkpoint
 from dcls_vision.utils.errors import SaveError, UserError
 
 from . import checkpoint as ckpt

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dcls_vision.models.factory import plain_dict
 from dcls_vision.ops import dcls_parameters
+from dcls_vision.utils.config import plain_dict
 
 from .optim import create_scheduler, param_groups
 

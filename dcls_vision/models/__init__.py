@@ -2,6 +2,7 @@
 model factory (config → model, checkpoint → model)."""
 
 from . import audio, quickstart, snn, zoo  # noqa: F401  (registers the models with timm)
-from .factory import LoadedModel, ModelLoadError, build_model, load_model, read_checkpoint
+from .checkpoint_formats import ModelLoadError, read_checkpoint
+from .factory import LoadedModel, build_model, load_model
 
 __all__ = ["LoadedModel", "ModelLoadError", "build_model", "load_model", "read_checkpoint"]

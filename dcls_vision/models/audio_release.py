@@ -15,8 +15,8 @@ layouts); the DCLS convolutions (``Dcls2d`` of the ``dcls`` package, ``version="
 ``replace_depthwise_dcls`` in each model file) keep their ``P``/``SIG`` under every layer that shares them, which
 become our ``positions``/``sigma`` by :func:`dcls_vision.ops.compat.positions_from_dcls` (``P[0]`` of "gauss" moves
 along W). ConvNeXt's ``convnext_dcls_audio_tiny17`` (``version="v0"``, 17/34, no ``SIG``) reads as bilinear "v0".
-The dilated kernel size is not stored: 23 (gauss) or 17 (v0). This module maps tensors only; the factory registers
-the format (``CHECKPOINT_FORMATS``).
+The dilated kernel size is not stored: 23 (gauss) or 17 (v0). This module maps tensors only; :mod:`.checkpoint_formats`
+registers the format (``CHECKPOINT_FORMATS``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ a model card ``README.md``), written with timm's own ``save_for_hf`` and read ba
 A folder written by :func:`save_hub_folder` opens with ``timm.create_model("local-dir:FOLDER", pretrained=True)``
 (after ``import dcls_vision.models`` registers the architectures), and the same folder pushed to a hub is an
 ``hf-hub:ORG/NAME`` model. Our registered models accept such sources through :func:`load_pretrained_source`; the
-model factory reads ``local-dir:`` / ``hf-hub:`` sources through :func:`read_hub` (the run's model and data
-config come from ``config.json``). Only ``hf-hub:`` ever downloads (timm's ``download_from_hf``).
+checkpoint reader (:mod:`.checkpoint_formats`) reads ``local-dir:`` / ``hf-hub:`` sources through
+:func:`read_hub` (the run's model and data config come from ``config.json``). Only ``hf-hub:`` ever downloads
+(timm's ``download_from_hf``).
 This module sits in the models layer: timm, torch and utils only.
 """
 

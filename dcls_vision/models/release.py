@@ -56,7 +56,8 @@ past ±s//2 at most).
 Training checkpoints of the fork (``utils.py`` ``save_model``, lines 474-490 at aad45f3: ``checkpoint-N.pth``,
 ``checkpoint-best.pth``, ``checkpoint-best-ema.pth``) hold ``model``, ``optimizer``, ``epoch``, ``scaler``,
 ``args`` and, with EMA, ``model_ema``; :func:`pick_release_entry` chooses between ``model`` and ``model_ema``.
-This module reads and maps tensors only (no file IO, no model building); the factory registers the format.
+This module reads and maps tensors only (no file IO, no model building); :mod:`.checkpoint_formats` registers
+the format.
 """
 
 from __future__ import annotations

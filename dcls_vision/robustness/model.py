@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dcls_vision.engine.schema import ImageFolderDataConfig, TrainerConfig
-from dcls_vision.models.factory import LoadedModel, ModelLoadError, plain_dict
+from dcls_vision.models.checkpoint_formats import ModelLoadError
+from dcls_vision.models.factory import LoadedModel
 from dcls_vision.models.factory import load_model as factory_load_model
+from dcls_vision.utils.config import plain_dict
 
 from .config import EvalConfigError
 
