@@ -250,7 +250,7 @@ def test_accum_leftover_micro_batches_are_an_update(tmp_path):
         x, y = torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group])
         loss = ref.criterion(ref.model(x.contiguous(memory_format=torch.channels_last)), y)
         loss.backward()
-        ref._optimizer_step(loss.detach(), epoch=0, step_in_epoch=i + 1)
+        ref.step.optimizer_step(loss.detach(), epoch=0, step_in_epoch=i + 1)
     ref.log.close()
     want = ref.model.state_dict()
     worst = max((got[k] - want[k]).abs().max().item() for k in want)

@@ -1,71 +1,46 @@
-"""The training loop: timm for everything timm does, plus the DCLS rules (docs/design.md §2).
+"""The training loop: epochs, validation, checkpoints and resume, around timm's parts (docs/design.md §2).
 
-Per optimizer step: ``accum`` micro-batches (DDP syncs on the last; an epoch's leftover micro-batches form a
-shorter last group, its loss divided by its own size) → NaN check → unscale (fp16) → clip → step → clamp positions
-→ EMA update → scheduler ``step_update``. Validation of model and EMA each epoch; under DDP the BatchNorm running
-stats are first made equal on every rank (``trainer.dist_bn``) so what is evaluated is what is saved.
-Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
+Each epoch runs its micro-batches, an optimizer update every ``accum`` of them (:mod:`.train_step`: forward/
+backward, NaN check, clip, step, clamp positions, EMA, schedule). Validation of model and EMA each epoch; under DDP
+the BatchNorm running stats are first made equal on every rank (``trainer.dist_bn``) so what is evaluated is what
+is saved. Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
 A preemption/time-limit signal (``dcls_vision/engine/preemption.py``) saves ``last.pth`` at the next step
 boundary on every rank, then raises :class:`Preempted`; the requeued job resumes there.
 
 Pieces: :mod:`.builders` (loaders, optimizer, scheduler, criterion, mixup from the config),
-:mod:`.checkpointing` (run dir, ``last``/``best`` saves, resume), :mod:`.evaluate` (validation); here the
-loop itself: :meth:`Trainer._micro_step` and :meth:`Trainer._optimizer_step` per update, :meth:`Trainer.fit`.
+:mod:`.checkpointing` (run dir, ``last``/``best`` saves, resume), :mod:`.evaluate` (validation),
+:mod:`.train_step` (one optimizer update); here the loop itself: :meth:`Trainer.fit` and :func:`train`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 from dcls_vision.engine.preemption import STOP, Preempted, PreemptionGuard
 from dcls_vision.models.factory import build_model
-from dcls_vision.ops import clamp_positions_, dcls_parameters
+from dcls_vision.ops import dcls_parameters
 
 from . import builders
 from . import checkpoint as ckpt
 from .checkpointing import CheckpointManager, setup_run_dir
 from .config import ConfigError, amp_dtype, validate_config
-from .distributed import all_reduce_max, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .ema import ModelEma
-from .evaluate import amp_context, evaluate, evaluate_multilabel
+from .evaluate import evaluate, evaluate_multilabel
 from .optim import group_summary
 from .progress import Progress, StepMeter, peak_memory_gib, step_line, step_scalars
-from .repulsive import repulsive_applies, repulsive_loss
+from .repulsive import repulsive_applies
 from .runlog import PositionTracker, RunLogger, fmt
 from .snn import SigmaSchedule, flushed_denormals
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN/inf loss; no checkpoint was written after it."""
-
-
-@dataclass
-class EpochSums:
-    """One epoch's running sums on the device (reduced over ranks at its end) and the accumulating update's loss."""
-
-    loss_sum: Tensor
-    rep_sum: Tensor
-    counts: Tensor  # samples, micro-batches, skipped
-    step_loss: Tensor
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> EpochSums:
-        return cls(
-            torch.zeros((), dtype=torch.float64, device=device),
-            torch.zeros((), dtype=torch.float64, device=device),
-            torch.zeros(3, dtype=torch.float64, device=device),
-            torch.zeros((), device=device),
-        )
+from .train_step import EpochSums, NonFiniteLossError, TrainStep
 
 
 def seed_everything(seed: int) -> None:
@@ -109,7 +84,6 @@ class Trainer:
     ) -> None:
         self.cfg, self.rank, self.world, self.device = cfg, rank, world_size, device
         self.guard = guard
-        self.signal_level = 0  # the all-reduced PreemptionGuard level of the last optimizer step
         self._read_trainer_cfg(cfg.trainer)
         self.run_dir = setup_run_dir(Path(str(cfg.trainer.output_dir)), rank)
         loaders = builders.build_loaders(cfg, world_size, rank, device, self.accum)
@@ -145,6 +119,7 @@ class Trainer:
         self._resume_rng = resumed.rng
         self.ddp = world_size > 1
         self.net = self._wrap_ddp()
+        self.step = self._train_step()
         self._start_logging(resumed.wandb_id)
 
     # ----------------------------------------------------------------------------------- set-up
@@ -218,6 +193,31 @@ class Trainer:
             )
         return torch.compile(net) if self.compile else net
 
+    def _train_step(self) -> TrainStep:
+        """The micro-step/update mechanics over this run's model, optimizer, scaler, EMA and loss."""
+        return TrainStep(
+            model=self.model,
+            net=self.net,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            ema=self.ema,
+            criterion=self.criterion,
+            mixup=self.mixup,
+            state=self.state,
+            device=self.device,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            train_tf=self.train_tf,
+            batch_size=self.train_loader.batch_size,
+            ddp=self.ddp,
+            rep_weight=self.rep_weight,
+            clip_grad=self.clip_grad,
+            clip_mode=self.clip_mode,
+            guard=self.guard,
+            last_path=self.run_dir / ckpt.LAST,
+        )
+
     def _start_logging(self, wandb_id: str | None) -> None:
         """Run logger (console, log.txt, metrics.jsonl, wandb), position tracker, and the resolved config.yaml."""
         cfg, lcfg = self.cfg, self.cfg.logger
@@ -266,12 +266,12 @@ class Trainer:
             self.meter.fetched(0 if batch is None or batch[1] is None else len(batch[1]))
             last_micro = (b + 1) % self.accum == 0 or b + 1 == total
             group = min(self.accum, total - b // self.accum * self.accum)  # micro-batches in this update
-            self._micro_step(batch, group, last_micro, rep_on, sums)
+            self.step.micro_step(batch, group, last_micro, rep_on, sums)
             b += 1
             if bar is not None:
                 bar.update(1)
             if last_micro:
-                self._optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
+                self.step.optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
                 sums.step_loss.zero_()
                 self.state.next_batch = b
                 self.meter.steps += 1
@@ -291,47 +291,6 @@ class Trainer:
             "img_per_s": sums.counts[0].item() / max(seconds, 1e-9),  # all ranks' images / this rank's time
         }
 
-    def _micro_step(self, batch: Any, group: int, last_micro: bool, rep_on: bool, sums: EpochSums) -> None:
-        """Forward/backward of one micro-batch, its loss divided by ``group`` (the micro-batches of its update).
-
-        DDP all-reduces gradients only on the update's last micro-batch; an empty one (every image skipped)
-        still runs a zero loss through backward so that all-reduce happens on every rank.
-        """
-        x, y = (batch[0], batch[1]) if batch is not None else (None, None)
-        n = 0 if y is None else len(y)
-        sums.counts[2] += self.train_loader.batch_size - n
-        sync = contextlib.nullcontext() if (last_micro or not self.ddp) else self.net.no_sync()
-        with sync:
-            if n > 0:
-                loss, n = self._forward_loss(x, y, n)
-            else:  # an empty micro-batch still joins DDP's gradient all-reduce
-                loss = sum(p.sum() for p in self.model.parameters()) * 0.0
-            total_loss = loss
-            if rep_on:
-                rep = repulsive_loss(self.model).to(self.device)
-                total_loss = loss + self.rep_weight * rep.pow(2)
-                sums.rep_sum += rep.detach().double()
-            self.scaler.scale(total_loss / group).backward()
-        sums.step_loss += total_loss.detach().float() / group
-        sums.loss_sum += loss.detach().double() * n
-        sums.counts[0] += n
-        sums.counts[1] += 1
-
-    def _forward_loss(self, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, int]:
-        """Task loss of a non-empty micro-batch (mixup applied) and the number of samples it used."""
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.train_tf is not None:  # e.g. waveform -> dB mel spectrogram, before mixup
-            x = self.train_tf.train()(x)
-        if self.mixup is not None:
-            if n % 2:  # timm's batch mixup needs an even batch (a skipped image can make it odd)
-                x, y, n = x[:-1], y[:-1], n - 1
-            x, y = self.mixup(x, y)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_context(self.device, self.amp):
-            out = self.net(x)
-        return self.criterion(out.float(), y), n
-
     def _after_update(self, epoch: int, b: int, total: int, sums: EpochSums, bar: Any) -> None:
         """Step logging, then a mid-epoch ``last.pth`` every ``ckpt_interval_steps`` or on a signal."""
         gs = self.state.global_step
@@ -340,9 +299,9 @@ class Trainer:
         interval = self.ckpt_interval
         if interval and gs % interval == 0 and b < total:
             self.save_last()
-        elif self.signal_level and b < total:  # preemption/time limit (the epoch end saves by itself)
+        elif self.step.signal_level and b < total:  # preemption/time limit (the epoch end saves by itself)
             self.save_last()
-        if self.signal_level and b < total:
+        if self.step.signal_level and b < total:
             self._after_signal_save(epoch, b)
 
     def _log_step(self, epoch: int, b: int, sums: EpochSums, bar: Any) -> None:
@@ -364,7 +323,7 @@ class Trainer:
 
     def _after_signal_save(self, epoch: int, batch: int) -> None:
         """``last.pth`` was just saved for a signal: stop (raise :class:`Preempted`) or, for a save-only one, go on."""
-        if self.signal_level >= STOP:
+        if self.step.signal_level >= STOP:
             st = self.state
             what = self.guard.describe() if self.guard is not None else "a signal"
             where = f"epoch {epoch + 1}, batch {batch}" if batch else f"end of epoch {epoch + 1}"
@@ -377,43 +336,7 @@ class Trainer:
             raise Preempted(msg)
         if self.guard is not None:
             self.guard.saved()
-        self.signal_level = 0
-
-    def _optimizer_step(self, step_loss: Tensor, epoch: int, step_in_epoch: int) -> None:
-        """The optimizer update after a group of micro-steps: check, unscale, clip, step, clamp, EMA, schedule."""
-        self._check_step(step_loss, epoch, step_in_epoch)
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        if self.clip_grad:
-            from timm.utils import dispatch_clip_grad
-
-            dispatch_clip_grad(self.model.parameters(), float(self.clip_grad), mode=self.clip_mode)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        clamp_positions_(self.model)
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.state.global_step)
-        self.state.global_step += 1
-        self.scheduler.step_update(num_updates=self.state.global_step)
-
-    def _check_step(self, step_loss: Tensor, epoch: int, step_in_epoch: int) -> None:
-        """Raise :class:`NonFiniteLossError` on a NaN/inf loss on any rank; record the preemption level."""
-        # one all-reduce carries the NaN check and the preemption flag, so all ranks stop at the same step
-        pending = float(self.guard.pending()) if self.guard is not None else 0.0
-        flags = torch.stack(
-            [(~torch.isfinite(step_loss)).float().reshape(()), torch.tensor(pending, device=step_loss.device)]
-        )
-        all_reduce_max(flags)
-        bad, level = flags.tolist()
-        self.signal_level = int(level)
-        if bad > 0:
-            last = self.run_dir / ckpt.LAST
-            kept = f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"loss={step_loss.item()} at epoch {epoch + 1} step {step_in_epoch} "
-                f"(global step {self.state.global_step + 1}); training stopped, {kept}"
-            )
+        self.step.signal_level = 0
 
     def _distribute_bn(self) -> None:
         """Make BN running stats equal on every rank (timm's ``distribute_bn``): each rank tracked its own.
@@ -507,7 +430,7 @@ class Trainer:
             self.save_last(epoch_file=epoch)
             self._epoch_end_s = time.time() - t_end
             self.log.info(self._summary_line(epoch, record))
-            if self.signal_level and epoch + 1 < stop_at:
+            if self.step.signal_level and epoch + 1 < stop_at:
                 self._after_signal_save(epoch, 0)
         if val is None:  # nothing left to train (resumed a finished run): report the current weights
             val, ema = self._evaluate_all()
