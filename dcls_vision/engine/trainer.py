@@ -35,11 +35,10 @@ from .config import ConfigError, amp_dtype, validate_config
 from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .ema import ModelEma
 from .evaluate import evaluate, evaluate_multilabel
-from .optim import group_summary
-from .progress import Progress, StepMeter, peak_memory_gib, step_line, step_scalars
 from .repulsive import repulsive_applies
-from .runlog import PositionTracker, RunLogger, fmt
+from .runlog import PositionTracker, RunLogger
 from .snn import SigmaSchedule, flushed_denormals
+from .train_report import TrainReporter, metric_names
 from .train_step import EpochSums, NonFiniteLossError, TrainStep
 
 
@@ -90,8 +89,7 @@ class Trainer:
         self.train_loader, self.val_loader, self.num_classes = loaders.train, loaders.val, loaders.num_classes
         self.batches_per_epoch, self.updates_per_epoch = loaders.batches_per_epoch, loaders.updates_per_epoch
         self.multilabel, self.train_tf, self.val_tf = loaders.multilabel, loaders.train_transform, loaders.val_transform
-        # the metric best.pth follows (kept under the checkpoint's "top1" key): top-1 %, or mAP % for multi-label
-        self.metric = "mAP" if self.multilabel else "top1"
+        self.metric = metric_names(self.multilabel)[0]  # the metric best.pth follows (under its "top1" key)
         self.model, self.ema = self._build_model()
         self.global_batch = int(cfg.trainer.batch_size) * self.accum * world_size
         self.optimizer = builders.build_optimizer(cfg, self.model, self.global_batch)
@@ -219,7 +217,7 @@ class Trainer:
         )
 
     def _start_logging(self, wandb_id: str | None) -> None:
-        """Run logger (console, log.txt, metrics.jsonl, wandb), position tracker, and the resolved config.yaml."""
+        """Run logger (console, log.txt, metrics.jsonl, wandb), what writes to it, and the resolved config.yaml."""
         cfg, lcfg = self.cfg, self.cfg.logger
         self.log = RunLogger(
             self.run_dir,
@@ -230,9 +228,24 @@ class Trainer:
             progress=lcfg.progress,
         )
         self.log_interval = int(lcfg.log_interval)
-        self.meter = StepMeter()
-        self._epoch_end_s = 0.0  # the last epoch's validation + save time (for the run ETA)
-        self.positions = PositionTracker(self.model)
+        self.report = TrainReporter(
+            log=self.log,
+            cfg=cfg,
+            optimizer=self.optimizer,
+            positions=PositionTracker(self.model),
+            run_dir=self.run_dir,
+            epochs=self.epochs,
+            accum=self.accum,
+            updates_per_epoch=self.updates_per_epoch,
+            world=self.world,
+            device=self.device,
+            multilabel=self.multilabel,
+            has_ema=self.ema is not None,
+            n_params=self.n_params,
+            global_batch=self.global_batch,
+            amp=self.amp,
+            bn_stats="sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}",
+        )
         if self.rank == 0:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
             self.log.truncate_metrics(self.state.next_epoch)
@@ -259,11 +272,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         b = start
         t0 = time.perf_counter()
-        self.meter.restart()
+        self.report.meter.restart()
         for batch in loader:
             if b >= total:
                 break
-            self.meter.fetched(0 if batch is None or batch[1] is None else len(batch[1]))
+            self.report.meter.fetched(0 if batch is None or batch[1] is None else len(batch[1]))
             last_micro = (b + 1) % self.accum == 0 or b + 1 == total
             group = min(self.accum, total - b // self.accum * self.accum)  # micro-batches in this update
             self.step.micro_step(batch, group, last_micro, rep_on, sums)
@@ -274,9 +287,9 @@ class Trainer:
                 self.step.optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
                 sums.step_loss.zero_()
                 self.state.next_batch = b
-                self.meter.steps += 1
+                self.report.meter.steps += 1
                 self._after_update(epoch, b, total, sums, bar)
-            self.meter.mark()
+            self.report.meter.mark()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -295,7 +308,7 @@ class Trainer:
         """Step logging, then a mid-epoch ``last.pth`` every ``ckpt_interval_steps`` or on a signal."""
         gs = self.state.global_step
         if gs % self.log_interval == 0:
-            self._log_step(epoch, b, sums, bar)
+            self.report.log_step(gs, epoch, b, sums, bar)
         interval = self.ckpt_interval
         if interval and gs % interval == 0 and b < total:
             self.save_last()
@@ -303,23 +316,6 @@ class Trainer:
             self.save_last()
         if self.step.signal_level and b < total:
             self._after_signal_save(epoch, b)
-
-    def _log_step(self, epoch: int, b: int, sums: EpochSums, bar: Any) -> None:
-        """One progress line (stdout, log.txt) and its ``train/*`` scalars (W&B) for the steps since the last."""
-        loss = sums.loss_sum.item() / max(sums.counts[0].item(), 1)  # the epoch's running mean on this rank
-        where = Progress(self.state.global_step, epoch, self.epochs, -(-b // self.accum), self.updates_per_epoch)
-        scalars = step_scalars(
-            self.meter.take(), where, loss, self._lr(), self.world, peak_memory_gib(self.device), self._epoch_end_s
-        )
-        self.log.step(scalars, where.global_step)
-        self.log.info(step_line(where, scalars))
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}")
-
-    def _lr(self) -> float:
-        """The schedule's current value (a group's lr divided by its ``lr_scale``)."""
-        g = self.optimizer.param_groups[0]
-        return float(g["lr"]) / float(g.get("lr_scale", 1.0))
 
     def _after_signal_save(self, epoch: int, batch: int) -> None:
         """``last.pth`` was just saved for a signal: stop (raise :class:`Preempted`) or, for a save-only one, go on."""
@@ -372,34 +368,10 @@ class Trainer:
             ema = self._evaluate(self.ema.module, ema_device, "val ema")
         return val, ema
 
-    def _log_start(self) -> None:
-        """Where the run starts from, what it trains, and its parameter groups (one line each)."""
-        st = self.state
-        for line in (self.resume_note or "").splitlines():  # where from and why; skipped or changed things
-            self.log.info(line)
-        if self.resumed_from is not None:
-            where = f"epoch {st.next_epoch + 1}" + (f", batch {st.next_batch}" if st.next_batch else "")
-            self.log.info(f"resumed from {self.resumed_from} at {where} (global step {st.global_step})")
-        bn = "sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}"
-        self.log.info(
-            f"run dir: {self.run_dir} | model {self.cfg.model.name} {self.n_params / 1e6:.2f}M params | "
-            f"{self.world} process(es) on {self.device} | global batch {self.global_batch} | "
-            f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
-            + (f" | BN stats {bn}" if self.world > 1 else "")
-        )
-        _, lr_note = builders.lr_for_global_batch(self.cfg, self.global_batch)
-        if lr_note:
-            self.log.info(lr_note)
-        for g in group_summary(self.optimizer):
-            self.log.info(
-                f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
-                f"lr_scale {g['lr_scale']:.4g}, weight_decay {g['weight_decay']}"
-            )
-
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
         st = self.state
-        self._log_start()
+        self.report.log_start(st, self.resumed_from, self.resume_note)
         max_epochs = tcfg.max_epochs_per_run
         stop_at = self.epochs if not max_epochs else min(self.epochs, st.next_epoch + int(max_epochs))
         eval_only = bool(tcfg.get("eval_only"))  # absent from configs written before the key existed
@@ -424,12 +396,14 @@ class Trainer:
             st.next_epoch, st.next_batch = epoch + 1, 0
             self._distribute_bn()
             val, ema = self._evaluate_all() if self._validates(epoch) else (None, None)
-            pos_delta = self.positions.deltas()
-            record = self._record(epoch, stats, val, ema, time.time() - t0, pos_delta)
+            pos_delta = self.report.positions.deltas()
+            seconds = time.time() - t0
+            self._update_best(epoch, val, ema)
+            record = self.report.epoch_record(epoch, st, stats, val, ema, seconds, pos_delta)
             self.log.epoch(record)
             self.save_last(epoch_file=epoch)
-            self._epoch_end_s = time.time() - t_end
-            self.log.info(self._summary_line(epoch, record))
+            self.report.epoch_end_s = time.time() - t_end
+            self.log.info(self.report.summary_line(epoch, record))
             if self.step.signal_level and epoch + 1 < stop_at:
                 self._after_signal_save(epoch, 0)
         if val is None:  # nothing left to train (resumed a finished run): report the current weights
@@ -437,8 +411,8 @@ class Trainer:
         barrier()
         m = self.metric
         result = {
-            **{k: val[k] for k in self._metric_names()},
-            **{f"ema_{k}": ema[k] if ema else None for k in self._metric_names()},
+            **{k: val[k] for k in self.report.names},
+            **{f"ema_{k}": ema[k] if ema else None for k in self.report.names},
             f"best_{m}": None if eval_only else st.best["top1"],
             f"best_ema_{m}": st.best["ema_top1"] if self.ema is not None and not eval_only else None,
             "epochs_done": st.next_epoch,
@@ -449,73 +423,19 @@ class Trainer:
         self.log.close()
         return result
 
-    def _validates(self, epoch: int) -> bool:
-        """``trainer.val_interval``: every N-th epoch and always the last one."""
-        return (epoch + 1) % int(self.cfg.trainer.val_interval) == 0 or epoch + 1 == self.epochs
-
-    def _record(
-        self,
-        epoch: int,
-        stats: dict[str, Any],
-        val: dict[str, float] | None,
-        ema: dict[str, float] | None,
-        seconds: float,
-        pos_delta: dict[str, float],
-    ) -> dict[str, Any]:
-        best, m, names = self.state.best, self.metric, self._metric_names()
-        if val is None:  # an epoch without validation (trainer.val_interval): metrics are null, best unchanged
-            val = {"loss": None, "skipped": 0, **{k: None for k in names}}
-        elif val["score"] > best["top1"]:
+    def _update_best(self, epoch: int, val: dict[str, float] | None, ema: dict[str, float] | None) -> None:
+        """``best.pth`` / ``best_ema.pth`` when this epoch's validation beats the best so far."""
+        best = self.state.best
+        if val is not None and val["score"] > best["top1"]:
             best["top1"], best["epoch"] = val["score"], epoch
             self.ckpt.save_best(ckpt.BEST, self.model.state_dict(), epoch, val)
         if ema is not None and ema["score"] > best["ema_top1"]:
             best["ema_top1"], best["ema_epoch"] = ema["score"], epoch
             self.ckpt.save_best(ckpt.BEST_EMA, self.ema.module.state_dict(), epoch, ema)
-        return {
-            "epoch": epoch,
-            "global_step": self.state.global_step,
-            "train_loss": stats["train_loss"],
-            "lr": self._lr(),
-            **{f"val_{k}": val[k] for k in names},
-            "val_loss": val["loss"],
-            **{f"ema_{k}": None if ema is None else ema[k] for k in names},
-            f"best_{m}": best["top1"] if best["epoch"] >= 0 else None,  # null until the first validation
-            f"best_ema_{m}": best["ema_top1"] if self.ema is not None and best["ema_epoch"] >= 0 else None,
-            "repulsive": stats["repulsive"],
-            "epoch_time": round(seconds, 3),
-            "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
-            "params": self.n_params,  # for reports that gather runs
-            "skipped_train": stats["skipped_train"],
-            "skipped_val": val["skipped"],
-            "pos_delta": pos_delta,
-        }
 
-    def _metric_names(self) -> tuple[str, ...]:
-        """Validation metrics in records and results: top-1/top-5 %, or mAP/AUC % and d' for multi-label data."""
-        return ("mAP", "AUC", "d_prime") if self.multilabel else ("top1", "top5")
-
-    def _summary_line(self, epoch: int, r: dict[str, Any]) -> str:
-        a, b = self._metric_names()[:2]
-        label = "" if a == "top1" else f"{a}/{b} "
-        parts = [
-            f"epoch {epoch + 1}/{self.epochs}",
-            f"train_loss {r['train_loss']:.4f}",
-            f"lr {r['lr']:.3e}",
-            f"val {label}{fmt(r[f'val_{a}'])}/{fmt(r[f'val_{b}'])}",
-        ]
-        if self.multilabel:
-            parts.append(f"d' {fmt(r['val_d_prime'], '.3f')}")
-        if r[f"ema_{a}"] is not None:
-            parts.append(f"ema {fmt(r[f'ema_{a}'])}/{fmt(r[f'ema_{b}'])}")
-        parts.append(f"best {fmt(r[f'best_{self.metric}'])}")
-        if r["repulsive"] is not None:
-            parts.append(f"rep {r['repulsive']:.4f}")
-        if r["pos_delta"]:
-            parts.append(f"|dpos| {sum(r['pos_delta'].values()) / len(r['pos_delta']):.4f}")
-        parts.append(f"{r['epoch_time']:.1f}s ({r['train_img_per_s']:.0f} train img/s)")
-        if r["skipped_train"] or r["skipped_val"]:
-            parts.append(f"skipped {r['skipped_train']}+{r['skipped_val']}")
-        return " | ".join(parts)
+    def _validates(self, epoch: int) -> bool:
+        """``trainer.val_interval``: every N-th epoch and always the last one."""
+        return (epoch + 1) % int(self.cfg.trainer.val_interval) == 0 or epoch + 1 == self.epochs
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
