@@ -7,31 +7,29 @@ is saved. Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` res
 A preemption/time-limit signal (``dcls_vision/engine/preemption.py``) saves ``last.pth`` at the next step
 boundary on every rank, then raises :class:`Preempted`; the requeued job resumes there.
 
-Pieces: :mod:`.builders` (loaders, optimizer, scheduler, criterion, mixup from the config),
-:mod:`.checkpointing` (run dir, ``last``/``best`` saves, resume), :mod:`.evaluate` (validation),
-:mod:`.train_step` (one optimizer update); here the loop itself: :meth:`Trainer.fit` and :func:`train`.
+Pieces: :mod:`.builders` (loaders, optimizer, scheduler, criterion, mixup from the config), :mod:`.train_setup`
+(seeds, the model, EMA, DDP), :mod:`.checkpointing` (run dir, ``last``/``best`` saves, resume), :mod:`.evaluate`
+(validation), :mod:`.train_step` (one optimizer update), :mod:`.train_report` (log lines, ``metrics.jsonl``);
+here the loop itself: :meth:`Trainer.fit` and :func:`train`.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dcls_vision.engine.preemption import STOP, Preempted, PreemptionGuard
-from dcls_vision.models.factory import build_model
 from dcls_vision.ops import dcls_parameters
 
 from . import builders
 from . import checkpoint as ckpt
 from .checkpointing import CheckpointManager, setup_run_dir
-from .config import ConfigError, amp_dtype, validate_config
+from .config import amp_dtype, validate_config
 from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .ema import ModelEma
 from .evaluate import evaluate, evaluate_multilabel
@@ -39,34 +37,12 @@ from .repulsive import repulsive_applies
 from .runlog import PositionTracker, RunLogger
 from .snn import SigmaSchedule, flushed_denormals
 from .train_report import TrainReporter, metric_names
+from .train_setup import build_train_model, convert_sync_bn, seed_everything, set_backend_flags, wrap_for_training
 from .train_step import EpochSums, NonFiniteLossError, TrainStep
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_backend_flags(cudnn_benchmark: bool, tf32: bool) -> None:
-    """``trainer.cudnn_benchmark`` / ``trainer.tf32`` as timm sets them (process-wide; no effect on CPU math)."""
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**63
-
-
-def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm as ``torch.nn.SyncBatchNorm`` (timm's ``--sync-bn``); its forward has no CPU path."""
-    if device.type == "cpu":
-        raise ConfigError(
-            "trainer.sync_bn=True needs CUDA devices (torch.nn.SyncBatchNorm has no CPU forward); "
-            "allowed: trainer.sync_bn=false on CPU (trainer.dist_bn=reduce still averages BN stats)"
-        )
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class Trainer:
@@ -116,7 +92,7 @@ class Trainer:
         self.state, self.resumed_from, self.resume_note = resumed.state, resumed.path, resumed.note
         self._resume_rng = resumed.rng
         self.ddp = world_size > 1
-        self.net = self._wrap_ddp()
+        self.net = wrap_for_training(self.model, device, self.ddp, self.compile)
         self.step = self._train_step()
         self._start_logging(resumed.wandb_id)
 
@@ -140,56 +116,9 @@ class Trainer:
         set_backend_flags(bool(tcfg.cudnn_benchmark), bool(tcfg.tf32))
 
     def _build_model(self) -> tuple[nn.Module, ModelEma | None]:
-        """The model (same init on every rank), on the device, and its EMA if ``trainer.ema.enabled``."""
-        cfg, tcfg, device = self.cfg, self.cfg.trainer, self.device
-        seed_everything(self.seed)  # same init on every rank
-        model = build_model(cfg, self.num_classes, int(cfg.data.in_chans))
-        if tcfg.head_bias_prior:
-            self._head_bias_prior(model)
-        if self.sync_bn:
-            model = convert_sync_bn(model, device)
-        model.to(device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        ema = None
-        if tcfg.ema.enabled:
-            ema = ModelEma(
-                model,
-                decay=float(tcfg.ema.decay),
-                use_warmup=bool(tcfg.ema.warmup),
-                device=torch.device(tcfg.ema.device) if tcfg.ema.device else None,
-            )
-        return model, ema
-
-    def _head_bias_prior(self, model: nn.Module) -> None:
-        """Classifier bias = logit of each label's training frequency (multi-label; Lin et al. 2017's prior init).
-
-        With 1-3 positives among many labels, BCE otherwise spends its first ~1000 AdamW steps only moving the
-        biases from logit 0 down to the prior: short runs (the audio quickstart) never get past that phase.
-        """
-        targets = getattr(self.train_loader.loader.dataset, "targets", None)
-        if not self.multilabel or targets is None:
-            raise ConfigError(
-                "trainer.head_bias_prior=true needs multi-label data (data.name=audioset); allowed: false"
-            )
-        p = torch.as_tensor(np.asarray(targets), dtype=torch.float64).mean(0).clamp(1e-4, 1 - 1e-4)
-        head = model.get_classifier()
-        with torch.no_grad():
-            head.bias.copy_(torch.log(p / (1 - p)).to(head.bias.dtype))
-
-    def _wrap_ddp(self) -> nn.Module:
-        """The module forward/backward go through: DDP around the model when there are several ranks, then
-        ``torch.compile`` of it if ``trainer.compile`` (after DDP, as timm). Checkpoints, EMA and evaluation use
-        the plain ``self.model``, so the checkpoint keys do not change."""
-        net = self.model
-        if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device = self.device
-            net = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
-            )
-        return torch.compile(net) if self.compile else net
+        """The model (same init on every rank) and its EMA; a head bias prior reads the training labels."""
+        targets = getattr(self.train_loader.loader.dataset, "targets", None) if self.multilabel else None
+        return build_train_model(self.cfg, self.num_classes, self.device, self.sync_bn, targets)
 
     def _train_step(self) -> TrainStep:
         """The micro-step/update mechanics over this run's model, optimizer, scaler, EMA and loss."""
