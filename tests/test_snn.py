@@ -393,7 +393,7 @@ def test_delay_histograms_before_and_after_training(short_run, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from dcls_vision.engine.trainer import seed_everything
+    from dcls_vision.engine.train_setup import seed_everything
 
     cfg, run_dir = short_run
     spec = importlib.util.spec_from_file_location(

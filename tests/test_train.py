@@ -176,7 +176,7 @@ def test_clamp_after_optimizer_step(tmp_path):
         pos.fill_(100.0)
     x, y = next(iter(t.train_loader.epoch(0)))
     t.criterion(t.model(x), torch.nn.functional.one_hot(y, 10).float()).backward()
-    t._optimizer_step(torch.tensor(1.0), epoch=0, step_in_epoch=1)
+    t.step.optimizer_step(torch.tensor(1.0), epoch=0, step_in_epoch=1)
     layer = next(iter(dcls_layers(t.model)))
     hi = max(h for _, h in layer.position_limits())
     assert pos.max().item() <= hi and torch.isfinite(pos).all()

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # run by torchrun (see test_dist_bn_*): make the worktree importable
     sys.path.insert(0, str(ROOT))
 
-from dcls_vision.engine import ConfigError, checkpointing, train, validate_config  # noqa: E402
+from dcls_vision.engine import ConfigError, checkpointing, train, train_setup, validate_config  # noqa: E402
 from dcls_vision.engine import trainer as trainer_mod  # noqa: E402
 from dcls_vision.engine.checkpoint import load_checkpoint  # noqa: E402
 from dcls_vision.engine.config import composition_error_line  # noqa: E402
@@ -190,12 +190,12 @@ def test_sync_bn_conversion_and_cpu_error(tmp_path):
         "resnet50", num_classes=10, in_chans=1, layers=[1, 1, 1, 1], channels=[4, 4, 4, 4], stem_width=8
     )
     params = {n: p for n, p in model.named_parameters()}
-    synced = trainer_mod.convert_sync_bn(model, torch.device("cuda"))  # conversion needs no GPU or process group
+    synced = train_setup.convert_sync_bn(model, torch.device("cuda"))  # conversion needs no GPU or process group
     kinds = [type(m) for m in synced.modules()]
     assert kinds.count(torch.nn.SyncBatchNorm) == 17 and torch.nn.BatchNorm2d not in kinds
     assert all(p is params[n] for n, p in synced.named_parameters())  # same tensors: optimizer/EMA unaffected
     with pytest.raises(ConfigError, match=r"^trainer.sync_bn=True needs CUDA devices .*; allowed: trainer.sync_bn="):
-        trainer_mod.convert_sync_bn(model, torch.device("cpu"))
+        train_setup.convert_sync_bn(model, torch.device("cpu"))
     cfg = _cfg(tmp_path / "sync", *TINY_RESNET, "trainer.sync_bn=true", "trainer.epochs=1")
     validate_config(cfg)
     with pytest.raises(ConfigError, match="trainer.sync_bn=True needs CUDA"):
@@ -242,7 +242,7 @@ def test_accum_leftover_micro_batches_are_an_update(tmp_path):
     got = load_checkpoint(tmp_path / "acc" / "last.pth")["model"]
 
     ref = trainer_mod.Trainer(_cfg(tmp_path / "ref", *ACCUM), 0, 1, 0, torch.device("cpu"))  # same init/optimizer
-    trainer_mod.seed_everything(trainer_mod._epoch_seed(ref.seed, 0, 0))
+    train_setup.seed_everything(trainer_mod._epoch_seed(ref.seed, 0, 0))
     micro = list(ref.train_loader.epoch(0))
     assert len(micro) == 6
     ref.model.train()
@@ -250,7 +250,7 @@ def test_accum_leftover_micro_batches_are_an_update(tmp_path):
         x, y = torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group])
         loss = ref.criterion(ref.model(x.contiguous(memory_format=torch.channels_last)), y)
         loss.backward()
-        ref._optimizer_step(loss.detach(), epoch=0, step_in_epoch=i + 1)
+        ref.step.optimizer_step(loss.detach(), epoch=0, step_in_epoch=i + 1)
     ref.log.close()
     want = ref.model.state_dict()
     worst = max((got[k] - want[k]).abs().max().item() for k in want)

@@ -11,7 +11,8 @@ from .evaluate import evaluate
 from .optim import apply_lr_scale, create_optimizer, create_scheduler, param_groups
 from .repulsive import repulsive_loss, repulsive_term
 from .schema import register_configs
-from .trainer import NonFiniteLossError, Trainer, train
+from .train_step import NonFiniteLossError
+from .trainer import Trainer, train
 
 register_configs()  # the config schemas, before any Hydra composition
 

@@ -1,98 +1,48 @@
-"""The training loop: timm for everything timm does, plus the DCLS rules (docs/design.md §2).
+"""The training loop: epochs, validation, checkpoints and resume, around timm's parts (docs/design.md §2).
 
-Per optimizer step: ``accum`` micro-batches (DDP syncs on the last; an epoch's leftover micro-batches form a
-shorter last group, its loss divided by its own size) → NaN check → unscale (fp16) → clip → step → clamp positions
-→ EMA update → scheduler ``step_update``. Validation of model and EMA each epoch; under DDP the BatchNorm running
-stats are first made equal on every rank (``trainer.dist_bn``) so what is evaluated is what is saved.
-Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
+Each epoch runs its micro-batches, an optimizer update every ``accum`` of them (:mod:`.train_step`: forward/
+backward, NaN check, clip, step, clamp positions, EMA, schedule). Validation of model and EMA each epoch; under DDP
+the BatchNorm running stats are first made equal on every rank (``trainer.dist_bn``) so what is evaluated is what
+is saved. Checkpoints are rank-0, atomic, and a run dir holding ``last.pth`` resumes from it automatically.
 A preemption/time-limit signal (``dcls_vision/engine/preemption.py``) saves ``last.pth`` at the next step
 boundary on every rank, then raises :class:`Preempted`; the requeued job resumes there.
 
-Pieces: :mod:`.builders` (loaders, optimizer, scheduler, criterion, mixup from the config),
-:mod:`.checkpointing` (run dir, ``last``/``best`` saves, resume), :mod:`.evaluate` (validation); here the
-loop itself: :meth:`Trainer._micro_step` and :meth:`Trainer._optimizer_step` per update, :meth:`Trainer.fit`.
+Pieces: :mod:`.builders` (loaders, optimizer, scheduler, criterion, mixup from the config), :mod:`.train_setup`
+(seeds, the model, EMA, DDP), :mod:`.checkpointing` (run dir, ``last``/``best`` saves, resume), :mod:`.evaluate`
+(validation), :mod:`.train_step` (one optimizer update), :mod:`.train_report` (log lines, ``metrics.jsonl``);
+here the loop itself: :meth:`Trainer.fit` and :func:`train`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 from dcls_vision.engine.preemption import STOP, Preempted, PreemptionGuard
-from dcls_vision.models.factory import build_model
-from dcls_vision.ops import clamp_positions_, dcls_parameters
+from dcls_vision.ops import dcls_parameters
 
 from . import builders
 from . import checkpoint as ckpt
 from .checkpointing import CheckpointManager, setup_run_dir
-from .config import ConfigError, amp_dtype, validate_config
-from .distributed import all_reduce_max, all_reduce_sum, barrier, cleanup, init_distributed
+from .config import amp_dtype, validate_config
+from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .ema import ModelEma
-from .evaluate import amp_context, evaluate, evaluate_multilabel
-from .optim import group_summary
-from .progress import Progress, StepMeter, peak_memory_gib, step_line, step_scalars
-from .repulsive import repulsive_applies, repulsive_loss
-from .runlog import PositionTracker, RunLogger, fmt
+from .evaluate import evaluate, evaluate_multilabel
+from .repulsive import repulsive_applies
+from .runlog import PositionTracker, RunLogger
 from .snn import SigmaSchedule, flushed_denormals
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN/inf loss; no checkpoint was written after it."""
-
-
-@dataclass
-class EpochSums:
-    """One epoch's running sums on the device (reduced over ranks at its end) and the accumulating update's loss."""
-
-    loss_sum: Tensor
-    rep_sum: Tensor
-    counts: Tensor  # samples, micro-batches, skipped
-    step_loss: Tensor
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> EpochSums:
-        return cls(
-            torch.zeros((), dtype=torch.float64, device=device),
-            torch.zeros((), dtype=torch.float64, device=device),
-            torch.zeros(3, dtype=torch.float64, device=device),
-            torch.zeros((), device=device),
-        )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_backend_flags(cudnn_benchmark: bool, tf32: bool) -> None:
-    """``trainer.cudnn_benchmark`` / ``trainer.tf32`` as timm sets them (process-wide; no effect on CPU math)."""
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+from .train_report import TrainReporter, metric_names
+from .train_setup import build_train_model, convert_sync_bn, seed_everything, set_backend_flags, wrap_for_training
+from .train_step import EpochSums, NonFiniteLossError, TrainStep
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**63
-
-
-def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm as ``torch.nn.SyncBatchNorm`` (timm's ``--sync-bn``); its forward has no CPU path."""
-    if device.type == "cpu":
-        raise ConfigError(
-            "trainer.sync_bn=True needs CUDA devices (torch.nn.SyncBatchNorm has no CPU forward); "
-            "allowed: trainer.sync_bn=false on CPU (trainer.dist_bn=reduce still averages BN stats)"
-        )
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class Trainer:
@@ -109,15 +59,13 @@ class Trainer:
     ) -> None:
         self.cfg, self.rank, self.world, self.device = cfg, rank, world_size, device
         self.guard = guard
-        self.signal_level = 0  # the all-reduced PreemptionGuard level of the last optimizer step
         self._read_trainer_cfg(cfg.trainer)
         self.run_dir = setup_run_dir(Path(str(cfg.trainer.output_dir)), rank)
         loaders = builders.build_loaders(cfg, world_size, rank, device, self.accum)
         self.train_loader, self.val_loader, self.num_classes = loaders.train, loaders.val, loaders.num_classes
         self.batches_per_epoch, self.updates_per_epoch = loaders.batches_per_epoch, loaders.updates_per_epoch
         self.multilabel, self.train_tf, self.val_tf = loaders.multilabel, loaders.train_transform, loaders.val_transform
-        # the metric best.pth follows (kept under the checkpoint's "top1" key): top-1 %, or mAP % for multi-label
-        self.metric = "mAP" if self.multilabel else "top1"
+        self.metric = metric_names(self.multilabel)[0]  # the metric best.pth follows (under its "top1" key)
         self.model, self.ema = self._build_model()
         self.global_batch = int(cfg.trainer.batch_size) * self.accum * world_size
         self.optimizer = builders.build_optimizer(cfg, self.model, self.global_batch)
@@ -144,7 +92,8 @@ class Trainer:
         self.state, self.resumed_from, self.resume_note = resumed.state, resumed.path, resumed.note
         self._resume_rng = resumed.rng
         self.ddp = world_size > 1
-        self.net = self._wrap_ddp()
+        self.net = wrap_for_training(self.model, device, self.ddp, self.compile)
+        self.step = self._train_step()
         self._start_logging(resumed.wandb_id)
 
     # ----------------------------------------------------------------------------------- set-up
@@ -167,59 +116,37 @@ class Trainer:
         set_backend_flags(bool(tcfg.cudnn_benchmark), bool(tcfg.tf32))
 
     def _build_model(self) -> tuple[nn.Module, ModelEma | None]:
-        """The model (same init on every rank), on the device, and its EMA if ``trainer.ema.enabled``."""
-        cfg, tcfg, device = self.cfg, self.cfg.trainer, self.device
-        seed_everything(self.seed)  # same init on every rank
-        model = build_model(cfg, self.num_classes, int(cfg.data.in_chans))
-        if tcfg.head_bias_prior:
-            self._head_bias_prior(model)
-        if self.sync_bn:
-            model = convert_sync_bn(model, device)
-        model.to(device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        ema = None
-        if tcfg.ema.enabled:
-            ema = ModelEma(
-                model,
-                decay=float(tcfg.ema.decay),
-                use_warmup=bool(tcfg.ema.warmup),
-                device=torch.device(tcfg.ema.device) if tcfg.ema.device else None,
-            )
-        return model, ema
+        """The model (same init on every rank) and its EMA; a head bias prior reads the training labels."""
+        targets = getattr(self.train_loader.loader.dataset, "targets", None) if self.multilabel else None
+        return build_train_model(self.cfg, self.num_classes, self.device, self.sync_bn, targets)
 
-    def _head_bias_prior(self, model: nn.Module) -> None:
-        """Classifier bias = logit of each label's training frequency (multi-label; Lin et al. 2017's prior init).
-
-        With 1-3 positives among many labels, BCE otherwise spends its first ~1000 AdamW steps only moving the
-        biases from logit 0 down to the prior: short runs (the audio quickstart) never get past that phase.
-        """
-        targets = getattr(self.train_loader.loader.dataset, "targets", None)
-        if not self.multilabel or targets is None:
-            raise ConfigError(
-                "trainer.head_bias_prior=true needs multi-label data (data.name=audioset); allowed: false"
-            )
-        p = torch.as_tensor(np.asarray(targets), dtype=torch.float64).mean(0).clamp(1e-4, 1 - 1e-4)
-        head = model.get_classifier()
-        with torch.no_grad():
-            head.bias.copy_(torch.log(p / (1 - p)).to(head.bias.dtype))
-
-    def _wrap_ddp(self) -> nn.Module:
-        """The module forward/backward go through: DDP around the model when there are several ranks, then
-        ``torch.compile`` of it if ``trainer.compile`` (after DDP, as timm). Checkpoints, EMA and evaluation use
-        the plain ``self.model``, so the checkpoint keys do not change."""
-        net = self.model
-        if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device = self.device
-            net = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
-            )
-        return torch.compile(net) if self.compile else net
+    def _train_step(self) -> TrainStep:
+        """The micro-step/update mechanics over this run's model, optimizer, scaler, EMA and loss."""
+        return TrainStep(
+            model=self.model,
+            net=self.net,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            ema=self.ema,
+            criterion=self.criterion,
+            mixup=self.mixup,
+            state=self.state,
+            device=self.device,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            train_tf=self.train_tf,
+            batch_size=self.train_loader.batch_size,
+            ddp=self.ddp,
+            rep_weight=self.rep_weight,
+            clip_grad=self.clip_grad,
+            clip_mode=self.clip_mode,
+            guard=self.guard,
+            last_path=self.run_dir / ckpt.LAST,
+        )
 
     def _start_logging(self, wandb_id: str | None) -> None:
-        """Run logger (console, log.txt, metrics.jsonl, wandb), position tracker, and the resolved config.yaml."""
+        """Run logger (console, log.txt, metrics.jsonl, wandb), what writes to it, and the resolved config.yaml."""
         cfg, lcfg = self.cfg, self.cfg.logger
         self.log = RunLogger(
             self.run_dir,
@@ -230,9 +157,24 @@ class Trainer:
             progress=lcfg.progress,
         )
         self.log_interval = int(lcfg.log_interval)
-        self.meter = StepMeter()
-        self._epoch_end_s = 0.0  # the last epoch's validation + save time (for the run ETA)
-        self.positions = PositionTracker(self.model)
+        self.report = TrainReporter(
+            log=self.log,
+            cfg=cfg,
+            optimizer=self.optimizer,
+            positions=PositionTracker(self.model),
+            run_dir=self.run_dir,
+            epochs=self.epochs,
+            accum=self.accum,
+            updates_per_epoch=self.updates_per_epoch,
+            world=self.world,
+            device=self.device,
+            multilabel=self.multilabel,
+            has_ema=self.ema is not None,
+            n_params=self.n_params,
+            global_batch=self.global_batch,
+            amp=self.amp,
+            bn_stats="sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}",
+        )
         if self.rank == 0:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
             self.log.truncate_metrics(self.state.next_epoch)
@@ -259,24 +201,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         b = start
         t0 = time.perf_counter()
-        self.meter.restart()
+        self.report.meter.restart()
         for batch in loader:
             if b >= total:
                 break
-            self.meter.fetched(0 if batch is None or batch[1] is None else len(batch[1]))
+            self.report.meter.fetched(0 if batch is None or batch[1] is None else len(batch[1]))
             last_micro = (b + 1) % self.accum == 0 or b + 1 == total
             group = min(self.accum, total - b // self.accum * self.accum)  # micro-batches in this update
-            self._micro_step(batch, group, last_micro, rep_on, sums)
+            self.step.micro_step(batch, group, last_micro, rep_on, sums)
             b += 1
             if bar is not None:
                 bar.update(1)
             if last_micro:
-                self._optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
+                self.step.optimizer_step(sums.step_loss, epoch, -(-b // self.accum))
                 sums.step_loss.zero_()
                 self.state.next_batch = b
-                self.meter.steps += 1
+                self.report.meter.steps += 1
                 self._after_update(epoch, b, total, sums, bar)
-            self.meter.mark()
+            self.report.meter.mark()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -291,80 +233,22 @@ class Trainer:
             "img_per_s": sums.counts[0].item() / max(seconds, 1e-9),  # all ranks' images / this rank's time
         }
 
-    def _micro_step(self, batch: Any, group: int, last_micro: bool, rep_on: bool, sums: EpochSums) -> None:
-        """Forward/backward of one micro-batch, its loss divided by ``group`` (the micro-batches of its update).
-
-        DDP all-reduces gradients only on the update's last micro-batch; an empty one (every image skipped)
-        still runs a zero loss through backward so that all-reduce happens on every rank.
-        """
-        x, y = (batch[0], batch[1]) if batch is not None else (None, None)
-        n = 0 if y is None else len(y)
-        sums.counts[2] += self.train_loader.batch_size - n
-        sync = contextlib.nullcontext() if (last_micro or not self.ddp) else self.net.no_sync()
-        with sync:
-            if n > 0:
-                loss, n = self._forward_loss(x, y, n)
-            else:  # an empty micro-batch still joins DDP's gradient all-reduce
-                loss = sum(p.sum() for p in self.model.parameters()) * 0.0
-            total_loss = loss
-            if rep_on:
-                rep = repulsive_loss(self.model).to(self.device)
-                total_loss = loss + self.rep_weight * rep.pow(2)
-                sums.rep_sum += rep.detach().double()
-            self.scaler.scale(total_loss / group).backward()
-        sums.step_loss += total_loss.detach().float() / group
-        sums.loss_sum += loss.detach().double() * n
-        sums.counts[0] += n
-        sums.counts[1] += 1
-
-    def _forward_loss(self, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, int]:
-        """Task loss of a non-empty micro-batch (mixup applied) and the number of samples it used."""
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.train_tf is not None:  # e.g. waveform -> dB mel spectrogram, before mixup
-            x = self.train_tf.train()(x)
-        if self.mixup is not None:
-            if n % 2:  # timm's batch mixup needs an even batch (a skipped image can make it odd)
-                x, y, n = x[:-1], y[:-1], n - 1
-            x, y = self.mixup(x, y)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_context(self.device, self.amp):
-            out = self.net(x)
-        return self.criterion(out.float(), y), n
-
     def _after_update(self, epoch: int, b: int, total: int, sums: EpochSums, bar: Any) -> None:
         """Step logging, then a mid-epoch ``last.pth`` every ``ckpt_interval_steps`` or on a signal."""
         gs = self.state.global_step
         if gs % self.log_interval == 0:
-            self._log_step(epoch, b, sums, bar)
+            self.report.log_step(gs, epoch, b, sums, bar)
         interval = self.ckpt_interval
         if interval and gs % interval == 0 and b < total:
             self.save_last()
-        elif self.signal_level and b < total:  # preemption/time limit (the epoch end saves by itself)
+        elif self.step.signal_level and b < total:  # preemption/time limit (the epoch end saves by itself)
             self.save_last()
-        if self.signal_level and b < total:
+        if self.step.signal_level and b < total:
             self._after_signal_save(epoch, b)
-
-    def _log_step(self, epoch: int, b: int, sums: EpochSums, bar: Any) -> None:
-        """One progress line (stdout, log.txt) and its ``train/*`` scalars (W&B) for the steps since the last."""
-        loss = sums.loss_sum.item() / max(sums.counts[0].item(), 1)  # the epoch's running mean on this rank
-        where = Progress(self.state.global_step, epoch, self.epochs, -(-b // self.accum), self.updates_per_epoch)
-        scalars = step_scalars(
-            self.meter.take(), where, loss, self._lr(), self.world, peak_memory_gib(self.device), self._epoch_end_s
-        )
-        self.log.step(scalars, where.global_step)
-        self.log.info(step_line(where, scalars))
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scalars['train/lr']:.2e}")
-
-    def _lr(self) -> float:
-        """The schedule's current value (a group's lr divided by its ``lr_scale``)."""
-        g = self.optimizer.param_groups[0]
-        return float(g["lr"]) / float(g.get("lr_scale", 1.0))
 
     def _after_signal_save(self, epoch: int, batch: int) -> None:
         """``last.pth`` was just saved for a signal: stop (raise :class:`Preempted`) or, for a save-only one, go on."""
-        if self.signal_level >= STOP:
+        if self.step.signal_level >= STOP:
             st = self.state
             what = self.guard.describe() if self.guard is not None else "a signal"
             where = f"epoch {epoch + 1}, batch {batch}" if batch else f"end of epoch {epoch + 1}"
@@ -377,43 +261,7 @@ class Trainer:
             raise Preempted(msg)
         if self.guard is not None:
             self.guard.saved()
-        self.signal_level = 0
-
-    def _optimizer_step(self, step_loss: Tensor, epoch: int, step_in_epoch: int) -> None:
-        """The optimizer update after a group of micro-steps: check, unscale, clip, step, clamp, EMA, schedule."""
-        self._check_step(step_loss, epoch, step_in_epoch)
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        if self.clip_grad:
-            from timm.utils import dispatch_clip_grad
-
-            dispatch_clip_grad(self.model.parameters(), float(self.clip_grad), mode=self.clip_mode)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        clamp_positions_(self.model)
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.state.global_step)
-        self.state.global_step += 1
-        self.scheduler.step_update(num_updates=self.state.global_step)
-
-    def _check_step(self, step_loss: Tensor, epoch: int, step_in_epoch: int) -> None:
-        """Raise :class:`NonFiniteLossError` on a NaN/inf loss on any rank; record the preemption level."""
-        # one all-reduce carries the NaN check and the preemption flag, so all ranks stop at the same step
-        pending = float(self.guard.pending()) if self.guard is not None else 0.0
-        flags = torch.stack(
-            [(~torch.isfinite(step_loss)).float().reshape(()), torch.tensor(pending, device=step_loss.device)]
-        )
-        all_reduce_max(flags)
-        bad, level = flags.tolist()
-        self.signal_level = int(level)
-        if bad > 0:
-            last = self.run_dir / ckpt.LAST
-            kept = f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"loss={step_loss.item()} at epoch {epoch + 1} step {step_in_epoch} "
-                f"(global step {self.state.global_step + 1}); training stopped, {kept}"
-            )
+        self.step.signal_level = 0
 
     def _distribute_bn(self) -> None:
         """Make BN running stats equal on every rank (timm's ``distribute_bn``): each rank tracked its own.
@@ -449,34 +297,10 @@ class Trainer:
             ema = self._evaluate(self.ema.module, ema_device, "val ema")
         return val, ema
 
-    def _log_start(self) -> None:
-        """Where the run starts from, what it trains, and its parameter groups (one line each)."""
-        st = self.state
-        for line in (self.resume_note or "").splitlines():  # where from and why; skipped or changed things
-            self.log.info(line)
-        if self.resumed_from is not None:
-            where = f"epoch {st.next_epoch + 1}" + (f", batch {st.next_batch}" if st.next_batch else "")
-            self.log.info(f"resumed from {self.resumed_from} at {where} (global step {st.global_step})")
-        bn = "sync_bn" if self.sync_bn else f"dist_bn={self.dist_bn or 'off'}"
-        self.log.info(
-            f"run dir: {self.run_dir} | model {self.cfg.model.name} {self.n_params / 1e6:.2f}M params | "
-            f"{self.world} process(es) on {self.device} | global batch {self.global_batch} | "
-            f"{self.updates_per_epoch} updates/epoch | amp {self.amp or 'off'}"
-            + (f" | BN stats {bn}" if self.world > 1 else "")
-        )
-        _, lr_note = builders.lr_for_global_batch(self.cfg, self.global_batch)
-        if lr_note:
-            self.log.info(lr_note)
-        for g in group_summary(self.optimizer):
-            self.log.info(
-                f"  param group {g['name']}: {g['tensors']} tensors, {g['numel']} elements, "
-                f"lr_scale {g['lr_scale']:.4g}, weight_decay {g['weight_decay']}"
-            )
-
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
         st = self.state
-        self._log_start()
+        self.report.log_start(st, self.resumed_from, self.resume_note)
         max_epochs = tcfg.max_epochs_per_run
         stop_at = self.epochs if not max_epochs else min(self.epochs, st.next_epoch + int(max_epochs))
         eval_only = bool(tcfg.get("eval_only"))  # absent from configs written before the key existed
@@ -501,21 +325,23 @@ class Trainer:
             st.next_epoch, st.next_batch = epoch + 1, 0
             self._distribute_bn()
             val, ema = self._evaluate_all() if self._validates(epoch) else (None, None)
-            pos_delta = self.positions.deltas()
-            record = self._record(epoch, stats, val, ema, time.time() - t0, pos_delta)
+            pos_delta = self.report.positions.deltas()
+            seconds = time.time() - t0
+            self._update_best(epoch, val, ema)
+            record = self.report.epoch_record(epoch, st, stats, val, ema, seconds, pos_delta)
             self.log.epoch(record)
             self.save_last(epoch_file=epoch)
-            self._epoch_end_s = time.time() - t_end
-            self.log.info(self._summary_line(epoch, record))
-            if self.signal_level and epoch + 1 < stop_at:
+            self.report.epoch_end_s = time.time() - t_end
+            self.log.info(self.report.summary_line(epoch, record))
+            if self.step.signal_level and epoch + 1 < stop_at:
                 self._after_signal_save(epoch, 0)
         if val is None:  # nothing left to train (resumed a finished run): report the current weights
             val, ema = self._evaluate_all()
         barrier()
         m = self.metric
         result = {
-            **{k: val[k] for k in self._metric_names()},
-            **{f"ema_{k}": ema[k] if ema else None for k in self._metric_names()},
+            **{k: val[k] for k in self.report.names},
+            **{f"ema_{k}": ema[k] if ema else None for k in self.report.names},
             f"best_{m}": None if eval_only else st.best["top1"],
             f"best_ema_{m}": st.best["ema_top1"] if self.ema is not None and not eval_only else None,
             "epochs_done": st.next_epoch,
@@ -526,73 +352,19 @@ class Trainer:
         self.log.close()
         return result
 
-    def _validates(self, epoch: int) -> bool:
-        """``trainer.val_interval``: every N-th epoch and always the last one."""
-        return (epoch + 1) % int(self.cfg.trainer.val_interval) == 0 or epoch + 1 == self.epochs
-
-    def _record(
-        self,
-        epoch: int,
-        stats: dict[str, Any],
-        val: dict[str, float] | None,
-        ema: dict[str, float] | None,
-        seconds: float,
-        pos_delta: dict[str, float],
-    ) -> dict[str, Any]:
-        best, m, names = self.state.best, self.metric, self._metric_names()
-        if val is None:  # an epoch without validation (trainer.val_interval): metrics are null, best unchanged
-            val = {"loss": None, "skipped": 0, **{k: None for k in names}}
-        elif val["score"] > best["top1"]:
+    def _update_best(self, epoch: int, val: dict[str, float] | None, ema: dict[str, float] | None) -> None:
+        """``best.pth`` / ``best_ema.pth`` when this epoch's validation beats the best so far."""
+        best = self.state.best
+        if val is not None and val["score"] > best["top1"]:
             best["top1"], best["epoch"] = val["score"], epoch
             self.ckpt.save_best(ckpt.BEST, self.model.state_dict(), epoch, val)
         if ema is not None and ema["score"] > best["ema_top1"]:
             best["ema_top1"], best["ema_epoch"] = ema["score"], epoch
             self.ckpt.save_best(ckpt.BEST_EMA, self.ema.module.state_dict(), epoch, ema)
-        return {
-            "epoch": epoch,
-            "global_step": self.state.global_step,
-            "train_loss": stats["train_loss"],
-            "lr": self._lr(),
-            **{f"val_{k}": val[k] for k in names},
-            "val_loss": val["loss"],
-            **{f"ema_{k}": None if ema is None else ema[k] for k in names},
-            f"best_{m}": best["top1"] if best["epoch"] >= 0 else None,  # null until the first validation
-            f"best_ema_{m}": best["ema_top1"] if self.ema is not None and best["ema_epoch"] >= 0 else None,
-            "repulsive": stats["repulsive"],
-            "epoch_time": round(seconds, 3),
-            "train_img_per_s": round(stats["img_per_s"], 2),  # global (all ranks' images)
-            "params": self.n_params,  # for reports that gather runs
-            "skipped_train": stats["skipped_train"],
-            "skipped_val": val["skipped"],
-            "pos_delta": pos_delta,
-        }
 
-    def _metric_names(self) -> tuple[str, ...]:
-        """Validation metrics in records and results: top-1/top-5 %, or mAP/AUC % and d' for multi-label data."""
-        return ("mAP", "AUC", "d_prime") if self.multilabel else ("top1", "top5")
-
-    def _summary_line(self, epoch: int, r: dict[str, Any]) -> str:
-        a, b = self._metric_names()[:2]
-        label = "" if a == "top1" else f"{a}/{b} "
-        parts = [
-            f"epoch {epoch + 1}/{self.epochs}",
-            f"train_loss {r['train_loss']:.4f}",
-            f"lr {r['lr']:.3e}",
-            f"val {label}{fmt(r[f'val_{a}'])}/{fmt(r[f'val_{b}'])}",
-        ]
-        if self.multilabel:
-            parts.append(f"d' {fmt(r['val_d_prime'], '.3f')}")
-        if r[f"ema_{a}"] is not None:
-            parts.append(f"ema {fmt(r[f'ema_{a}'])}/{fmt(r[f'ema_{b}'])}")
-        parts.append(f"best {fmt(r[f'best_{self.metric}'])}")
-        if r["repulsive"] is not None:
-            parts.append(f"rep {r['repulsive']:.4f}")
-        if r["pos_delta"]:
-            parts.append(f"|dpos| {sum(r['pos_delta'].values()) / len(r['pos_delta']):.4f}")
-        parts.append(f"{r['epoch_time']:.1f}s ({r['train_img_per_s']:.0f} train img/s)")
-        if r["skipped_train"] or r["skipped_val"]:
-            parts.append(f"skipped {r['skipped_train']}+{r['skipped_val']}")
-        return " | ".join(parts)
+    def _validates(self, epoch: int) -> bool:
+        """``trainer.val_interval``: every N-th epoch and always the last one."""
+        return (epoch + 1) % int(self.cfg.trainer.val_interval) == 0 or epoch + 1 == self.epochs
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
