@@ -168,7 +168,7 @@ def delay_histograms(model: nn.Module, bins_per_step: int = 10) -> list[dict[str
 def initial_model(config: Any, num_classes: int, in_chans: int) -> nn.Module:
     """The network a run started from: its config's model built after seeding with its ``trainer.seed``, as the
     trainer does (:meth:`~dcls_vision.engine.trainer.Trainer._build_model`)."""
-    from dcls_vision.engine.trainer import seed_everything
+    from dcls_vision.engine.train_setup import seed_everything
     from dcls_vision.models.factory import build_model
 
     seed_everything(int(config.trainer.seed))
