@@ -3,8 +3,8 @@
 Before evaluating, rank 0 finds the saved results of the same command there or, with ``resume_search``, in the
 newest unfinished run beside it (moving there; see :mod:`.resume`), and every rank gets the same answer. The reports
 are rewritten after every split (atomically); a write that fails (a full disk, a read-only filesystem, a quota)
-stops every rank with one :class:`~dcls_vision.utils.errors.SaveError` line naming the file, the free space and
-what the intact ``results.json`` holds.
+stops every rank with one :class:`~dcls_vision.utils.errors.SaveError` line (exit 4) naming the file, the free
+space and what the intact ``results.json`` holds.
 """
 
 from __future__ import annotations

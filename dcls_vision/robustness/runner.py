@@ -71,10 +71,12 @@ class Evaluator:
 
     @property
     def log(self) -> RunLogger:
+        """The output dir's log (a new one when the run moves to the unfinished run it resumes)."""
         return self.output.log
 
     @property
     def out_dir(self) -> Path:
+        """Where the reports go, the same on every rank."""
         return self.output.out_dir
 
     # -------------------------------------------------------------------------------------- evaluation
