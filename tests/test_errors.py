@@ -53,7 +53,7 @@ def test_error_classes_share_the_base_and_runtime_failures_do_not():
     from dcls_vision.ops.algo_select import AlgorithmError
     from dcls_vision.robustness.classes import ClassListError
     from dcls_vision.robustness.config import EvalConfigError
-    from dcls_vision.robustness.runner import BenchmarkUnavailable
+    from dcls_vision.robustness.datasets import BenchmarkUnavailable
 
     for cls in (ConfigError, EvalConfigError, ClassListError, CliError, AnalysisError, LaunchError, AlgorithmError):
         assert issubclass(cls, UserError), cls

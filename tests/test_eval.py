@@ -746,7 +746,7 @@ def test_failed_results_write_is_one_line_and_the_same_command_resumes(run, fold
     what the intact results.json holds (the clean split and one ImageNet-C split); the same command then resumes."""
     import errno
 
-    from dcls_vision.robustness import runner as runner_mod
+    from dcls_vision.robustness import output as output_mod
     from dcls_vision.utils import io as io_mod
     from dcls_vision.utils.errors import SaveError
 
@@ -754,7 +754,7 @@ def test_failed_results_write_is_one_line_and_the_same_command_resumes(run, fold
     clean, corrupted = folders
     out = tmp_path / "out"
     args = [*_c_args(run_dir, clean, corrupted), "c.corruptions=[contrast]", "c.severities=[1,2,3]"]
-    real_write, calls = runner_mod.write_reports, []
+    real_write, calls = output_mod.write_reports, []
 
     def write_on_a_full_disk(result, out_dir):
         calls.append(1)
@@ -768,7 +768,7 @@ def test_failed_results_write_is_one_line_and_the_same_command_resumes(run, fold
             m.setattr(io_mod.os, "fsync", no_space)
             return real_write(result, out_dir)
 
-    monkeypatch.setattr(runner_mod, "write_reports", write_on_a_full_disk)
+    monkeypatch.setattr(output_mod, "write_reports", write_on_a_full_disk)
     with pytest.raises(SaveError) as err:
         run_eval(_eval_cfg(out, *args))
     assert re.fullmatch(

@@ -380,7 +380,7 @@ def test_analysis_reference_kernel_matches_the_loop_reference():
     """The converter's vectorised check and the element loop of release_reference agree, positions in and out."""
     from release_reference import Cuda2022Dcls2d, TransposedDcls2d
 
-    from dcls_vision.analysis.convert import dcls_bilinear_kernel
+    from dcls_vision.analysis.release_construction import dcls_bilinear_kernel
 
     for cls, transposed, clamp in ((Cuda2022Dcls2d, False, True), (TransposedDcls2d, True, False)):
         layer = cls(6, 12, 9)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from dcls_vision.analysis.convert import export_hub_folder
+    from dcls_vision.analysis.hub_export import export_hub_folder
 
     report = export_hub_folder(args.src, args.folder, args.model, args.ema, args.top1)
     print(dumps(report), flush=True)

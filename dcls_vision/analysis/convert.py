@@ -4,14 +4,13 @@ A published ConvNeXt-dcls release (:mod:`dcls_vision.models.release`) or any fil
 becomes a ``best.pth``-like file of ours: ``{"model": state_dict, "config": <a full run config>, ...}``, so
 train.py, eval.py, the downstream backbones and the analysis tools all read it. Checks reported in JSON:
 logits of the release as the ``dcls`` package computes them against ours (max |diff| on a random batch, when
-``DCLS`` is importable), the written file reloaded against the converted model, and on request top-1 on N
-ImageNet-val images with our val transform, warned about loudly below the published figure minus 2 points.
+``DCLS`` is importable; the release's constructions: :mod:`.release_construction`), the written file reloaded
+against the converted model, and on request top-1 on N ImageNet-val images with our val transform, warned about
+loudly below the published figure minus 2 points.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,22 +18,20 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf, open_dict
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
 
 from dcls_vision.models.checkpoint_formats import ModelLoadError, load_file
-from dcls_vision.models.factory import LoadedModel, build_model, load_model, parse_model_spec
-from dcls_vision.models.hub import save_hub_folder
+from dcls_vision.models.factory import build_model, load_model, parse_model_spec
 from dcls_vision.models.release import (
-    Conversion,
     ReleaseFormatError,
     convert_release,
     is_release,
     pick_release_entry,
 )
-from dcls_vision.utils.config import plain_dict
 from dcls_vision.utils.errors import UserError
 from dcls_vision.utils.io import atomic_save
+
+from .release_construction import REFERENCES, release_reference
 
 PUBLISHED_TOP1 = {"convnext_tiny_dcls": 82.5, "convnext_small_dcls": 83.7, "convnext_base_dcls": 84.1}  # Table 2.2
 WARN_BELOW = 2.0  # points under the published top-1 that make verify-val warn
@@ -64,92 +61,6 @@ def run_config(model_cfg: Mapping[str, Any], data: Mapping[str, Any]) -> dict[st
             if value is not None:
                 cfg.data[key] = value
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-def dcls_bilinear_kernel(weight: Tensor, P: Tensor, size: int, transposed: bool, clamp: bool) -> Tensor:
-    """The dense (C_out, C_in/g, s, s) kernel of a ``dcls`` bilinear construction, from its tensors (weight
-    (C_out, C_in/g, K), P (2, C_out, C_in/g, K)). ``clamp``: the 2022 CUDA code (DCLS ``cuda`` branch 87ea108,
-    ``dcls_construct_2d_cuda_kernel.cu`` lines 124-145 and 37-45): floor and rest of the position clamped to
-    [0, s-1]. Without: the 2022-11 torch code (b5e3521 ``modules.py`` lines 224-243), out-of-kernel shares
-    dropped. ``transposed``: ``P[0]`` along W (dcls 0.0.2-0.0.5) instead of H."""
-    half = size // 2
-    rows, cols = (P[1], P[0]) if transposed else (P[0], P[1])
-    corners = []
-    for p in (rows + half, cols + half):
-        low = p.floor()
-        rest = p - low
-        if clamp:
-            low = low.clamp(0, size - 1)
-            rest = p.clamp(0, size - 1) - low
-        corners.append((low.long(), rest))
-    (h, rh), (w, rw) = corners
-    kernel = weight.new_zeros(*weight.shape[:2], size * size)
-    for dh, dw, share in ((0, 0, (1 - rh) * (1 - rw)), (1, 0, rh * (1 - rw)), (0, 1, (1 - rh) * rw), (1, 1, rh * rw)):
-        hh, ww = h + dh, w + dw
-        inside = (hh >= 0) & (hh < size) & (ww >= 0) & (ww < size)
-        index = (hh.clamp(0, size - 1) * size + ww.clamp(0, size - 1)).long()
-        kernel.scatter_add_(2, index, weight * share * inside)
-    return kernel.view(*weight.shape[:2], size, size)
-
-
-class _DenseReference(nn.Module):
-    """A depthwise conv whose kernel is :func:`dcls_bilinear_kernel` of a release's own (untranslated) tensors."""
-
-    def __init__(self, weight: Tensor, bias: Tensor, P: Tensor, size: int, transposed: bool, clamp: bool) -> None:
-        super().__init__()
-        self.register_buffer("kernel", dcls_bilinear_kernel(weight, P, size, transposed, clamp))
-        self.register_buffer("bias", bias.clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.kernel, self.bias, padding=self.kernel.shape[-1] // 2, groups=self.kernel.shape[0])
-
-
-def _dcls_package_layer(dim: int, conv: Conversion, tensors: dict[str, Tensor]) -> nn.Module | None:
-    """The ``dcls`` package's Dcls2d ("gauss") holding a release's tensors; None without ``DCLS``."""
-    try:
-        from DCLS.construct.modules import Dcls2d as RefDcls2d
-    except ImportError:
-        return None
-    s = conv.dilated_kernel_size
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # Dcls2d logs, per layer, that its implicit-GEMM kernel is not installed
-    try:
-        layer = RefDcls2d(
-            dim, dim, conv.arch.kernel_count, padding=s // 2, dilated_kernel_size=s, groups=dim, version=conv.convention
-        )
-    finally:
-        logging.disable(previous)
-    with torch.no_grad():
-        for name, value in tensors.items():
-            getattr(layer, name).copy_(value)
-    return layer
-
-
-REFERENCES = {
-    "v0": "2022 CUDA construction (P[0] on rows, clamped into the kernel) on the release tensors",
-    "v0-transposed": "dcls 0.0.2-0.0.5 bilinear construction (P[0] along W, no clamp) on the release tensors",
-    "gauss": "dcls package Dcls2d (version gauss) on the release tensors",
-}
-
-
-def _release_reference(model: nn.Module, source: Mapping[str, Tensor], conv: Conversion) -> nn.Module | None:
-    """``model`` with every DCLS conv swapped for the release's own construction of its own tensors (its
-    ``P``/``SIG``, untranslated): the release as its training code computed it. None when that needs ``DCLS``
-    and it is missing."""
-    ref, s = copy.deepcopy(model), conv.dilated_kernel_size
-    for i, stage in enumerate(ref.stages):
-        for j, block in enumerate(stage.blocks):
-            names = ("weight", "bias", "P") + (("SIG",) if conv.arch.interpolation == "gauss" else ())
-            tensors = {n: source[f"stages.{i}.{j}.dwconv.{n}"] for n in names}
-            if conv.convention == "gauss":
-                layer = _dcls_package_layer(block.conv_dw.in_channels, conv, tensors)
-                if layer is None:
-                    return None
-            else:
-                transposed = conv.convention == "v0-transposed"
-                layer = _DenseReference(tensors["weight"], tensors["bias"], tensors["P"], s, transposed, not transposed)
-            block.conv_dw = layer
-    return ref.eval()
 
 
 @torch.no_grad()
@@ -286,7 +197,7 @@ def convert_checkpoint(
             positions_max_abs=conv.positions_max_abs,
             positions_clamped=conv.positions_clamped,
         )
-        ref = _release_reference(net, got["raw"], conv)
+        ref = release_reference(net, got["raw"], conv)
         report["max_logit_diff"] = None if ref is None else _max_diff(ref, net, int(data["in_chans"]), size, 1)
         report["logit_check"] = REFERENCES[conv.convention] if ref is not None else "DCLS missing"
     return report, net
@@ -344,74 +255,11 @@ def verify_val(
     }
 
 
-def _card(loaded: LoadedModel, top1: float | None) -> dict[str, Any]:
-    """Model card facts: the recipe and data of the run config, and a measured top-1 (``top1`` given: measured
-    by the caller; else the val top-1 train.py stored in best*.pth with these weights)."""
-    config = OmegaConf.to_container(loaded.config, resolve=True) if loaded.config is not None else {}
-    data = config.get("data") or {}
-    trainer = config.get("trainer") or {}
-    recipe = ", ".join(
-        f"{k} {v}"
-        for k, v in (
-            ("experiment", config.get("experiment_name")),
-            ("optimizer", (config.get("optim") or {}).get("name")),
-            ("epochs", trainer.get("epochs")),
-            ("weights", loaded.weights),
-        )
-        if v is not None
-    )
-    stored = (loaded.stored_metrics or {}).get("top1")
-    source = "given with --top1" if top1 is not None else f"val top-1 stored by train.py at epoch {loaded.epoch}"
-    return {
-        "recipe": recipe or None,
-        "dataset": data.get("name"),
-        "top1": top1 if top1 is not None else stored,
-        "top1_source": source,
-        "source": f"{loaded.source} ({loaded.provenance.format} format)",
-    }
-
-
-def export_hub_folder(
-    source: str | os.PathLike,
-    folder: str | os.PathLike,
-    model: str | None = None,
-    use_ema: bool = False,
-    top1: float | None = None,
-) -> dict[str, Any]:
-    """Write any checkpoint the factory reads (ours, a run dir, a release) as a timm Hub folder
-    (:func:`dcls_vision.models.hub.save_hub_folder`); returns a report with the files and the model card facts."""
-    name, kwargs = parse_model_spec(model) if model else (None, {})
-    loaded = load_model(source, use_ema=use_ema, model_name=name, **kwargs)
-    d = loaded.data
-    data_config = {
-        "input_size": (d.in_chans, *d.img_size),
-        "crop_pct": d.crop_pct,
-        "interpolation": d.interpolation,
-        "mean": tuple(d.mean),
-        "std": tuple(d.std),
-    }
-    model_args = {**plain_dict(loaded.model_cfg.get("kwargs")), "num_classes": d.num_classes, "in_chans": d.in_chans}
-    card = _card(loaded, top1)
-    out = save_hub_folder(
-        loaded.model, folder, loaded.name, model_args, {k: v for k, v in data_config.items() if v is not None}, card
-    )
-    return {
-        "source": str(source),
-        "folder": str(out),
-        "files": sorted(p.name for p in out.iterdir()),
-        "architecture": loaded.name,
-        "model_args": model_args,
-        "card": card,
-        "load_with": f"timm.create_model('local-dir:{out}', pretrained=True) after import dcls_vision.models",
-    }
-
-
 __all__ = [
     "PUBLISHED_TOP1",
     "WARN_BELOW",
     "ConvertError",
     "convert_checkpoint",
-    "export_hub_folder",
     "run_config",
     "verify_val",
 ]

@@ -1,8 +1,11 @@
-"""Experiment reports: runs grouped by the config keys that differ (seed excepted), mean ± std over seeds, the
-difference to a baseline group with a paired or Welch t-test, and eval.py results side by side (Table 2.5 rows).
+"""Experiment reports (``tools/report.py``): the report of trainer runs, and the entry that builds and writes a
+report of either kind.
 
-The numbers come from the files the trainer and eval.py write (``metrics.jsonl``, ``config.yaml``,
-``results.json``; see :mod:`dcls_vision.analysis.runs`); nothing is rebuilt or re-evaluated.
+Trainer runs: grouped by the config keys that differ, seed excepted (:mod:`.grouping`), mean ± std over seeds, the
+difference to a baseline group with a paired or Welch t-test, and the series of ``--plot KEY``. eval.py results
+side by side (Table 2.5 rows): :mod:`.eval_report`. The numbers come from the files the trainer and eval.py write
+(``metrics.jsonl``, ``config.yaml``, ``results.json``; see :mod:`dcls_vision.analysis.runs`); nothing is rebuilt or
+re-evaluated.
 """
 
 from __future__ import annotations
@@ -12,92 +15,13 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dcls_vision.analysis.errors import AnalysisError
+from dcls_vision.analysis.eval_report import DASH, eval_csv, eval_markdown, eval_report
+from dcls_vision.analysis.grouping import Group, differing_keys, fmt_value, group_runs, select_baselines
 from dcls_vision.analysis.runs import Run
-from dcls_vision.engine.resume_config import BOOKKEEPING_KEYS, BOOKKEEPING_PREFIXES
-
-# Config keys that cannot change a run's result and so never split groups: the seed (the statistic is over it),
-# per-run bookkeeping (where the run writes, how it resumes, checkpoints and logs: the keys a resumed run does not
-# report as changed either, engine/resume_config.py), where the data lives, and machine settings that change speed
-# only (loader processes, torch.compile, cuDNN autotuning, the evaluation batch of a model in eval mode, the device
-# the EMA copy lives on, the collective timeout). Two machines running one sweep differ in these; were they grouping
-# keys, each machine's runs would be a group of their own and the paired test against the baseline would silently
-# compare nothing. The README's "Experiment reports" lists the same keys.
-EXCLUDED_KEYS = (
-    "trainer.seed",
-    *BOOKKEEPING_KEYS,
-    "trainer.compile",
-    "trainer.cudnn_benchmark",
-    "trainer.device",
-    "trainer.dist_timeout_s",
-    "trainer.val_batch_size",
-    "trainer.ema.device",
-    "data.root",
-    "data.source",
-    "data.num_workers",
-)
-EXCLUDED_PREFIXES = BOOKKEEPING_PREFIXES  # W&B ids/names/modes, log intervals, progress bars
-FIRST_KEYS = ("experiment_name",)  # shown first in labels when they differ
-DASH = "–"
-
-
-def is_excluded(key: str) -> bool:
-    return key in EXCLUDED_KEYS or key.startswith(EXCLUDED_PREFIXES)
-
-
-def fmt_value(value: Any) -> str:
-    """A config value as in a ``k=v`` label (YAML's words for None and booleans)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return "[" + ",".join(fmt_value(v) for v in value) + "]"
-    return str(value)
-
-
-def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Dotted config keys whose values are not the same in every run, bookkeeping excluded.
-
-    Absent counts as null inside free-form argument dicts (``model.kwargs.dilated_kernel_size`` missing = the net
-    has no such argument: a setting of its own). A schema key absent from some runs was added to the schema after
-    they ran (with the behaviour they had as its default), so it must not split a sweep that an upgrade interrupted.
-    """
-    order: dict[str, None] = {}
-    for run in runs:
-        order.update(dict.fromkeys(run.config))
-
-    def differs(key: str) -> bool:
-        free_form = ".kwargs." in f".{key}"
-        values = {fmt_value(r.config.get(key)) for r in runs if free_form or key in r.config}
-        return len(values) > 1
-
-    keys = [k for k in order if not is_excluded(k) and differs(k)]
-    return sorted(keys, key=lambda k: (k not in FIRST_KEYS, FIRST_KEYS.index(k) if k in FIRST_KEYS else 0))
-
-
-@dataclass
-class Group:
-    keys: dict[str, Any]
-    runs: list[Run]
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{k}={fmt_value(v)}" for k, v in self.keys.items()) or "all runs"
-
-
-def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
-    """Runs with equal values of ``keys``, in the order their first run appears."""
-    groups: dict[tuple[str, ...], Group] = {}
-    for run in runs:
-        values = {k: run.config.get(k) for k in keys}
-        ident = tuple(fmt_value(v) for v in values.values())
-        groups.setdefault(ident, Group(values, [])).runs.append(run)
-    return list(groups.values())
 
 
 def summary(values: Sequence[float | None]) -> dict[str, Any] | None:
@@ -144,43 +68,6 @@ def compare(group: Group, baseline: Group, metric: str) -> dict[str, Any]:
 def _finite(x: Any) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def parse_baseline(spec: str, keys: Sequence[str]) -> dict[str, str]:
-    """``K=V[,K=V]`` -> {K: V}; K must be one of the keys that differ between runs."""
-    out = {}
-    for part in spec.split(","):
-        k, sep, v = part.partition("=")
-        if not sep or not k.strip():
-            raise AnalysisError(f"--baseline {spec!r}: {part!r} is not K=V; allowed: K=V[,K=V]")
-        if k.strip() not in keys:
-            raise AnalysisError(
-                f"--baseline key {k.strip()!r} does not differ between the runs; allowed: {', '.join(keys) or '(none)'}"
-            )
-        out[k.strip()] = v.strip()
-    return out
-
-
-def select_baselines(groups: Sequence[Group], spec: str, keys: Sequence[str]) -> dict[int, Group]:
-    """Each group's baseline: the group matching ``spec`` whose other keys (those not in ``spec``) are the same.
-
-    One matching group is the baseline of every group; several (e.g. the dense net in each training regime of a
-    sweep) each serve the groups that share their other keys. No match is a one-line error naming the groups.
-    """
-    wanted = parse_baseline(spec, keys)
-    hits = [g for g in groups if all(fmt_value(g.keys[k]) == v for k, v in wanted.items())]
-    if not hits:
-        shown = "; ".join(g.label for g in groups)
-        raise AnalysisError(f"--baseline {spec!r} matches no group; allowed: one of the groups: {shown}")
-    if len(hits) == 1:
-        return {id(g): hits[0] for g in groups}
-    rest = [k for k in keys if k not in wanted]
-    out = {}
-    for g in groups:
-        same = [b for b in hits if all(fmt_value(b.keys[k]) == fmt_value(g.keys[k]) for k in rest)]
-        if len(same) == 1:
-            out[id(g)] = same[0]
-    return out
 
 
 def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) -> dict[str, Any]:
@@ -312,67 +199,6 @@ def train_csv(report: dict[str, Any]) -> str:
         vs = g["vs_baseline"] or {}
         row += [vs.get(k, "") for k in ("metric", "diff", "test", "t", "df", "p")]
         writer.writerow(["" if v is None else v for v in row])
-    return buf.getvalue()
-
-
-# --------------------------------------------------------------------------------------------- eval results
-EVAL_COLUMNS = (  # report.json field, results.json table key, Table 2.5 column
-    ("clean", "val", "Clean"),
-    ("c_error", "c", "C↓"),
-    ("cbar_error", "cbar", "C-bar↓"),
-    ("a", "a", "A"),
-    ("r", "r", "R"),
-    ("sketch", "sketch", "SK"),
-)
-
-
-def eval_row(result: dict[str, Any], source: Path) -> dict[str, Any]:
-    """One Table 2.5 row from eval.py's results.json (accuracy %, C/C-bar mean error %, mCE, relative mCE)."""
-    table = result.get("table") or {}
-    c_summary = (result["benchmarks"].get("c") or {}).get("summary") or {}
-    row: dict[str, Any] = {"label": str(result.get("name") or source.name), "source": str(source)}
-    row.update({field: table.get(key) for field, key, _ in EVAL_COLUMNS})
-    row["mCE"] = c_summary.get("mce")
-    row["relative_mCE"] = result.get("relative_mce")  # written by eval.py since relative mCE; older: absent
-    return row
-
-
-def eval_report(results: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
-    rows = [eval_row(result, path) for path, result in results]
-    seen: dict[str, int] = {}
-    for row in rows:  # the same model evaluated twice: tell the rows apart by their dirs
-        seen[row["label"]] = seen.get(row["label"], 0) + 1
-    for row in rows:
-        if seen[row["label"]] > 1:
-            row["label"] = f"{row['label']} ({Path(row['source']).name})"
-    return {"kind": "eval", "rows": rows}
-
-
-def _num(value: float | None) -> str:
-    return DASH if value is None else f"{value:.2f}"
-
-
-def eval_markdown(report: dict[str, Any]) -> str:
-    cols = [c for _, _, c in EVAL_COLUMNS] + ["mCE↓", "rel. mCE↓"]
-    lines = ["| Model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for row in report["rows"]:
-        cells = [_num(row[f]) for f, _, _ in EVAL_COLUMNS] + [_num(row["mCE"]), _num(row["relative_mCE"])]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "- Clean/A/R/SK: top-1 accuracy (%); C↓/C-bar↓: mean top-1 error (%) over corruptions and severities; mCE and "
-        f"relative mCE: AlexNet-normalised (Hendrycks & Dietterich 2019); {DASH}: not evaluated",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def eval_csv(report: dict[str, Any]) -> str:
-    fields = ["label", "source", *(f for f, _, _ in EVAL_COLUMNS), "mCE", "relative_mCE"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in report["rows"]:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in fields})
     return buf.getvalue()
 
 

@@ -10,10 +10,60 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dcls_vision.data.paths import resolve_path
+from dcls_vision.models.hub import hub_weights_file, is_hub_source
+
+from .benchmarks import BENCHMARKS, Benchmark
+from .config import as_list
+
 RESULT_FILES = ("results.json", "results.csv", "table.md")
+
+
+def resume_key(
+    cfg: DictConfig,
+    checkpoint: Path,
+    weights: str,
+    amp: torch.dtype | None,
+    channels_last: bool,
+    benchmarks: Sequence[str],
+    crop_pct: Callable[[Benchmark], float],
+) -> dict[str, Any]:
+    """What makes saved results valid for this command: eval.py's ``cfg`` and the settings it resolved to
+    (``weights`` loaded, ``amp``, ``channels_last``, the effective ``crop_pct`` of each benchmark)."""
+    hub = is_hub_source(checkpoint)
+    weights_file = hub_weights_file(checkpoint) if hub else checkpoint  # a Hub folder: its weights file
+    st = weights_file.stat() if weights_file is not None and weights_file.is_file() else None
+    key: dict[str, Any] = {
+        "checkpoint": str(checkpoint) if hub else str(checkpoint.resolve()),
+        "checkpoint_size": None if st is None else st.st_size,
+        "checkpoint_mtime_ns": None if st is None else st.st_mtime_ns,
+        "weights": weights,
+        "classes": cfg.get("classes"),
+        "amp": str(amp),
+        "channels_last": channels_last,
+        "benchmarks": list(benchmarks),
+    }
+    given = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
+    if given:  # data.* overrides change every figure
+        key["data"] = given
+    if cfg.model.name:  # weights without a run config: the architecture they were loaded into
+        key["model"] = {"name": str(cfg.model.name), "kwargs": OmegaConf.to_container(cfg.model.kwargs)}
+    for k in benchmarks:
+        section = cfg.get(k, {})
+        root = section.get("root")
+        key[f"{k}.root"] = None if root in (None, "") else str(resolve_path(str(root), f"{k}.root").resolve())
+        key[f"{k}.crop_pct"] = crop_pct(BENCHMARKS[k])
+        if BENCHMARKS[k].corrupted:
+            key[f"{k}.corruptions"] = [str(c) for c in as_list(section.get("corruptions"), f"{k}.corruptions")]
+            key[f"{k}.severities"] = [int(v) for v in as_list(section.get("severities"), f"{k}.severities")]
+    return key
 
 
 def read_results(out_dir: Path) -> dict[str, Any] | None:
