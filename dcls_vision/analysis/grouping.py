@@ -21,7 +21,7 @@ from dcls_vision.engine.resume_config import BOOKKEEPING_KEYS, BOOKKEEPING_PREFI
 # only (loader processes, torch.compile, cuDNN autotuning, the evaluation batch of a model in eval mode, the device
 # the EMA copy lives on, the collective timeout). Two machines running one sweep differ in these; were they grouping
 # keys, each machine's runs would be a group of their own and the paired test against the baseline would silently
-# compare nothing. The README's "Experiment reports" lists the same keys.
+# compare nothing. docs/training.md "Experiment reports" lists the same keys.
 EXCLUDED_KEYS = (
     "trainer.seed",
     *BOOKKEEPING_KEYS,

@@ -71,7 +71,7 @@ def _finite(x: Any) -> float | None:
 
 
 def train_report(runs: Sequence[Run], metric: str | None, baseline: str | None) -> dict[str, Any]:
-    """The report.json dict for trainer runs (see the module doc and the README's "Experiment reports")."""
+    """The report.json dict for trainer runs (see the module doc and docs/training.md "Experiment reports")."""
     m = "mAP" if any(r.multilabel for r in runs) else "top1"
     names = [f"final_{m}", f"best_{m}", f"final_ema_{m}", f"best_ema_{m}", "params", "train_img_per_s"]
     metric = metric or f"final_{m}"
