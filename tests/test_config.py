@@ -1,5 +1,6 @@
-"""Every experiment composes, validates, and carries its reference recipe (docs/design.md §3, README "Recipes"); the
-schemas changed no value but one, and issue 16 changed the values listed in ISSUE16 (each against its source)."""
+"""Every experiment composes, validates, and carries its reference recipe (docs/design.md §3, docs/training.md
+"Recipes"); the schemas changed no value but one, and issue 16 changed the values listed in ISSUE16 (each against its
+source)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ CONVFORMER_RECIPE = ["convformer_s18", "convformer_s18_dcls", "convformer_s18_dc
 FASTVIT_RECIPE = ["fastvit_sa24", "fastvit_sa24_dcls"]
 A3_RECIPE = ["resnet50", "resnet50_dcls", "resnet50_dcls_k6"]
 
-# Issue 16, against the reference code (README "Recipes"): new keys everywhere, and per recipe the values changed.
+# Issue 16, against the reference code (docs/training.md "Recipes"): new keys everywhere, and per recipe the values changed.
 NEW_KEYS = {
     "optim.lr_scale_rule": None,
     "sched.warmup_prefix": False,

@@ -349,9 +349,9 @@ def test_demo_draws_detections(tmp_path):
 
 @pytest.mark.slow
 def test_readme_flops_figures_are_current(tmp_path):
-    """The README's FLOPs table is a readme_figures entry run here: its commands, verbatim from the README, recount
-    every model and any figure that differs from the README's fails (a counter or config change updates the table
-    with `python tools/readme_figures.py --only downstream_flops --write`)."""
+    """The FLOPs table of docs/downstream.md is a readme_figures entry run here: its commands, verbatim from the
+    page, recount every model and any figure that differs from the page's fails (a counter or config change updates
+    the table with `python tools/readme_figures.py --only downstream_flops --write`)."""
     import subprocess
     import sys
 

@@ -2,7 +2,7 @@
 and per epoch one ``metrics.jsonl`` record and one summary line.
 
 The loop (:mod:`.trainer`) decides when; this module decides what the lines and records say, so their fields
-(which tools and tests parse: README "Progress lines", ``metrics.jsonl``) are defined in one place. The line
+(which tools and tests parse: docs/training.md "Progress lines", ``metrics.jsonl``) are defined in one place. The line
 formats themselves come from :mod:`.progress` (step lines) and :mod:`.runlog` (writers, position tracker).
 """
 
