@@ -47,7 +47,7 @@ CONVFORMER_RECIPE = ["convformer_s18", "convformer_s18_dcls", "convformer_s18_dc
 FASTVIT_RECIPE = ["fastvit_sa24", "fastvit_sa24_dcls"]
 A3_RECIPE = ["resnet50", "resnet50_dcls", "resnet50_dcls_k6"]
 
-# Issue 16, against the reference code (docs/training.md "Recipes"): new keys everywhere, and per recipe the values changed.
+# Issue 16, against the reference code (docs/training.md "Recipes"): new keys everywhere, per recipe the values changed.
 NEW_KEYS = {
     "optim.lr_scale_rule": None,
     "sched.warmup_prefix": False,
