@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dcls_vision.analysis.doc_markers import doc_pages, read_doc_markers
+from dcls_vision.analysis.doc_markers import FENCE_RE, doc_pages, prose_lines, read_doc_markers
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = doc_pages(ROOT)
@@ -35,20 +35,8 @@ TOPIC_PAGES = (  # issue 32: one page per topic, each linked from the README's t
     "tests",
     "design",
 )
-FENCE_RE = re.compile(r"^\s*(```|~~~)")
 LINK_RE = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-
-
-def _prose_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, line) outside fenced code blocks, inline `code` removed: links there are not links."""
-    out, inside = [], False
-    for i, line in enumerate(text.splitlines(), 1):
-        if FENCE_RE.match(line):
-            inside = not inside
-        elif not inside:
-            out.append((i, re.sub(r"`[^`\n]*`", "", line)))
-    return out
 
 
 def slug(heading: str) -> str:
@@ -62,7 +50,7 @@ def anchors(page: Path) -> set[str]:
     """Every heading's anchor on ``page``; repeated headings get GitHub's -1, -2, ... suffixes."""
     seen: dict[str, int] = {}
     out = set()
-    for _, line in _prose_lines(page.read_text(encoding="utf-8")):
+    for _, line in prose_lines(page.read_text(encoding="utf-8")):
         m = HEADING_RE.match(line)
         if not m:
             continue
@@ -76,7 +64,7 @@ def anchors(page: Path) -> set[str]:
 def broken_links(page: Path) -> list[str]:
     """``page:line: target (why)`` for every relative link or anchor of ``page`` that does not resolve."""
     problems = []
-    for lineno, line in _prose_lines(page.read_text(encoding="utf-8")):
+    for lineno, line in prose_lines(page.read_text(encoding="utf-8")):
         for target in LINK_RE.findall(line):
             if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ... are not checked offline
                 continue
@@ -124,7 +112,7 @@ def test_every_relative_link_and_anchor_resolves(page):
 def test_readme_is_short_and_links_one_page_per_topic():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 250
-    linked = {m for _, line in _prose_lines(readme) for m in LINK_RE.findall(line)}
+    linked = {m for _, line in prose_lines(readme) for m in LINK_RE.findall(line)}
     for topic in TOPIC_PAGES:
         page = ROOT / "docs" / f"{topic}.md"
         assert page.is_file(), f"docs/{topic}.md is missing"

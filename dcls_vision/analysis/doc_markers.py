@@ -40,11 +40,17 @@ def _without_code_spans(line: str) -> str:
     return CODE_SPAN_RE.sub("", line)
 
 
+def prose_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of the page's prose: outside ``` blocks, inline `code` removed. Markers and links count
+    only there; in code they are shown as written."""
+    return [(i, _without_code_spans(line)) for i, line in _outside_fences(text)]
+
+
 def read_markers(text: str) -> dict[str, str]:
     """Marker name -> the README's text between the markers; a name used twice or a marker in code is an error."""
     found: dict[str, str] = {}
-    for _, line in _outside_fences(text):
-        for m in MARKER_RE.finditer(_without_code_spans(line)):
+    for _, line in prose_lines(text):
+        for m in MARKER_RE.finditer(line):
             if m.group(1) in found:
                 raise FigureError(f"README marker fig:{m.group(1)} appears twice; allowed: each name once")
             found[m.group(1)] = m.group(2)
