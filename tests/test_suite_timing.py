@@ -73,7 +73,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     bad.write_text("not xml")
     for args, needle in (
         (("--junit", str(bad)), f"--junit {bad}: not a readable JUnit XML report"),
-        (("--top", "0", "--junit", str(bad)), "--top 0: allowed: a positive number of tests"),
+        (("--top", "0", "--junit", str(bad)), "argument --top: '0' is invalid; allowed: an integer >= 1"),
+        (("--top", "many"), "argument --top: 'many' is invalid; allowed: an integer >= 1"),
     ):
         proc = _run(*args)
         assert proc.returncode == 2

@@ -28,6 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from dcls_vision.analysis.cli import make_parser, positive_int
 from dcls_vision.utils.errors import UserError, run_cli
 from dcls_vision.utils.io import atomic_write_text
 
@@ -101,10 +102,10 @@ def run_suite(pytest_args: list[str], junit_path: Path) -> tuple[int, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="suite_timing.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = make_parser("suite_timing.py", __doc__)
+    parser.add_argument(
+        "--top", type=positive_int, default=20, help="how many of the slowest tests to list (default 20)"
     )
-    parser.add_argument("--top", type=int, default=20, help="how many of the slowest tests to list (default 20)")
     parser.add_argument("--junit", type=Path, default=None, help="summarise this JUnit XML report; run nothing")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file (atomically)")
     parser.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --), e.g. -m 'not slow'")
@@ -112,8 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise UserError(f"--top {args.top}: allowed: a positive number of tests")
     load_before = os.getloadavg()
     if args.junit is not None:
         if args.pytest_args:
